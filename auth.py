@@ -1,0 +1,141 @@
+"""Who is calling: password hashes, login throttling, JWTs, the current user."""
+import base64
+import hashlib
+import hmac
+import os
+import time
+from functools import lru_cache
+
+import jwt
+from sqlalchemy import delete, func, select
+
+import config
+from errors import ApiError
+from models import MAX_ID, LoginFailure, User
+
+# OWASP's minimum for scrypt, in the variant that needs 16 MiB per hash
+# (128 * N * r bytes): eight logins at once stay well inside a small machine.
+SCRYPT_R, SCRYPT_P = 8, 5
+
+
+def _b64(raw):
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _scrypt(password, salt, n, r, p):
+    # surrogatepass: a JSON string may hold a lone surrogate; hash it, never crash.
+    return hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=salt,
+                          n=n, r=r, p=p, maxmem=256 * n * r, dklen=32)
+
+
+def hash_password(password):
+    """A self-describing string, so that the cost can be raised later."""
+    salt = os.urandom(16)
+    digest = _scrypt(password, salt, config.SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return f"scrypt${config.SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def password_matches(password, stored):
+    _, n, r, p, salt, digest = stored.split("$")
+    computed = _scrypt(password, base64.b64decode(salt), int(n), int(r), int(p))
+    return hmac.compare_digest(computed, base64.b64decode(digest))
+
+
+@lru_cache(maxsize=1)
+def _hash_of_nobody():
+    return hash_password("no user has this password")
+
+
+def spend_one_hash(password):
+    """What checking a password costs, for a user who does not exist."""
+    password_matches(password, _hash_of_nobody())
+
+
+def check_login(db, username, password):
+    """The user for this pair, or None. An unknown name costs one hash, as a wrong password does."""
+    user = db.scalar(select(User).where(User.username == username))
+    if user is None:
+        spend_one_hash(password)
+        return None
+    return user if password_matches(password, user.password_hash) else None
+
+
+# Login throttling: this many failures for one username within the window.
+MAX_FAILURES, FAILURE_WINDOW = 10, 300
+
+
+def seconds_until_login_allowed(db, username):
+    """0 when a login may be tried now, else how long until the window lets it."""
+    since = time.time() - FAILURE_WINDOW
+    failures = select(LoginFailure.failed_at).where(
+        LoginFailure.username == username, LoginFailure.failed_at > since)
+    count = db.scalar(select(func.count()).select_from(failures.subquery()))
+    if count < MAX_FAILURES:
+        return 0
+    # The window opens again when the oldest failure that still counts expires.
+    oldest_counting = db.scalars(failures.order_by(LoginFailure.failed_at.desc())
+                                 .offset(MAX_FAILURES - 1).limit(1)).one()
+    return max(1, int(oldest_counting + FAILURE_WINDOW - time.time()) + 1)
+
+
+def record_login_failure(db, username):
+    now = time.time()
+    db.execute(delete(LoginFailure).where(LoginFailure.failed_at <= now - FAILURE_WINDOW))
+    db.add(LoginFailure(username=username, failed_at=now))
+
+
+# Tokens
+
+def _read_or_create_secret():
+    if config.JWT_SECRET:
+        return config.JWT_SECRET
+    path = config.DATA_DIR / "jwt_secret"
+    if not path.exists():
+        config.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".jwt_secret.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(base64.urlsafe_b64encode(os.urandom(32)).decode("ascii"))
+        try:
+            os.link(draft, path)  # atomic: of two processes starting at once, one wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    return path.read_text().strip()
+
+
+SECRET = _read_or_create_secret()
+
+
+def issue_token(user):
+    now = int(time.time())
+    claims = {"sub": str(user.id), "iat": now, "exp": now + config.JWT_TTL,
+              "ver": user.token_version}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def _unauthorized(message):
+    return ApiError(401, message, WWW_Authenticate="Bearer")
+
+
+def current_user(db, request):
+    """The user whose valid token came with the request; 401 for anything else."""
+    header = request.get_header("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("This needs an Authorization: Bearer <token> header; get a token from POST /login.")
+    try:
+        claims = jwt.decode(token.strip(), SECRET, algorithms=["HS256"],
+                            options={"require": ["exp", "iat", "sub", "ver"]})
+    except jwt.ExpiredSignatureError:
+        raise _unauthorized("The token has expired; log in again.")
+    except jwt.InvalidTokenError:
+        raise _unauthorized("The token is not valid; log in again.")
+    sub, version = claims["sub"], claims["ver"]
+    if not (sub.isascii() and sub.isdigit() and 0 < int(sub) <= MAX_ID) or type(version) is not int:
+        raise _unauthorized("The token is not valid; log in again.")
+    user = db.get(User, int(sub))
+    if user is None or user.token_version != version:
+        raise _unauthorized("The token is no longer valid; log in again.")
+    return user

@@ -1,0 +1,60 @@
+"""Every setting of the service, read from the environment in this one place.
+
+Defaults are those of CONTRACT.md. A bad value stops the process at start-up
+with a message naming the variable, rather than failing later on a request.
+"""
+import os
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+def _int(name, default, minimum=0):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}")
+    if value < minimum:
+        raise SystemExit(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _flag(name, default):
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"{name} must be on or off (1/0, true/false), got {raw!r}")
+
+
+HOST = os.environ.get("HOST", "127.0.0.1")
+PORT = _int("PORT", 5000)
+WEB_THREADS = _int("WEB_THREADS", 8, minimum=1)
+
+# Where the default SQLite file and the generated JWT secret live.
+DATA_DIR = Path(os.environ.get("DATA_DIR") or PROJECT_DIR / "data")
+DATABASE_URL = os.environ.get("DATABASE_URL") or "sqlite:///data/app.db"
+
+BROKER_URL = os.environ.get("BROKER_URL") or "memory://"
+EMBEDDED_WORKER = _flag("EMBEDDED_WORKER", BROKER_URL.startswith("memory://"))
+
+JWT_SECRET = os.environ.get("JWT_SECRET", "")
+JWT_TTL = _int("JWT_TTL", 86400, minimum=1)
+
+CORS_ORIGINS = frozenset(
+    origin.strip().rstrip("/")
+    for origin in os.environ.get("CORS_ORIGINS", "").split(",")
+    if origin.strip()
+)
+
+# scrypt's CPU/memory cost N. Only the test suite lowers it, to keep its
+# hundreds of sign-ups fast; production keeps OWASP's minimum (2**14).
+SCRYPT_N = _int("SCRYPT_N", 2**14, minimum=2)
+if SCRYPT_N & (SCRYPT_N - 1):
+    raise SystemExit(f"SCRYPT_N must be a power of two, got {SCRYPT_N}")

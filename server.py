@@ -1,0 +1,334 @@
+"""The HTTP API of CONTRACT.md: a Bottle app served by Waitress.
+
+A request flows route -> body validation -> model -> (queue) -> response.
+Every answer is JSON (errors included); the few headers that every response
+carries are added by `with_common_headers`, around the Bottle app.
+"""
+import json
+import logging
+
+import bottle
+import waitress
+import waitress.utilities
+from bottle import HTTPError, request, response
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+import auth
+import config
+import models
+import openapi
+from errors import ApiError, error_body
+from models import MAX_ID, Stats, User, read_session, write_session
+from validation import (MAX_BODY, PASSWORD_CHANGE_FIELDS, READ_ONLY_USER_FIELDS,
+                        STATS_FIELDS, USER_FIELDS, checked_fields, json_object,
+                        reject_unknown_fields)
+
+log = logging.getLogger("server")
+
+app = bottle.Bottle()
+# Bottle keeps bodies up to this size in memory; larger ones get our JSON 413.
+bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
+# Ids are positive and fit a signed 64-bit column (checked in user_or_404);
+# anything else is simply not a route, hence a 404.
+app.router.add_filter("id", lambda _conf: (r"[1-9][0-9]{0,18}", int, str))
+
+
+def json_response(data, status=200, headers=None):
+    response.status = status
+    response.content_type = "application/json"
+    for name, value in (headers or {}).items():
+        response.set_header(name, str(value))
+    return json.dumps(data)
+
+
+def user_or_404(db, user_id):
+    user = db.get(User, user_id) if user_id <= MAX_ID else None
+    if user is None:
+        raise ApiError(404, f"There is no user {user_id}.")
+    return user
+
+
+def owned_user(db, user_id):
+    """The user at user_id, when the caller's token is theirs: else 401, 404 or 403."""
+    caller = auth.current_user(db, request)
+    user = user_or_404(db, user_id)
+    if caller.id != user.id:
+        raise ApiError(403, "Only the user themself may change this resource.")
+    return user
+
+
+def username_taken(username):
+    return ApiError(409, f"The username '{username}' is already taken.")
+
+
+# Users
+
+@app.get("/users")
+def list_users():
+    limit = query_int("limit", default=100, minimum=1, maximum=1000)
+    offset = query_int("offset", default=0, minimum=0, maximum=MAX_ID)
+    with read_session() as db:
+        total = db.scalar(select(func.count()).select_from(User))
+        users = db.scalars(select(User).order_by(User.id).limit(limit).offset(offset)).all()
+    headers = {"X-Total-Count": total}
+    if offset + len(users) < total:
+        headers["Link"] = f'</users?limit={limit}&offset={offset + limit}>; rel="next"'
+    return json_response([user.to_json() for user in users], headers=headers)
+
+
+def query_int(name, default, minimum, maximum):
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and minimum <= int(raw) <= maximum):
+        raise ApiError(400, f"'{name}' must be an integer from {minimum} to {maximum}.")
+    return int(raw)
+
+
+@app.post("/users")
+def create_user():
+    fields = checked_fields(json_object(), USER_FIELDS, ignored=READ_ONLY_USER_FIELDS,
+                            required=("username", "password"))
+    password_hash = auth.hash_password(fields.pop("password"))
+    try:
+        with write_session() as db:
+            user = User(password_hash=password_hash, stats=Stats(), **fields)
+            db.add(user)
+            db.flush()
+            token = auth.issue_token(user)
+    except IntegrityError:
+        raise username_taken(fields["username"])
+    return json_response({"user": user.to_json(), "token": token}, 201,
+                         {"Location": f"/users/{user.id}", "Cache-Control": "no-store"})
+
+
+@app.get("/users/me")
+def get_me():
+    with read_session() as db:
+        return json_response(auth.current_user(db, request).to_json())
+
+
+@app.get("/users/<user_id:id>")
+def get_user(user_id):
+    with read_session() as db:
+        return json_response(user_or_404(db, user_id).to_json())
+
+
+@app.route("/users/<user_id:id>", method=["PUT", "PATCH"])
+def update_user(user_id):
+    with read_session() as db:
+        stored_hash = owned_user(db, user_id).password_hash
+    fields = checked_fields(json_object(), USER_FIELDS | PASSWORD_CHANGE_FIELDS,
+                            ignored=READ_ONLY_USER_FIELDS)
+    if "password" in fields:
+        # Hash outside the write transaction: scrypt is slow on purpose.
+        fields["password"] = new_password_hash(fields, stored_hash)
+    elif "current_password" in fields:
+        raise ApiError(400, "'current_password' is accepted only beside 'password'.")
+    try:
+        with write_session() as db:
+            user = owned_user(db, user_id)  # again: a password change meanwhile revoked the token
+            apply_user_fields(user, fields)
+            db.flush()
+            return json_response(user.to_json())
+    except IntegrityError:
+        raise username_taken(fields["username"])
+
+
+def new_password_hash(fields, stored_hash):
+    current = fields.pop("current_password", None)
+    if current is None:
+        raise ApiError(400, "'current_password' is required to change 'password'.")
+    if not auth.password_matches(current, stored_hash):
+        raise ApiError(403, "'current_password' is not the current password.")
+    return auth.hash_password(fields["password"])
+
+
+def apply_user_fields(user, fields):
+    for name, value in fields.items():
+        if name == "password":
+            user.password_hash = value
+            user.token_version += 1  # revokes every token issued before
+        else:
+            setattr(user, name, value)
+
+
+@app.delete("/users/<user_id:id>")
+def delete_user(user_id):
+    with write_session() as db:
+        db.delete(owned_user(db, user_id))  # stats and reports go by ON DELETE CASCADE
+    response.status = 204
+    return ""
+
+
+# Stats
+
+@app.get("/users/<user_id:id>/stats")
+def get_stats(user_id):
+    with read_session() as db:
+        auth.current_user(db, request)
+        return json_response(user_or_404(db, user_id).stats.to_json())
+
+
+@app.route("/users/<user_id:id>/stats", method=["PUT", "PATCH"])
+def update_stats(user_id):
+    with write_session() as db:
+        stats = owned_user(db, user_id).stats
+        for name, value in checked_fields(json_object(), STATS_FIELDS).items():
+            setattr(stats, name, value)
+        return json_response(stats.to_json())
+
+
+# Login
+
+BAD_LOGIN = "Bad username or password"
+
+
+@app.post("/login")
+def login():
+    body = json_object()
+    reject_unknown_fields(body, ("username", "password"))
+    username, password = body.get("username"), body.get("password")
+    if not (isinstance(username, str) and username and isinstance(password, str) and password):
+        raise ApiError(400, BAD_LOGIN)
+    if not USER_FIELDS["username"].accepts(username):
+        auth.spend_one_hash(password)  # no such user can exist; answer as slowly
+        raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
+    with read_session() as db:
+        wait = auth.seconds_until_login_allowed(db, username)
+        if wait:
+            raise ApiError(429, f"Too many failed logins for '{username}'; "
+                                f"try again in {wait} seconds.", Retry_After=wait)
+        user = auth.check_login(db, username, password)
+    if user is None:
+        with write_session() as db:
+            auth.record_login_failure(db, username)
+        raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
+    return json_response({"success": True, "token": auth.issue_token(user),
+                          "user": f"/users/{user.id}"},
+                         headers={"Cache-Control": "no-store"})
+
+
+# Service
+
+@app.get("/healthz")
+def healthz():
+    database = "ok" if models.database_is_up() else "down"
+    status = "ok" if database == "ok" else "down"
+    return json_response({"status": status, "database": database},
+                         200 if status == "ok" else 503)
+
+
+@app.get("/openapi.json")
+def openapi_document():
+    return json_response(openapi.DOCUMENT)
+
+
+# What every route shares: OPTIONS, 405's Allow, JSON error pages, headers.
+
+ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(path):
+    allowed = []
+    for method in ROUTE_METHODS:
+        try:
+            app.router.match({"PATH_INFO": path, "REQUEST_METHOD": method})
+            allowed.append(method)
+        except HTTPError:
+            pass
+    if "GET" in allowed:
+        allowed.insert(1, "HEAD")
+    return ", ".join(allowed + ["OPTIONS"]) if allowed else ""
+
+
+@app.hook("before_request")
+def answer_options():
+    if request.method == "OPTIONS":
+        allow = allowed_methods(request.path)
+        if not allow:
+            raise ApiError(404, f"There is nothing at {request.path}.")
+        raise bottle.HTTPResponse(status=204, Allow=allow)
+
+
+ERROR_MESSAGES = {
+    400: "The request is malformed.",
+    404: "There is nothing at this path.",
+    405: "This method is not allowed here; the Allow header lists those that are.",
+    413: "The request body is larger than 1 MiB.",
+    500: "Internal server error; it has been logged.",
+}
+
+
+def json_error_page(error):
+    """Bottle's own errors (no route, wrong method, uncaught exception) as JSON."""
+    if error.status_code == 405:
+        response.set_header("Allow", allowed_methods(request.path))
+    if error.status_code == 500:
+        log.error("Unhandled error on %s %s\n%s", request.method, request.path,
+                  error.traceback)
+    response.content_type = "application/json"
+    return error_body(ERROR_MESSAGES.get(error.status_code, error.status_line))
+
+
+app.default_error_handler = json_error_page
+app.catchall = True
+
+
+EXPOSED_HEADERS = "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After"
+
+
+def with_common_headers(wsgi_app):
+    """Adds nosniff everywhere and CORS headers for the allowed origins."""
+    def wrapped(environ, start_response):
+        def start(status, headers, exc_info=None):
+            headers.append(("X-Content-Type-Options", "nosniff"))
+            if status.startswith(("204", "304")):
+                headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            origin = environ.get("HTTP_ORIGIN", "").rstrip("/")
+            if config.CORS_ORIGINS:
+                headers.append(("Vary", "Origin"))
+            if origin and origin in config.CORS_ORIGINS:
+                headers += cors_headers(origin, environ, headers)
+            return start_response(status, headers, exc_info)
+        return wsgi_app(environ, start)
+    return wrapped
+
+
+def cors_headers(origin, environ, headers):
+    extra = [("Access-Control-Allow-Origin", origin),
+             ("Access-Control-Expose-Headers", EXPOSED_HEADERS)]
+    if environ["REQUEST_METHOD"] == "OPTIONS":
+        allow = dict((k.lower(), v) for k, v in headers).get("allow", "")
+        extra += [("Access-Control-Allow-Methods", allow),
+                  ("Access-Control-Allow-Headers",
+                   "Authorization, Content-Type, If-None-Match"),
+                  ("Access-Control-Max-Age", "600")]
+    return extra
+
+
+def json_waitress_errors():
+    """Waitress answers malformed HTTP itself, in plain text; make that JSON too."""
+    def to_response(self, ident=None):
+        body = error_body(f"{self.reason}: {self.body}").encode("utf-8")
+        return (f"{self.code} {self.reason}",
+                [("Content-Type", "application/json"),
+                 ("X-Content-Type-Options", "nosniff")], body)
+    waitress.utilities.Error.to_response = to_response
+
+
+application = with_common_headers(app)
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    models.create_tables()
+    json_waitress_errors()
+    log.info("serving on http://%s:%s", config.HOST, config.PORT)
+    waitress.serve(application, host=config.HOST, port=config.PORT,
+                   threads=config.WEB_THREADS, ident="", clear_untrusted_proxy_headers=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Request bodies: parsing, and the rules of every writable field.
+
+Each rule both checks a value and describes itself as JSON Schema, so that
+/openapi.json states exactly what the server enforces.
+"""
+import json
+import re
+
+from bottle import request
+
+from errors import ApiError
+
+MAX_BODY = 1 << 20  # 1 MiB
+
+
+class Text:
+    def __init__(self, max_length, min_length=0, pattern=None, nullable=False,
+                 what="a string"):
+        self.max_length, self.min_length = max_length, min_length
+        self.pattern = pattern and re.compile(pattern)
+        self.nullable, self.what = nullable, what
+
+    def accepts(self, value):
+        if value is None:
+            return self.nullable
+        return (isinstance(value, str)
+                and self.min_length <= len(value) <= self.max_length
+                and (not self.pattern or self.pattern.fullmatch(value) is not None)
+                and not _has_lone_surrogate(value))
+
+    def check(self, name, value):
+        if not self.accepts(value):
+            raise ApiError(400, f"'{name}' must be {self.what}.")
+        return value
+
+    def schema(self):
+        schema = {"type": ["string", "null"] if self.nullable else "string",
+                  "maxLength": self.max_length}
+        if self.min_length:
+            schema["minLength"] = self.min_length
+        if self.pattern:
+            schema["pattern"] = f"^{self.pattern.pattern}$"
+        return schema
+
+
+class Count:
+    """A non-negative integer that fits a signed 64-bit column."""
+    maximum = 2**63 - 1
+
+    def check(self, name, value):
+        if type(value) is not int or not 0 <= value <= self.maximum:
+            raise ApiError(400, f"'{name}' must be an integer from 0 to 2**63-1.")
+        return value
+
+    def schema(self):
+        return {"type": "integer", "minimum": 0, "maximum": self.maximum}
+
+
+def _has_lone_surrogate(value):
+    try:
+        value.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+# No control characters in stored text: PostgreSQL refuses NUL, and none belongs there.
+PRINTABLE = r"[^\x00-\x1f\x7f]"
+USER_FIELDS = {
+    "username": Text(32, 1, r"[A-Za-z0-9_.-]+",
+                     what="1 to 32 letters, digits, '_', '-' or '.'"),
+    "password": Text(256, 1, what="a string of 1 to 256 characters"),
+    "email": Text(254, 3, r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+",
+                  nullable=True, what="null or an email address of at most 254 characters"),
+    "gender": Text(32, pattern=PRINTABLE + "*", nullable=True,
+                   what="null or a string of at most 32 characters"),
+    "profile_pic": Text(2048, pattern=r"https?://[^\s/?#\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*",
+                        nullable=True,
+                        what="null or an http(s) URL of at most 2048 characters"),
+}
+PASSWORD_CHANGE_FIELDS = {"current_password": USER_FIELDS["password"]}
+STATS_FIELDS = {name: Count() for name in
+                ("loss_count", "session_count", "total_time", "victory_count")}
+
+# Fields of the user representation that a client may send back unchanged.
+READ_ONLY_USER_FIELDS = frozenset({"id", "self", "stats", "pdf"})
+
+
+def json_object():
+    """The request body as a dict; 400 or 413 for anything else."""
+    if request.content_length > MAX_BODY:
+        raise ApiError(413, "The request body is larger than 1 MiB.")
+    raw = request.body.read()
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(400, "The request body must be valid JSON (UTF-8).")
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def checked_fields(body, rules, ignored=frozenset(), required=()):
+    """The body's fields checked against rules; 400 naming any bad, unknown or missing field."""
+    reject_unknown_fields(body, rules, ignored)
+    missing = [name for name in required if name not in body]
+    if missing:
+        raise ApiError(400, f"'{missing[0]}' is required.")
+    return {name: rules[name].check(name, value)
+            for name, value in body.items() if name in rules}
+
+
+def reject_unknown_fields(body, allowed, ignored=frozenset()):
+    unknown = sorted(set(body) - set(allowed) - ignored)
+    if unknown:
+        names = ", ".join(f"'{name}'" for name in unknown)
+        raise ApiError(400, f"Unknown field(s) {names}; allowed: {', '.join(allowed)}.")
+
+
+def object_schema(rules, required=(), extra=None):
+    properties = {name: rule.schema() for name, rule in rules.items()}
+    schema = {"type": "object", "properties": {**properties, **(extra or {})},
+              "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    return schema
