@@ -7,8 +7,8 @@ writer never fails with "database is locked".
 """
 from contextlib import contextmanager
 
-from sqlalchemy import (BigInteger, CheckConstraint, Float, ForeignKey,
-                        Integer, String, create_engine, event, text)
+from sqlalchemy import (BigInteger, CheckConstraint, Float, ForeignKey, Index,
+                        Integer, LargeBinary, String, create_engine, event, text)
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import (DeclarativeBase, Mapped, mapped_column,
                             relationship, sessionmaker)
@@ -66,6 +66,27 @@ class Stats(Base):
 
     def to_json(self):
         return {name: getattr(self, name) for name in STAT_FIELDS}
+
+
+class Report(Base):
+    """One requested PDF report: pending until a worker stores it as done or failed."""
+    __tablename__ = "reports"
+    __table_args__ = (
+        # At most one job per user in the queue, even with concurrent POSTs.
+        Index("one_pending_report_per_user", "user_id", unique=True,
+              sqlite_where=text("state = 'pending'"),
+              postgresql_where=text("state = 'pending'")),
+        Index("reports_by_user_and_state", "user_id", "state"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, failed
+    published_at: Mapped[float] = mapped_column(Float)  # the last time its job was queued
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(String(500))
+    pdf: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
 
 class LoginFailure(Base):

@@ -6,20 +6,23 @@ carries are added by `with_common_headers`, around the Bottle app.
 """
 import json
 import logging
+import time
+from email.utils import formatdate
 
 import bottle
 import waitress
 import waitress.utilities
 from bottle import HTTPError, request, response
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 import auth
 import config
+import jobs
 import models
 import openapi
 from errors import ApiError, error_body
-from models import MAX_ID, Stats, User, read_session, write_session
+from models import MAX_ID, Report, Stats, User, read_session, write_session
 from validation import (MAX_BODY, PASSWORD_CHANGE_FIELDS, READ_ONLY_USER_FIELDS,
                         STATS_FIELDS, USER_FIELDS, checked_fields, json_object,
                         reject_unknown_fields)
@@ -180,6 +183,82 @@ def update_stats(user_id):
         return json_response(stats.to_json())
 
 
+# PDF reports: POST queues a job for a worker; GET serves the newest finished one.
+
+# A job still pending after this long was probably lost between commit and
+# publish (a crash): the next POST queues it again. Workers drop duplicates.
+REPUBLISH_AFTER = 60  # seconds
+
+
+@app.post("/users/<user_id:id>/pdf")
+def request_report(user_id):
+    url = f"/users/{user_id}/pdf"
+    accepted = json_response({"url": url, "status": "pending"}, 202, {"Location": url})
+    try:
+        with write_session() as db:
+            owned_user(db, user_id)
+            job = db.scalar(select(Report).where(Report.user_id == user_id,
+                                                 Report.state == "pending"))
+            if job and job.published_at > time.time() - REPUBLISH_AFTER:
+                return accepted  # already queued: one job per user at a time
+            if job is None:
+                job = Report(user_id=user_id)
+                db.add(job)
+            job.published_at = time.time()
+            db.flush()
+    except IntegrityError:
+        return accepted  # a concurrent POST queued it first
+    try:
+        jobs.publish(job.id, user_id)
+    except jobs.BrokerUnavailable:
+        with write_session() as db:
+            db.execute(delete(Report).where(Report.id == job.id, Report.state == "pending"))
+        raise ApiError(503, "The report queue is unavailable right now; try again shortly.",
+                       Retry_After=5)
+    return accepted
+
+
+@app.get("/users/<user_id:id>/pdf")
+def get_report(user_id):
+    with read_session() as db:
+        auth.current_user(db, request)
+        user = user_or_404(db, user_id)
+        newest = select(Report).where(Report.user_id == user_id).order_by(Report.id.desc())
+        done = db.scalar(newest.where(Report.state == "done").limit(1))
+        if done is None:
+            raise report_not_ready(db.scalar(newest.limit(1)), user_id)
+        headers = {"ETag": f'"report-{done.id}"',
+                   "Last-Modified": formatdate(done.finished_at, usegmt=True)}
+        if not_modified(headers["ETag"], done.finished_at):
+            raise bottle.HTTPResponse(status=304, headers=headers)
+        pdf = done.pdf
+    response.content_type = "application/pdf"
+    response.set_header("Content-Disposition", f'inline; filename="{user.username}_stats.pdf"')
+    for name, value in headers.items():
+        response.set_header(name, value)
+    return pdf
+
+
+def report_not_ready(latest, user_id):
+    if latest is None:
+        return ApiError(404, f"No report was ever requested for user {user_id}; "
+                             f"POST /users/{user_id}/pdf to request one.")
+    if latest.state == "pending":
+        return bottle.HTTPResponse(json.dumps({"status": "pending"}), 202,
+                                   {"Content-Type": "application/json", "Retry-After": "1"})
+    return ApiError(409, f"The last report failed: {latest.error}. "
+                         f"POST /users/{user_id}/pdf to try again.")
+
+
+def not_modified(etag, finished_at):
+    if_none_match = request.get_header("If-None-Match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return etag in tags or "*" in tags
+    since = bottle.parse_date(request.get_header("If-Modified-Since", ""))
+    return since is not None and int(finished_at) <= since
+
+
 # Login
 
 BAD_LOGIN = "Bad username or password"
@@ -214,10 +293,10 @@ def login():
 
 @app.get("/healthz")
 def healthz():
-    database = "ok" if models.database_is_up() else "down"
-    status = "ok" if database == "ok" else "down"
-    return json_response({"status": status, "database": database},
-                         200 if status == "ok" else 503)
+    parts = {"database": "ok" if models.database_is_up() else "down",
+             "broker": "ok" if jobs.broker_is_up() else "down"}
+    up = all(state == "ok" for state in parts.values())
+    return json_response({"status": "ok" if up else "down", **parts}, 200 if up else 503)
 
 
 @app.get("/openapi.json")
@@ -325,6 +404,9 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     models.create_tables()
     json_waitress_errors()
+    if config.EMBEDDED_WORKER:
+        import worker  # only here: a server on RabbitMQ never loads matplotlib
+        worker.start_in_thread()
     log.info("serving on http://%s:%s", config.HOST, config.PORT)
     waitress.serve(application, host=config.HOST, port=config.PORT,
                    threads=config.WEB_THREADS, ident="", clear_untrusted_proxy_headers=True)

@@ -1,0 +1,162 @@
+"""The PDF worker: consumes report jobs, renders them, stores them.
+
+Run it as a process (`./run.sh worker`) beside servers on RabbitMQ, or let
+the server run it in a thread (EMBEDDED_WORKER, the default on memory://).
+
+A job is acked only after its report is committed, so a worker that dies
+mid-job loses nothing: the broker hands the job to the next worker. A job
+that can never succeed is acked and logged, never redelivered forever.
+"""
+import logging
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as StillRunning
+
+from kombu import Consumer
+from sqlalchemy import delete, update
+
+import jobs
+import models
+import report
+from models import Report, User, read_session, write_session
+
+log = logging.getLogger("worker")
+
+RENDER_ATTEMPTS = 3
+HEARTBEAT = 30  # seconds; the broker drops a worker that misses two
+RECONNECT_DELAYS = (0.5, 1, 2, 5)  # then 5 s between attempts
+
+
+def report_data(user):
+    stats = user.stats
+    return report.ReportData(
+        username=user.username, email=user.email, gender=user.gender,
+        victory_count=stats.victory_count, loss_count=stats.loss_count,
+        session_count=stats.session_count, total_time=stats.total_time)
+
+
+def run_job(body):
+    """Render and store one report. Returns what happened, for the log."""
+    if not (isinstance(body, dict) and type(body.get("report_id")) is int
+            and type(body.get("user_id")) is int):
+        return f"dropped malformed job {body!r:.200}"
+    report_id = body["report_id"]
+    with read_session() as db:
+        job = db.get(Report, report_id)
+        if job is None or job.user_id != body["user_id"]:
+            return f"dropped job {report_id}: no such report (its user was deleted?)"
+        if job.state != "pending":
+            return f"dropped job {report_id}: already {job.state}"
+        data = report_data(db.get(User, job.user_id))
+    pdf, error = render_with_retries(data)
+    with write_session() as db:
+        finished = db.execute(
+            update(Report).where(Report.id == report_id, Report.state == "pending")
+            .values(state="done" if pdf else "failed", pdf=pdf, error=error,
+                    finished_at=time.time()))
+        if finished.rowcount and pdf:
+            # Only the newest report is ever served: drop the ones it replaces.
+            db.execute(delete(Report).where(Report.user_id == body["user_id"],
+                                            Report.id < report_id,
+                                            Report.state != "pending"))
+    return f"{'finished' if pdf else 'failed'} job {report_id}" + (f": {error}" if error else "")
+
+
+def render_with_retries(data):
+    for attempt in range(1, RENDER_ATTEMPTS + 1):
+        try:
+            return report.render(data), None
+        except Exception as error:
+            log.exception("render attempt %d of %d failed", attempt, RENDER_ATTEMPTS)
+            reason = f"the report could not be drawn ({type(error).__name__})"
+    return None, reason
+
+
+class Worker:
+    """Consumes jobs until stop(); reconnects by itself when the broker goes away."""
+
+    def __init__(self):
+        self._stopping = threading.Event()
+        # Jobs run in a thread of their own so that this one keeps the
+        # connection's heartbeats going, however long a render takes.
+        self._job_runner = ThreadPoolExecutor(1, thread_name_prefix="render")
+        self._connection = None
+
+    def stop(self):
+        self._stopping.set()
+
+    def run(self):
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                with jobs.connect(heartbeat=HEARTBEAT) as connection:
+                    self._connection = connection
+                    connection.ensure_connection(max_retries=1, timeout=jobs.CONNECT_TIMEOUT)
+                    log.info("consuming report jobs from %s", connection.as_uri())
+                    failures = 0
+                    self._consume(connection)
+            except Exception as error:
+                # Above all the broker going away; whatever it was, the worker carries on.
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                log.warning("consuming stopped (%r); reconnecting in %ss", error, delay,
+                            exc_info=not isinstance(error, (OSError, *jobs.CONNECTION_ERRORS)))
+                self._stopping.wait(delay)
+        self._job_runner.shutdown()
+        log.info("worker stopped")
+
+    def _consume(self, connection):
+        with Consumer(connection, queues=[jobs.queue], callbacks=[self._on_message],
+                      accept=["json"], prefetch_count=1,
+                      on_decode_error=self._on_undecodable):
+            while not self._stopping.is_set():
+                try:
+                    connection.drain_events(timeout=1)
+                except socket.timeout:
+                    pass
+                connection.heartbeat_check()
+
+    def _on_message(self, body, message):
+        job = self._job_runner.submit(run_job, body)
+        while True:
+            try:
+                outcome = job.result(timeout=1)
+                break
+            except StillRunning:
+                self._connection.heartbeat_check()
+            except Exception:
+                # The database, most likely: leave the job for later, or another worker.
+                log.exception("job %r failed; it goes back to the queue", body)
+                self._stopping.wait(2)
+                message.requeue()
+                return
+        message.ack()
+        log.info(outcome)
+
+    def _on_undecodable(self, message, error):
+        log.error("dropped a job that is not JSON (%s): %r", error, message.body[:200])
+        message.ack()
+
+
+def start_in_thread():
+    """The embedded worker of a server process."""
+    worker = Worker()
+    threading.Thread(target=worker.run, name="embedded-worker", daemon=True).start()
+    return worker
+
+
+def main():
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    models.create_tables()
+    worker = Worker()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.stop())
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()
