@@ -42,6 +42,8 @@ DATA_DIR = Path(os.environ.get("DATA_DIR") or PROJECT_DIR / "data")
 DATABASE_URL = os.environ.get("DATABASE_URL") or "sqlite:///data/app.db"
 
 BROKER_URL = os.environ.get("BROKER_URL") or "memory://"
+# Lets several deployments (or test runs) share one RabbitMQ without mixing jobs.
+REPORT_QUEUE = os.environ.get("REPORT_QUEUE") or "reports"
 EMBEDDED_WORKER = _flag("EMBEDDED_WORKER", BROKER_URL.startswith("memory://"))
 
 JWT_SECRET = os.environ.get("JWT_SECRET", "")

@@ -12,8 +12,8 @@ import config
 
 log = logging.getLogger("jobs")
 
-exchange = Exchange("reports", type="direct", durable=True)
-queue = Queue("reports", exchange, routing_key="report", durable=True)
+exchange = Exchange(config.REPORT_QUEUE, type="direct", durable=True)
+queue = Queue(config.REPORT_QUEUE, exchange, routing_key="report", durable=True)
 
 # Give up on an unreachable broker after about two seconds.
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
@@ -59,7 +59,7 @@ def broker_is_up():
         return True  # in this very process
     try:
         with connect() as connection:
-            connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
+            connection.ensure_connection(max_retries=0, timeout=CONNECT_TIMEOUT)
         return True
     except Exception:
         return False

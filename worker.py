@@ -95,7 +95,6 @@ class Worker:
                 with jobs.connect(heartbeat=HEARTBEAT) as connection:
                     self._connection = connection
                     connection.ensure_connection(max_retries=1, timeout=jobs.CONNECT_TIMEOUT)
-                    log.info("consuming report jobs from %s", connection.as_uri())
                     failures = 0
                     self._consume(connection)
             except Exception as error:
@@ -112,6 +111,7 @@ class Worker:
         with Consumer(connection, queues=[jobs.queue], callbacks=[self._on_message],
                       accept=["json"], prefetch_count=1,
                       on_decode_error=self._on_undecodable):
+            log.info("consuming report jobs from %s", connection.as_uri())
             while not self._stopping.is_set():
                 try:
                     connection.drain_events(timeout=1)

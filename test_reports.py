@@ -1,0 +1,269 @@
+"""PDF reports end to end: server, broker and worker processes, over HTTP.
+
+The RabbitMQ tests use the real broker at RABBITMQ_URL (127.0.0.1:5672 by
+default), each class on a queue of its own. Under CI=true they must run;
+elsewhere they skip, saying why, when no RabbitMQ answers.
+"""
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import unittest
+
+from kombu import Connection, Exchange, Queue
+from pypdf import PdfReader
+
+from test_api import PROJECT, LiveService, ServiceTestCase, unique_name, wait_until
+
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def rabbitmq_answers():
+    try:
+        with Connection(RABBITMQ_URL, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=0)
+        return True
+    except Exception:
+        return False
+
+
+def pdf_text(data):
+    return PdfReader(io.BytesIO(data)).pages[0].extract_text()
+
+
+class ReportClient:
+    """What the report tests do over HTTP, against any LiveService."""
+
+    def new_user_with_stats(self, **stats):
+        user, token = self.sign_up(email="player@example.com", gender="female")
+        if stats:
+            answer = self.request("PATCH", f"/users/{user['id']}/stats", stats, token=token)
+            self.assertEqual(answer.status, 200, answer.body)
+        return user, token
+
+    def post_report(self, user, token):
+        answer = self.request("POST", f"/users/{user['id']}/pdf", token=token)
+        self.assertEqual(answer.status, 202, answer.body)
+        return answer
+
+    def wait_for_report(self, user, token, unlike_etag=None, timeout=30):
+        """Poll GET until it serves a PDF (other than the one with unlike_etag)."""
+        def served():
+            answer = self.request("GET", f"/users/{user['id']}/pdf", token=token)
+            if answer.status == 200 and answer.header("ETag") != unlike_etag:
+                return answer
+            self.assertIn(answer.status, (200, 202), answer.body)
+            return None
+        return wait_until(served, timeout, what=f"the report of user {user['id']}")
+
+
+class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
+    """The default set-up: memory:// broker, the worker in a server thread."""
+
+    def test_report_holds_the_users_values_and_follows_stats_changes(self):
+        user, token = self.new_user_with_stats(victory_count=8, loss_count=4,
+                                               session_count=12, total_time=5000)
+        accepted = self.post_report(user, token)
+        url = f"/users/{user['id']}/pdf"
+        self.assertEqual(accepted.json, {"url": url, "status": "pending"})
+        self.assertEqual(accepted.header("Location"), url)
+
+        first = self.wait_for_report(user, token)
+        self.assertEqual(first.header("Content-Type"), "application/pdf")
+        self.assertEqual(first.header("Content-Disposition"),
+                         f'inline; filename="{user["username"]}_stats.pdf"')
+        self.assertTrue(first.header("Last-Modified"))
+        text = pdf_text(first.body)
+        for value in (user["username"], "player@example.com", "female", "8", "4", "12",
+                      "1 h 23 min", "66.7%", "UTC"):
+            self.assertIn(value, text)
+        self.assertEqual(len(PdfReader(io.BytesIO(first.body)).pages), 1)
+
+        self.request("PATCH", f"/users/{user['id']}/stats", {"victory_count": 31}, token=token)
+        self.post_report(user, token)
+        second = self.wait_for_report(user, token, unlike_etag=first.header("ETag"))
+        self.assertIn("31", pdf_text(second.body))
+
+    def test_report_is_an_a4_page_made_by_matplotlib(self):
+        user, token = self.new_user_with_stats()
+        self.post_report(user, token)
+        reader = PdfReader(io.BytesIO(self.wait_for_report(user, token).body))
+        self.assertIn("Matplotlib", reader.metadata["/Producer"])
+        box = reader.pages[0].mediabox
+        self.assertEqual((round(box.width), round(box.height)), (595, 842))
+
+    def test_unchanged_report_answers_304_to_its_etag(self):
+        user, token = self.new_user_with_stats()
+        self.post_report(user, token)
+        etag = self.wait_for_report(user, token).header("ETag")
+        again = self.request("GET", f"/users/{user['id']}/pdf", token=token,
+                             headers={"If-None-Match": etag})
+        self.assertEqual(again.status, 304)
+        self.assertEqual(again.body, b"")
+        self.assertEqual(again.header("ETag"), etag)
+
+    def test_get_before_any_request_is_404(self):
+        user, token = self.new_user_with_stats()
+        self.assertError(self.request("GET", f"/users/{user['id']}/pdf", token=token), 404)
+
+    def test_report_routes_need_a_token_and_posting_needs_the_owner(self):
+        user, token = self.new_user_with_stats()
+        _, other_token = self.new_user_with_stats()
+        url = f"/users/{user['id']}/pdf"
+        self.assertError(self.request("POST", url), 401)
+        self.assertError(self.request("GET", url), 401)
+        self.assertError(self.request("POST", url, token=other_token), 403)
+        self.assertError(self.request("POST", "/users/999999/pdf", token=token), 404)
+        self.assertError(self.request("GET", "/users/999999/pdf", token=token), 404)
+
+    def test_deleting_a_user_deletes_their_report(self):
+        user, token = self.new_user_with_stats()
+        self.post_report(user, token)
+        self.wait_for_report(user, token)
+        self.assertEqual(self.request("DELETE", f"/users/{user['id']}", token=token).status, 204)
+        _, reader_token = self.new_user_with_stats()
+        self.assertError(self.request("GET", f"/users/{user['id']}/pdf", token=reader_token), 404)
+
+    def test_healthz_reports_database_and_broker(self):
+        answer = self.request("GET", "/healthz")
+        self.assertEqual((answer.status, answer.json),
+                         (200, {"status": "ok", "database": "ok", "broker": "ok"}))
+
+    def test_failed_render_is_a_clear_error_and_a_new_post_starts_over(self):
+        user, token = self.new_user_with_stats()
+        # A worker whose renderer always fails, on the same database.
+        script = textwrap.dedent(f"""
+            import report, worker, time, models
+            def broken(data): raise RuntimeError("broken renderer")
+            report.render = broken
+            with models.write_session() as db:
+                db.add(models.Report(id=10**12 + {user['id']}, user_id={user['id']},
+                                     published_at=time.time()))
+            print(worker.run_job({{"report_id": 10**12 + {user['id']}, "user_id": {user['id']}}}))
+        """)
+        run = subprocess.run([sys.executable, "-c", script], env=self.service.env, cwd=PROJECT,
+                             capture_output=True, text=True, timeout=60)
+        self.assertIn("failed job", run.stdout, run.stderr)
+        self.assertEqual(run.stderr.count("render attempt"), 3)  # bounded retries, logged
+
+        failed = self.request("GET", f"/users/{user['id']}/pdf", token=token)
+        self.assertError(failed, 409, mentions="could not be drawn")
+        self.post_report(user, token)
+        self.wait_for_report(user, token)
+
+
+def require_rabbitmq(test_class):
+    """Skip without RabbitMQ, except in CI, where it is required."""
+    if rabbitmq_answers() or os.environ.get("CI") == "true":
+        return test_class
+    return unittest.skip(f"no RabbitMQ answers at {RABBITMQ_URL} (CI requires one)")(test_class)
+
+
+@require_rabbitmq
+class RabbitMQReportTest(ReportClient, ServiceTestCase):
+    """Server and separate worker processes sharing RabbitMQ."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.queue_name = unique_name("test-reports-")
+        cls.service_env = {"BROKER_URL": RABBITMQ_URL, "REPORT_QUEUE": cls.queue_name}
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        with Connection(RABBITMQ_URL) as connection:
+            cls.queue()(connection.default_channel).delete()
+
+    @classmethod
+    def queue(cls):
+        return Queue(cls.queue_name, Exchange(cls.queue_name, type="direct", durable=True),
+                     routing_key="report", durable=True)
+
+    def tearDown(self):
+        for worker in self.service.processes[1:]:
+            worker.stop(signal.SIGKILL)
+        del self.service.processes[1:]
+
+    def ready_jobs(self):
+        with Connection(RABBITMQ_URL) as connection:
+            return self.queue()(connection.default_channel).queue_declare(passive=True).message_count
+
+    def test_server_queues_and_a_separate_worker_renders(self):
+        user, token = self.new_user_with_stats(victory_count=3, loss_count=1)
+        self.service.start_worker()
+        self.post_report(user, token)
+        text = pdf_text(self.wait_for_report(user, token).body)
+        self.assertIn("75.0%", text)
+
+    def test_jobs_wait_in_the_queue_for_a_worker(self):
+        user, token = self.new_user_with_stats(victory_count=5)
+        self.post_report(user, token)
+        pending = self.request("GET", f"/users/{user['id']}/pdf", token=token)
+        self.assertEqual((pending.status, pending.json), (202, {"status": "pending"}))
+        self.assertTrue(int(pending.header("Retry-After")) > 0)
+        self.post_report(user, token)  # while pending: no second job
+        self.assertEqual(self.ready_jobs(), 1)
+
+        self.service.start_worker()
+        self.wait_for_report(user, token)
+        self.assertEqual(self.ready_jobs(), 0)
+
+    def test_worker_killed_mid_job_leaves_it_to_another_worker(self):
+        user, token = self.new_user_with_stats(victory_count=7)
+        first = self.service.start_worker()
+        wait_until(lambda: "consuming report jobs" in first.output(), what="worker 1 consuming")
+        first.popen.send_signal(signal.SIGSTOP)  # frozen: takes the job, never acks it
+        self.post_report(user, token)
+        wait_until(lambda: self.ready_jobs() == 0, what="the job delivered to worker 1")
+        first.stop(signal.SIGKILL)
+
+        self.service.start_worker()
+        self.assertIn("7", pdf_text(self.wait_for_report(user, token).body))
+
+    def test_malformed_jobs_are_acked_logged_and_skipped(self):
+        worker = self.service.start_worker()
+        wait_until(lambda: "consuming report jobs" in worker.output(), what="worker consuming")
+        with Connection(RABBITMQ_URL) as connection:
+            producer = connection.Producer()
+            for body, content_type in ((b"\x00not json", "application/octet-stream"),
+                                       (b"{not json", "application/json"),
+                                       (b'{"report_id": "x"}', "application/json"),
+                                       (b'{"report_id": 999999999, "user_id": 1}',
+                                        "application/json")):
+                producer.publish(body, exchange=self.queue().exchange, routing_key="report",
+                                 content_type=content_type, content_encoding="utf-8",
+                                 declare=[self.queue()])
+        wait_until(lambda: worker.output().count("dropped") == 4, what="4 dropped jobs logged")
+        user, token = self.new_user_with_stats()
+        self.post_report(user, token)
+        self.wait_for_report(user, token)
+        self.assertEqual(self.ready_jobs(), 0)
+
+    def test_worker_stops_cleanly_on_sigterm(self):
+        worker = self.service.start_worker()
+        wait_until(lambda: "consuming report jobs" in worker.output(), what="worker consuming")
+        self.assertEqual(worker.stop(signal.SIGTERM), 0)
+        self.assertIn("worker stopped", worker.output())
+
+
+class UnreachableBrokerTest(ReportClient, ServiceTestCase):
+    """A broker that refuses connections: 503, and nothing left pending."""
+    service_env = {"BROKER_URL": "amqp://guest:guest@127.0.0.1:9//"}
+
+    def test_post_is_503_and_leaves_nothing_pending(self):
+        user, token = self.new_user_with_stats()
+        answer = self.request("POST", f"/users/{user['id']}/pdf", token=token)
+        self.assertError(answer, 503)
+        self.assertError(self.request("GET", f"/users/{user['id']}/pdf", token=token), 404)
+
+    def test_healthz_names_the_broker_as_down(self):
+        answer = self.request("GET", "/healthz")
+        self.assertEqual((answer.status, answer.json),
+                         (503, {"status": "down", "database": "ok", "broker": "down"}))
+
+
+if __name__ == "__main__":
+    unittest.main()
