@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import matplotlib
 from matplotlib.backends.backend_pdf import FigureCanvasPdf
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch
+from matplotlib.patches import FancyBboxPatch, Rectangle
 
 # The PDF core fonts are built into every reader: nothing to embed, and the
 # text stays text. They cover Latin-1 (cp1252) only: a report with other
@@ -70,8 +70,9 @@ def _render(data, now):
     now = now or datetime.now(timezone.utc)
     figure = Figure(figsize=A4_INCHES)
     _header(figure, data)
-    _table(figure, data)
-    _chart(figure, data)
+    _cards(figure, data)
+    _bar_chart(figure, data)
+    _win_share(figure, data)
     figure.text(0.08, 0.04, f"Generated {now:%Y-%m-%d %H:%M:%S} UTC", color=MUTED, fontsize=9)
     buffer = io.BytesIO()
     FigureCanvasPdf(figure).print_pdf(buffer, metadata={
@@ -81,37 +82,55 @@ def _render(data, now):
 
 
 def _header(figure, data):
-    figure.text(0.08, 0.92, data.username, fontsize=28, fontweight="bold", color=INK)
-    figure.text(0.08, 0.885, "Game statistics report", fontsize=12, color=MUTED)
-    figure.text(0.08, 0.85, f"Email: {data.email or 'not given'}", fontsize=11, color=INK)
-    figure.text(0.08, 0.83, f"Gender: {data.gender or 'not given'}", fontsize=11, color=INK)
+    figure.add_artist(Rectangle((0, 0.87), 1, 0.13, transform=figure.transFigure,
+                                facecolor=INK, edgecolor="none"))
+    figure.text(0.08, 0.925, data.username, fontsize=28, fontweight="bold", color="white")
+    figure.text(0.08, 0.895, "Game statistics report", fontsize=12, color="#cbd2d9")
+    figure.text(0.08, 0.83, f"Email: {data.email or 'not given'}", fontsize=11, color=INK)
+    figure.text(0.08, 0.805, f"Gender: {data.gender or 'not given'}", fontsize=11, color=INK)
 
 
-def _table(figure, data):
+def _cards(figure, data):
     rate = win_rate(data.victory_count, data.loss_count)
-    rows = [("Victories", f"{data.victory_count:,}"),
-            ("Losses", f"{data.loss_count:,}"),
-            ("Sessions", f"{data.session_count:,}"),
-            ("Total time", hours_and_minutes(data.total_time)),
-            ("Win rate", "no games yet" if rate is None else f"{rate:.1%}")]
-    top, step = 0.76, 0.04
-    figure.add_artist(FancyBboxPatch((0.08, top - step * len(rows) - 0.01), 0.84,
-                                     step * len(rows) + 0.035, boxstyle="round,pad=0.005",
-                                     transform=figure.transFigure, facecolor=PANEL,
-                                     edgecolor="none"))
-    for index, (label, value) in enumerate(rows):
-        y = top - step * index
-        figure.text(0.11, y, label, fontsize=13, color=MUTED)
-        figure.text(0.89, y, value, fontsize=13, color=INK, fontweight="bold", ha="right")
+    cards = [("Victories", f"{data.victory_count:,}", WIN),
+             ("Losses", f"{data.loss_count:,}", LOSS),
+             ("Sessions", f"{data.session_count:,}", INK),
+             ("Total time", hours_and_minutes(data.total_time), INK),
+             ("Games played", f"{data.victory_count + data.loss_count:,}", INK),
+             ("Win rate", "no games yet" if rate is None else f"{rate:.1%}", INK)]
+    width, gap, height = 0.84, 0.012, 0.085
+    card_width = (width - gap * 2) / 3
+    for index, (label, value, color) in enumerate(cards):
+        row, column = divmod(index, 3)
+        x, y = 0.08 + column * (card_width + gap), 0.66 - row * (height + gap)
+        figure.add_artist(FancyBboxPatch((x, y), card_width, height,
+                                         boxstyle="round,pad=0,rounding_size=0.008",
+                                         transform=figure.transFigure,
+                                         facecolor=PANEL, edgecolor="none"))
+        figure.text(x + 0.02, y + 0.055, label, fontsize=10, color=MUTED)
+        figure.text(x + 0.02, y + 0.018, value, fontsize=17, fontweight="bold", color=color)
 
 
-def _chart(figure, data):
-    axes = figure.add_axes((0.14, 0.12, 0.76, 0.38))
+def _bar_chart(figure, data):
+    axes = figure.add_axes((0.08, 0.12, 0.46, 0.33))
     counts = [data.victory_count, data.loss_count]
-    bars = axes.bar(["Victories", "Losses"], counts, color=[WIN, LOSS], width=0.55)
+    bars = axes.bar(["Victories", "Losses"], counts, color=[WIN, LOSS], width=0.6)
     axes.bar_label(bars, labels=[f"{count:,}" for count in counts], padding=4,
-                   fontsize=12, color=INK)
-    axes.set_title("Victories against losses", fontsize=14, color=INK, loc="left", pad=14)
+                   fontsize=11, color=INK)
+    figure.text(0.08, 0.47, "Victories against losses", fontsize=13, color=INK)
     axes.set_ylim(0, max(counts + [1]) * 1.15)
-    axes.spines[["top", "right"]].set_visible(False)
-    axes.tick_params(colors=MUTED, labelsize=11)
+    axes.set_yticks([])
+    axes.spines[["top", "right", "left"]].set_visible(False)
+    axes.tick_params(colors=MUTED, labelsize=11, length=0)
+
+
+def _win_share(figure, data):
+    axes = figure.add_axes((0.6, 0.12, 0.32, 0.33))
+    figure.text(0.6, 0.47, "Share of games won", fontsize=13, color=INK)
+    games = data.victory_count + data.loss_count
+    shares, colors = ([data.victory_count, data.loss_count], [WIN, LOSS]) if games else ([1], [PANEL])
+    axes.pie(shares, colors=colors, startangle=90, counterclock=False,
+             wedgeprops={"width": 0.32, "edgecolor": "white"})
+    rate = win_rate(data.victory_count, data.loss_count)
+    axes.text(0, 0, "-" if rate is None else f"{rate:.0%}", ha="center", va="center",
+              fontsize=20, fontweight="bold", color=INK)
