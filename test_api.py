@@ -3,19 +3,25 @@
 Each test class starts `server.py` as a process on a free port, with a real
 SQLite file in a temporary folder, and talks to it with http.client.
 """
+import base64
 import http.client
 import json
 import os
+import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
-from itertools import count
+from itertools import count, product
 from pathlib import Path
+from urllib.parse import quote
+
+import jwt
 
 PROJECT = Path(__file__).resolve().parent
 
@@ -85,12 +91,14 @@ class LiveService:
             **os.environ,
             "DATA_DIR": str(self.dir),
             "DATABASE_URL": f"sqlite:///{self.dir}/app.db",
-            "JWT_SECRET": "test-secret-" + os.urandom(8).hex(),
+            # 64+ bytes: long enough for every HMAC size, so PyJWT never warns.
+            "JWT_SECRET": "test-secret-" + os.urandom(32).hex(),
             "SCRYPT_N": "1024",  # tests only: cheap hashes keep hundreds of sign-ups fast
             "PYTHONUNBUFFERED": "1",
             **env,
         }
         self.processes = []
+        self._log_numbers = count(1)
         self.server = None
         self.port = None
 
@@ -104,7 +112,7 @@ class LiveService:
         return self.start("worker.py", **env)
 
     def start(self, script, **env):
-        name = f"{Path(script).stem}-{len(self.processes)}.log"
+        name = f"{Path(script).stem}-{next(self._log_numbers)}.log"
         process = Process(script, {**self.env, **env}, self.dir / name)
         self.processes.append(process)
         return process
@@ -137,11 +145,38 @@ class LiveService:
         self.folder.cleanup()
 
 
+def raw_exchange(port, data):
+    """Send bytes as they are (no HTTP client to tidy them up): status, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def method_set(header):
+    """The methods of an Allow (or Access-Control-Allow-Methods) header, as a set."""
+    return {method.strip().upper() for method in (header or "").split(",") if method.strip()}
+
+
 _names = count(1)
 
 
 def unique_name(prefix="user"):
     return f"{prefix}{os.getpid()}_{next(_names)}"
+
+
+STAT_NAMES = ("loss_count", "session_count", "total_time", "victory_count")
+ZERO_STATS = dict.fromkeys(STAT_NAMES, 0)
+BAD_LOGIN = {"success": False, "message": "Bad username or password"}
+MAX_BODY = 1 << 20
+NO_SUCH_ID = 999_999_999  # a well-formed id that no test ever reaches
 
 
 class ServiceTestCase(unittest.TestCase):
@@ -179,8 +214,325 @@ class ServiceTestCase(unittest.TestCase):
         if mentions:
             self.assertIn(mentions, answer.json["message"])
 
+    def assertJson(self, answer, status):
+        """The JSON body of an answer that must have this status."""
+        self.assertEqual(answer.status, status, answer.body)
+        self.assertTrue((answer.header("Content-Type") or "").startswith("application/json"),
+                        answer.header("Content-Type"))
+        return answer.json
 
-class UsersTest(ServiceTestCase):
+    def assertUnauthorized(self, answer):
+        self.assertError(answer, 401)
+        self.assertEqual((answer.header("WWW-Authenticate") or "").split(" ")[0], "Bearer",
+                         answer.header("WWW-Authenticate"))
+
+    def assertNoContent(self, answer):
+        self.assertEqual(answer.status, 204, answer.body)
+        self.assertEqual(answer.body, b"")
+
+    def fetch_user(self, user_id):
+        """The user as GET /users/{id} shows it."""
+        return self.assertJson(self.request("GET", f"/users/{user_id}"), 200)
+
+    def stats(self, user_id, token):
+        return self.assertJson(self.request("GET", f"/users/{user_id}/stats", token=token), 200)
+
+    def log_in(self, username, password="secret-pw"):
+        return self.request("POST", "/login", {"username": username, "password": password})
+
+    def token_of(self, username, password="secret-pw"):
+        return self.assertJson(self.log_in(username, password), 200)["token"]
+
+    def set_stats(self, user, token, **values):
+        return self.assertJson(self.request("PATCH", f"/users/{user['id']}/stats", values,
+                                            token=token), 200)
+
+
+class ApiTestCase(ServiceTestCase):
+    """A ServiceTestCase whose server log must stay clean.
+
+    After each test the log must hold no traceback and no "database is
+    locked": an unexpected exception is a bug even when the client got an
+    answer that looked fine.
+    """
+    # These tests make no reports: without the embedded PDF worker (and the
+    # matplotlib it loads) a server starts twice as fast.
+    service_env = {"EMBEDDED_WORKER": "off"}
+    log_must_stay_clean = True
+
+    def setUp(self):
+        self._log_marks = {process.log_path: Path(process.log_path).stat().st_size
+                           for process in self.service.processes}
+
+    def tearDown(self):
+        if not self.log_must_stay_clean:
+            return
+        for process in self.service.processes:
+            with open(process.log_path, "rb") as log:
+                log.seek(self._log_marks.get(process.log_path, 0))
+                new = log.read().decode(errors="replace")
+            for sign in ("Traceback", "database is locked"):
+                self.assertNotIn(sign, new, f"server log of this test:\n{new}")
+
+
+# Conventions
+
+# Bodies that are not JSON at all, or not JSON the parser may take.
+NOT_JSON_BODIES = {
+    "plain text": b"not json",
+    "empty": b"",
+    "truncated": b'{"username": "a"',
+    "trailing garbage": b"{} x",
+    "single quotes": b"{'username': 'a'}",
+    "NaN literal": b'{"loss_count": NaN}',
+    "Infinity literal": b'{"loss_count": Infinity}',
+    "-Infinity literal": b'{"loss_count": -Infinity}',
+    "invalid UTF-8": b'{"username": "\xff\xfe"}',
+    "deeply nested arrays": b"[" * 100000,
+    "deeply nested arrays, closed": b"[" * 100000 + b"]" * 100000,
+    "deeply nested objects": b'{"a": ' * 100000 + b"1" + b"}" * 100000,
+}
+# Valid JSON that is not an object.
+NOT_OBJECT_BODIES = {
+    "array": b"[]",
+    "array of an object": b'[{"username": "a", "password": "b"}]',
+    "string": b'"text"',
+    "number": b"1",
+    "null": b"null",
+    "true": b"true",
+}
+BAD_IDS = ("abc", "-1", "0", "99999999999999999999", "1.5", "9223372036854775808", "1e3", "0x10")
+
+
+class ConventionsTest(ApiTestCase):
+    def setUp(self):
+        super().setUp()
+        self.owner, self.token = self.sign_up(gender="before")
+
+    def body_routes(self):
+        """Every route that reads a JSON body, with what it needs to get that far."""
+        mine = f"/users/{self.owner['id']}"
+        return [("POST", "/users", None), ("POST", "/login", None),
+                ("PUT", mine, self.token), ("PATCH", mine, self.token),
+                ("PUT", mine + "/stats", self.token), ("PATCH", mine + "/stats", self.token)]
+
+    def assertOwnerUnchanged(self):
+        self.assertEqual(self.fetch_user(self.owner["id"]), self.owner)
+        self.assertEqual(self.stats(self.owner["id"], self.token), ZERO_STATS)
+
+    def test_body_that_is_not_valid_json_is_400(self):
+        for (method, path, token), (what, raw) in product(self.body_routes(),
+                                                          NOT_JSON_BODIES.items()):
+            with self.subTest(method=method, path=path, body=what):
+                answer = self.request(method, path, raw=raw, token=token,
+                                      headers={"Content-Type": "application/json"})
+                self.assertError(answer, 400)
+        self.assertOwnerUnchanged()
+
+    def test_body_that_is_json_but_not_an_object_is_400(self):
+        for (method, path, token), (what, raw) in product(self.body_routes(),
+                                                          NOT_OBJECT_BODIES.items()):
+            with self.subTest(method=method, path=path, body=what):
+                answer = self.request(method, path, raw=raw, token=token,
+                                      headers={"Content-Type": "application/json"})
+                self.assertError(answer, 400)
+        self.assertOwnerUnchanged()
+
+    def test_body_without_content_type_is_read_as_json(self):
+        def send(method, path, body, token=None):
+            return self.request(method, path, raw=json.dumps(body).encode(), token=token)
+
+        name = unique_name()
+        created = self.assertJson(send("POST", "/users", {"username": name, "password": "pw"}),
+                                  201)
+        self.assertEqual(created["user"]["username"], name)
+        self.assertJson(send("POST", "/login", {"username": name, "password": "pw"}), 200)
+        mine = f"/users/{self.owner['id']}"
+        self.assertEqual(self.assertJson(send("PATCH", mine, {"gender": "after"}, self.token),
+                                         200)["gender"], "after")
+        self.assertEqual(self.assertJson(send("PUT", mine + "/stats", {"loss_count": 3},
+                                              self.token), 200)["loss_count"], 3)
+
+    def test_body_over_1_mib_is_413_json(self):
+        too_big = b'{"gender": "' + b"a" * MAX_BODY + b'"}'
+        for method, path, token in self.body_routes():
+            with self.subTest(method=method, path=path):
+                answer = self.request(method, path, raw=too_big, token=token,
+                                      headers={"Content-Type": "application/json"})
+                self.assertError(answer, 413)
+        self.assertOwnerUnchanged()
+
+    def test_chunked_body_over_1_mib_is_413_json(self):
+        chunks = iter([b'{"gender": "'] + [b"a" * 65536] * 17 + [b'"}'])
+        answer = self.request("PATCH", f"/users/{self.owner['id']}", raw=chunks,
+                              token=self.token, headers={"Content-Type": "application/json"})
+        self.assertError(answer, 413)
+        self.assertOwnerUnchanged()
+
+    def test_body_of_exactly_1_mib_is_read(self):
+        name = unique_name()
+        start = json.dumps({"username": name, "password": "pw"}).encode()[:-1]
+        raw = start + b" " * (MAX_BODY - len(start) - 1) + b"}"
+        self.assertEqual(len(raw), MAX_BODY)
+        answer = self.request("POST", "/users", raw=raw,
+                              headers={"Content-Type": "application/json"})
+        self.assertEqual(self.assertJson(answer, 201)["user"]["username"], name)
+
+    def test_ids_that_are_not_positive_integers_are_404_json(self):
+        routes = [("GET", "/users/{}"), ("PUT", "/users/{}"), ("PATCH", "/users/{}"),
+                  ("DELETE", "/users/{}"), ("GET", "/users/{}/stats"),
+                  ("PUT", "/users/{}/stats"), ("PATCH", "/users/{}/stats")]
+        for bad_id, (method, template) in product(BAD_IDS, routes):
+            with self.subTest(method=method, id=bad_id):
+                body = {} if method in ("PUT", "PATCH") else None
+                answer = self.request(method, template.format(bad_id), body, token=self.token)
+                self.assertError(answer, 404)
+
+    def test_well_formed_ids_of_no_user_are_404_json(self):
+        for user_id in (NO_SUCH_ID, 2**63 - 1):
+            with self.subTest(id=user_id):
+                self.assertError(self.request("GET", f"/users/{user_id}"), 404)
+                self.assertError(self.request("GET", f"/users/{user_id}/stats",
+                                              token=self.token), 404)
+
+    def test_unknown_fields_are_400_naming_them(self):
+        mine = f"/users/{self.owner['id']}"
+        cases = [
+            ("POST", "/users", {"username": unique_name(), "password": "pw",
+                                "admin": True, "role": "root"}, None, ["admin", "role"]),
+            ("POST", "/login", {"username": self.owner["username"], "password": "secret-pw",
+                                "remember_me": True}, None, ["remember_me"]),
+            ("PUT", mine, {"gender": "x", "is_admin": True}, self.token, ["is_admin"]),
+            ("PATCH", mine, {"password_hash": "x"}, self.token, ["password_hash"]),
+            ("PUT", mine + "/stats", {"wins": 1}, self.token, ["wins"]),
+            ("PATCH", mine + "/stats", {"loss_count": 1, "user_id": 2}, self.token,
+             ["user_id"]),
+        ]
+        for method, path, body, token, unknown in cases:
+            with self.subTest(method=method, path=path):
+                answer = self.request(method, path, body, token=token)
+                self.assertError(answer, 400)
+                for name in unknown:
+                    self.assertIn(name, answer.json["message"])
+        self.assertOwnerUnchanged()
+
+    def test_read_only_fields_are_ignored(self):
+        name = unique_name()
+        created = self.assertJson(self.request("POST", "/users", {
+            "username": name, "password": "pw", "id": NO_SUCH_ID,
+            "self": f"/users/{NO_SUCH_ID}", "stats": "x", "pdf": "y"}), 201)["user"]
+        self.assertNotEqual(created["id"], NO_SUCH_ID)
+        self.assertEqual(created["self"], f"/users/{created['id']}")
+        # A client may send back what it read, with a change.
+        read = self.fetch_user(self.owner["id"])
+        for verb in ("PUT", "PATCH"):
+            with self.subTest(verb=verb):
+                sent = {**read, "gender": verb, "id": NO_SUCH_ID, "stats": "/elsewhere"}
+                updated = self.assertJson(
+                    self.request(verb, f"/users/{self.owner['id']}", sent, token=self.token),
+                    200)
+                self.assertEqual(updated, {**read, "gender": verb})
+
+    def test_unknown_method_on_known_path_is_405_with_allow(self):
+        mine = f"/users/{self.owner['id']}"
+        cases = [("DELETE", "/users", {"GET", "POST"}),
+                 ("PUT", "/users", {"GET", "POST"}),
+                 ("POST", mine, {"GET", "PUT", "PATCH", "DELETE"}),
+                 ("DELETE", "/users/me", {"GET"}),
+                 ("POST", mine + "/stats", {"GET", "PUT", "PATCH"}),
+                 ("DELETE", mine + "/stats", {"GET", "PUT", "PATCH"}),
+                 ("GET", "/login", {"POST"}),
+                 ("POST", "/healthz", {"GET"}),
+                 ("DELETE", "/openapi.json", {"GET"}),
+                 ("BREW", "/users", {"GET", "POST"})]
+        for method, path, expected in cases:
+            with self.subTest(method=method, path=path):
+                answer = self.request(method, path, token=self.token)
+                self.assertError(answer, 405)
+                allow = method_set(answer.header("Allow"))
+                self.assertLessEqual(expected, allow)
+                self.assertNotIn(method, allow)
+        self.assertOwnerUnchanged()
+
+    def test_unknown_path_is_404_json(self):
+        for method, path in [("GET", "/"), ("GET", "/nope"), ("POST", "/nope"),
+                             ("GET", f"/users/{self.owner['id']}/nope"),
+                             ("GET", "/users/me/stats"), ("POST", "/login/extra")]:
+            with self.subTest(method=method, path=path):
+                self.assertError(self.request(method, path, token=self.token), 404)
+
+    def test_malformed_http_gets_a_json_error(self):
+        requests = {
+            "garbage request line": b"GARBAGE\r\n\r\n",
+            "request line with extra words": b"GET /users HTTP/1.1 extra\r\n\r\n",
+            "control bytes": b"\x00\x01\x02\r\n\r\n",
+            "header without colon": b"GET /users HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+            "bad Content-Length": (b"POST /users HTTP/1.1\r\nHost: x\r\n"
+                                   b"Content-Length: abc\r\n\r\n"),
+            "bad chunk size": (b"POST /users HTTP/1.1\r\nHost: x\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
+        }
+        for what, data in requests.items():
+            with self.subTest(what):
+                status, headers, body = raw_exchange(self.service.port, data)
+                self.assertEqual(status, 400, body)
+                self.assertTrue(headers.get("content-type", "").startswith("application/json"))
+                answer = json.loads(body)
+                self.assertIs(answer["success"], False)
+                self.assertIsInstance(answer["message"], str)
+
+    def test_routes_without_token_are_open(self):
+        other, _ = self.sign_up()
+        for method, path, body, status in [
+                ("GET", "/users", None, 200), ("GET", f"/users/{other['id']}", None, 200),
+                ("POST", "/users", {"username": unique_name(), "password": "pw"}, 201),
+                ("POST", "/login", {"username": other["username"], "password": "secret-pw"}, 200),
+                ("GET", "/healthz", None, 200), ("GET", "/openapi.json", None, 200),
+                ("OPTIONS", f"/users/{other['id']}/stats", None, 204)]:
+            with self.subTest(method=method, path=path):
+                self.assertEqual(self.request(method, path, body).status, status)
+
+    def test_routes_needing_a_token_are_401_without_one_and_change_nothing(self):
+        mine = f"/users/{self.owner['id']}"
+        for method, path, body in [("GET", "/users/me", None), ("GET", mine + "/stats", None),
+                                   ("PUT", mine, {"gender": "x"}),
+                                   ("PATCH", mine, {"gender": "x"}), ("DELETE", mine, None),
+                                   ("PUT", mine + "/stats", {"loss_count": 1}),
+                                   ("PATCH", mine + "/stats", {"loss_count": 1})]:
+            with self.subTest(method=method, path=path):
+                self.assertUnauthorized(self.request(method, path, body))
+        self.assertOwnerUnchanged()
+
+
+# Users
+
+def email_of_length(length):
+    """A plausible address of exactly `length` characters (labels <= 63, local part 64)."""
+    local, labels, left = "a" * 64, [], length - 65 - len(".com")
+    while left > 63:
+        labels.append("b" * 62)
+        left -= 63
+    labels.append("c" * left)
+    return f"{local}@{'.'.join(labels)}.com"
+
+
+# Each a field and a value that the contract's rules refuse.
+INVALID_USER_FIELDS = [
+    ("username", ""), ("username", "a" * 33), ("username", "with space"),
+    ("username", "sl/ash"), ("username", "ümlaut"), ("username", "nul\x00"),
+    ("username", 5), ("username", None), ("username", ["a"]),
+    ("password", ""), ("password", "p" * 257), ("password", 5), ("password", None),
+    ("email", "not-an-email"), ("email", "a@"), ("email", "two@@example.com"),
+    ("email", email_of_length(255)), ("email", 5), ("email", "a\x00@example.com"),
+    ("gender", "g" * 33), ("gender", 5), ("gender", "a\x00b"), ("gender", ["male"]),
+    ("profile_pic", "ftp://example.com/p.png"), ("profile_pic", "not a url"),
+    ("profile_pic", "javascript:alert(1)"), ("profile_pic", "https://"),
+    ("profile_pic", "https://example.com/" + "p" * 2029), ("profile_pic", 5),
+]
+LONE_SURROGATE = "\ud800"
+
+
+class UsersTest(ApiTestCase):
     def test_sign_up_returns_user_token_and_location(self):
         name = unique_name()
         answer = self.request("POST", "/users", {"username": name, "password": "pw",
@@ -197,15 +549,1073 @@ class UsersTest(ServiceTestCase):
         me = self.request("GET", "/users/me", token=answer.json["token"])
         self.assertEqual(me.json, user)
 
+    def test_sign_up_accepts_every_field_at_its_limit(self):
+        name = unique_name("Az09_.-")
+        fields = {"username": name + "x" * (32 - len(name)), "password": "p" * 256,
+                  "email": email_of_length(254), "gender": "é😀" + "g" * 30,
+                  "profile_pic": "https://example.com/" + "p" * 2028}
+        self.assertEqual(len(fields["profile_pic"]), 2048)
+        self.assertEqual(len(fields["email"]), 254)
+        answer = self.assertJson(self.request("POST", "/users", fields), 201)
+        user = answer["user"]
+        self.assertEqual({name: user[name] for name in fields if name != "password"},
+                         {name: value for name, value in fields.items() if name != "password"})
+        self.assertJson(self.log_in(fields["username"], "p" * 256), 200)
+
+    def test_sign_up_accepts_nulls_and_plain_http(self):
+        user, _ = self.sign_up(email=None, gender=None, profile_pic="http://example.com/a.png")
+        self.assertEqual((user["email"], user["gender"], user["profile_pic"]),
+                         (None, None, "http://example.com/a.png"))
+
+    def test_sign_up_without_username_or_password_is_400_naming_it(self):
+        for missing in ("username", "password"):
+            with self.subTest(missing=missing):
+                body = {"username": unique_name(), "password": "pw"}
+                del body[missing]
+                self.assertError(self.request("POST", "/users", body), 400, mentions=missing)
+
+    def test_sign_up_with_invalid_field_is_400_naming_it_and_creates_nothing(self):
+        for field, value in INVALID_USER_FIELDS:
+            with self.subTest(field=field, value=value):
+                body = {"username": unique_name(), "password": "pw", field: value}
+                self.assertError(self.request("POST", "/users", body), 400, mentions=field)
+                if field != "username":  # the name is still free
+                    self.sign_up(username=body["username"])
+
+    def test_lone_surrogates_are_refused_or_handled_never_500(self):
+        for field in ("username", "password", "email", "gender"):
+            value = {"email": LONE_SURROGATE + "@example.com"}.get(field, "a" + LONE_SURROGATE)
+            with self.subTest(field=field):
+                answer = self.request("POST", "/users", {"username": unique_name(),
+                                                         "password": "pw", field: value})
+                if answer.status == 400:
+                    self.assertError(answer, 400, mentions=field)
+                else:
+                    self.assertJson(answer, 201)
+        user, token = self.sign_up()
+        for field in ("username", "email", "gender"):
+            with self.subTest(update=field):
+                answer = self.request("PATCH", f"/users/{user['id']}",
+                                      {field: "a" + LONE_SURROGATE}, token=token)
+                self.assertIn(answer.status, (200, 400), answer.body)
+                self.assertIsInstance(answer.json, dict)
+
+    def test_taken_username_is_409_and_changes_nothing(self):
+        first, token = self.sign_up(email="first@example.com")
+        answer = self.request("POST", "/users", {"username": first["username"],
+                                                 "password": "other", "email": "b@example.com"})
+        self.assertError(answer, 409, mentions=first["username"])
+        self.assertEqual(self.fetch_user(first["id"]), first)
+        self.assertJson(self.log_in(first["username"]), 200)
+
+    def test_password_is_never_returned(self):
+        password = "very-secret-" + unique_name()
+        user, token = self.sign_up(password=password)
+        for answer in [self.request("GET", f"/users/{user['id']}"),
+                       self.request("GET", "/users/me", token=token),
+                       self.request("GET", "/users?limit=1000"),
+                       self.request("PATCH", f"/users/{user['id']}", {"gender": "x"},
+                                    token=token)]:
+            self.assertNotIn(password.encode(), answer.body)
+            self.assertNotIn(b"password", answer.body)
+            self.assertNotIn(b"scrypt", answer.body)
+
+    def test_get_user_returns_it(self):
+        user, _ = self.sign_up(gender="female")
+        self.assertEqual(self.fetch_user(user["id"]), user)
+
+    def test_get_me_returns_the_tokens_user(self):
+        user, token = self.sign_up()
+        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=token), 200),
+                         user)
+        self.assertUnauthorized(self.request("GET", "/users/me"))
+
+    def test_list_is_ordered_by_id_and_counts_every_user(self):
+        made = [self.sign_up()[0] for _ in range(3)]
+        answer = self.request("GET", "/users?limit=1000")
+        users = self.assertJson(answer, 200)
+        ids = [user["id"] for user in users]
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), len(ids))
+        self.assertEqual(int(answer.header("X-Total-Count")), len(users))
+        for user in made:
+            self.assertIn(user, users)
+
+    def test_link_header_only_while_more_users_follow(self):
+        for _ in range(3):
+            self.sign_up()
+        everyone = self.request("GET", "/users?limit=1000")
+        total = int(everyone.header("X-Total-Count"))
+        self.assertIsNone(everyone.header("Link"))
+        pages, path = [], "/users?limit=2"
+        while path:
+            answer = self.request("GET", path)
+            pages.extend(self.assertJson(answer, 200))
+            self.assertEqual(int(answer.header("X-Total-Count")), total)
+            link = answer.header("Link")
+            offset = len(pages)
+            if offset < total:
+                self.assertEqual(link, f'</users?limit=2&offset={offset}>; rel="next"')
+                path = re.fullmatch(r"<([^>]*)>; rel=\"next\"", link).group(1)
+            else:
+                self.assertIsNone(link)
+                path = None
+        self.assertEqual(pages, everyone.json)
+        for offset in (total, total + 5):
+            with self.subTest(offset=offset):
+                answer = self.request("GET", f"/users?offset={offset}")
+                self.assertEqual(self.assertJson(answer, 200), [])
+                self.assertEqual(int(answer.header("X-Total-Count")), total)
+                self.assertIsNone(answer.header("Link"))
+
+    def test_default_limit_is_100(self):
+        total = int(self.request("GET", "/users").header("X-Total-Count"))
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: self.sign_up(), range(max(0, 101 - total))))
+        answer = self.request("GET", "/users")
+        self.assertEqual(len(self.assertJson(answer, 200)), 100)
+        self.assertEqual(answer.header("Link"), '</users?limit=100&offset=100>; rel="next"')
+        self.assertEqual(len(self.assertJson(self.request("GET", "/users?limit=1000"), 200)),
+                         int(answer.header("X-Total-Count")))
+
+    def test_limit_and_offset_at_their_bounds_are_accepted(self):
+        self.sign_up()
+        for query in ("limit=1", "limit=1000", "offset=0", "limit=1&offset=0"):
+            with self.subTest(query=query):
+                self.assertJson(self.request("GET", "/users?" + query), 200)
+        self.assertEqual(len(self.request("GET", "/users?limit=1").json), 1)
+
+    def test_bad_limit_or_offset_is_400_naming_it(self):
+        bad = {"limit": ["0", "1001", "-1", "abc", "1.5", "", "1e2", "0x10", "+5",
+                         quote(" 5"), quote("５")],
+               "offset": ["-1", "abc", "1.5", "", "1e2", "+5", quote("５")]}
+        for name, values in bad.items():
+            for value in values:
+                with self.subTest(name=name, value=value):
+                    answer = self.request("GET", f"/users?{name}={value}")
+                    self.assertError(answer, 400, mentions=name)
+
+    def test_huge_offset_is_never_500(self):
+        answer = self.request("GET", "/users?offset=99999999999999999999")
+        self.assertIn(answer.status, (200, 400), answer.body)
+        self.assertIsInstance(answer.json, (list, dict))
+
+    def test_put_and_patch_change_only_the_fields_sent(self):
+        for verb in ("PUT", "PATCH"):
+            with self.subTest(verb=verb):
+                user, token = self.sign_up(email="me@example.com", gender="female")
+                path = f"/users/{user['id']}"
+                changed = self.assertJson(self.request(verb, path, {"gender": "male"},
+                                                       token=token), 200)
+                self.assertEqual(changed, {**user, "gender": "male"})
+                cleared = self.assertJson(self.request(verb, path, {"email": None},
+                                                       token=token), 200)
+                self.assertEqual(cleared, {**user, "gender": "male", "email": None})
+                self.assertEqual(self.assertJson(self.request(verb, path, {}, token=token), 200),
+                                 cleared)
+                self.assertEqual(self.fetch_user(user["id"]), cleared)
+                self.assertJson(self.log_in(user["username"]), 200)  # password untouched
+
+    def test_rename_frees_the_old_name_and_keeps_the_password(self):
+        user, token = self.sign_up()
+        new_name = unique_name("renamed")
+        path = f"/users/{user['id']}"
+        same = self.assertJson(self.request("PATCH", path, {"username": user["username"]},
+                                            token=token), 200)
+        self.assertEqual(same, user)
+        renamed = self.assertJson(self.request("PUT", path, {"username": new_name},
+                                               token=token), 200)
+        self.assertEqual(renamed["username"], new_name)
+        self.assertJson(self.log_in(new_name), 200)
+        self.assertEqual(self.log_in(user["username"]).status, 401)
+        self.sign_up(username=user["username"])
+
+    def test_update_to_a_taken_username_is_409_and_changes_nothing(self):
+        other, _ = self.sign_up()
+        user, token = self.sign_up(gender="before")
+        for verb in ("PUT", "PATCH"):
+            with self.subTest(verb=verb):
+                answer = self.request(verb, f"/users/{user['id']}",
+                                      {"username": other["username"], "gender": "after"},
+                                      token=token)
+                self.assertError(answer, 409, mentions=other["username"])
+                self.assertEqual(self.fetch_user(user["id"]), user)
+
+    def test_update_with_invalid_field_is_400_naming_it_and_changes_nothing(self):
+        user, token = self.sign_up(gender="before")
+        for verb in ("PUT", "PATCH"):
+            for field, value in INVALID_USER_FIELDS:
+                if field == "password":
+                    continue  # see PasswordChangeTest
+                with self.subTest(verb=verb, field=field, value=value):
+                    answer = self.request(verb, f"/users/{user['id']}",
+                                          {"gender": "after", field: value}, token=token)
+                    self.assertError(answer, 400, mentions=field)
+        self.assertEqual(self.fetch_user(user["id"]), user)
+
+    def test_update_of_another_user_is_403_and_changes_nothing(self):
+        victim, victim_token = self.sign_up(gender="before")
+        _, intruder_token = self.sign_up()
+        for verb, body in [("PUT", {"gender": "hacked"}), ("PATCH", {"gender": "hacked"}),
+                           ("PATCH", {"username": unique_name("stolen")}),
+                           ("PATCH", {"password": "new", "current_password": "secret-pw"})]:
+            with self.subTest(verb=verb, body=body):
+                answer = self.request(verb, f"/users/{victim['id']}", body, token=intruder_token)
+                self.assertError(answer, 403)
+        self.assertEqual(self.fetch_user(victim["id"]), victim)
+        self.assertJson(self.request("GET", "/users/me", token=victim_token), 200)
+        self.assertJson(self.log_in(victim["username"]), 200)
+
+    def test_update_without_a_valid_token_is_401(self):
+        user, _ = self.sign_up(gender="before")
+        for verb in ("PUT", "PATCH"):
+            for token in (None, "not-a-token"):
+                with self.subTest(verb=verb, token=token):
+                    self.assertUnauthorized(self.request(verb, f"/users/{user['id']}",
+                                                         {"gender": "x"}, token=token))
+        self.assertEqual(self.fetch_user(user["id"]), user)
+
+    def test_update_or_delete_of_a_missing_user_is_404(self):
+        _, token = self.sign_up()
+        for method in ("PUT", "PATCH", "DELETE"):
+            with self.subTest(method=method):
+                body = {"gender": "x"} if method != "DELETE" else None
+                self.assertError(self.request(method, f"/users/{NO_SUCH_ID}", body,
+                                              token=token), 404)
+
+    def test_delete_removes_the_user_their_stats_and_their_tokens(self):
+        user, token = self.sign_up()
+        login_token = self.token_of(user["username"])
+        _, reader_token = self.sign_up()
+        self.set_stats(user, token, loss_count=4)
+        total = int(self.request("GET", "/users").header("X-Total-Count"))
+
+        self.assertNoContent(self.request("DELETE", f"/users/{user['id']}", token=token))
+
+        self.assertError(self.request("GET", f"/users/{user['id']}"), 404)
+        self.assertError(self.request("GET", f"/users/{user['id']}/stats",
+                                      token=reader_token), 404)
+        for old in (token, login_token):
+            self.assertUnauthorized(self.request("GET", "/users/me", token=old))
+            self.assertUnauthorized(self.request("DELETE", f"/users/{user['id']}", token=old))
+        self.assertEqual(self.log_in(user["username"]).status, 401)
+        everyone = self.request("GET", "/users?limit=1000")
+        self.assertEqual(int(everyone.header("X-Total-Count")), total - 1)
+        self.assertNotIn(user["id"], [listed["id"] for listed in everyone.json])
+        # The name is free again, and its new owner starts from scratch.
+        newcomer, newcomer_token = self.sign_up(username=user["username"])
+        self.assertEqual(self.stats(newcomer["id"], newcomer_token), ZERO_STATS)
+
+    def test_delete_of_another_user_is_403_and_changes_nothing(self):
+        victim, victim_token = self.sign_up()
+        self.set_stats(victim, victim_token, victory_count=8)
+        _, intruder_token = self.sign_up()
+        self.assertError(self.request("DELETE", f"/users/{victim['id']}",
+                                      token=intruder_token), 403)
+        self.assertEqual(self.fetch_user(victim["id"]), victim)
+        self.assertEqual(self.stats(victim["id"], victim_token)["victory_count"], 8)
+        self.assertJson(self.request("GET", "/users/me", token=victim_token), 200)
+
+    def test_delete_without_a_valid_token_is_401_and_changes_nothing(self):
+        user, _ = self.sign_up()
+        for token in (None, "not-a-token"):
+            with self.subTest(token=token):
+                self.assertUnauthorized(self.request("DELETE", f"/users/{user['id']}",
+                                                     token=token))
+        self.assertEqual(self.fetch_user(user["id"]), user)
+
+
+class PasswordChangeTest(ApiTestCase):
+    def setUp(self):
+        super().setUp()
+        self.user, self.token = self.sign_up(password="old-pw", gender="before")
+        self.path = f"/users/{self.user['id']}"
+
+    def change(self, body, token=None, verb="PATCH"):
+        return self.request(verb, self.path, body, token=token or self.token)
+
+    def assertNothingChanged(self):
+        self.assertEqual(self.fetch_user(self.user["id"]), self.user)
+        self.assertJson(self.request("GET", "/users/me", token=self.token), 200)
+        self.assertJson(self.log_in(self.user["username"], "old-pw"), 200)
+
+    def test_password_without_current_password_is_400_and_changes_nothing(self):
+        for verb in ("PUT", "PATCH"):
+            with self.subTest(verb=verb):
+                answer = self.change({"password": "new-pw", "gender": "after"}, verb=verb)
+                self.assertError(answer, 400, mentions="current_password")
+        self.assertNothingChanged()
+        self.assertEqual(self.log_in(self.user["username"], "new-pw").status, 401)
+
+    def test_wrong_current_password_is_403_and_changes_nothing(self):
+        for verb in ("PUT", "PATCH"):
+            with self.subTest(verb=verb):
+                answer = self.change({"password": "new-pw", "current_password": "wrong",
+                                      "gender": "after"}, verb=verb)
+                self.assertError(answer, 403, mentions="current_password")
+        self.assertNothingChanged()
+
+    def test_current_password_alone_is_400(self):
+        for body in ({"current_password": "old-pw"},
+                     {"current_password": "old-pw", "gender": "after"}):
+            with self.subTest(body=body):
+                self.assertError(self.change(body), 400, mentions="current_password")
+        self.assertNothingChanged()
+
+    def test_invalid_new_or_current_password_is_400_naming_it(self):
+        for body, field in [({"password": "", "current_password": "old-pw"}, "password"),
+                            ({"password": "p" * 257, "current_password": "old-pw"}, "password"),
+                            ({"password": 5, "current_password": "old-pw"}, "password"),
+                            ({"password": None, "current_password": "old-pw"}, "password"),
+                            ({"password": "new-pw", "current_password": 5}, "current_password")]:
+            with self.subTest(body=body):
+                self.assertError(self.change(body), 400, mentions=field)
+        self.assertNothingChanged()
+
+    def test_change_by_another_user_is_403_and_changes_nothing(self):
+        _, intruder_token = self.sign_up()
+        answer = self.change({"password": "new-pw", "current_password": "old-pw"},
+                             token=intruder_token)
+        self.assertError(answer, 403)
+        self.assertNothingChanged()
+
+    def test_change_revokes_every_earlier_token_including_the_one_used(self):
+        login_token = self.token_of(self.user["username"], "old-pw")
+        answer = self.change({"password": "new-pw", "current_password": "old-pw",
+                              "gender": "after"}, token=login_token)
+        self.assertEqual(self.assertJson(answer, 200), {**self.user, "gender": "after"})
+        for old in (self.token, login_token):
+            self.assertUnauthorized(self.request("GET", "/users/me", token=old))
+            self.assertUnauthorized(self.request("PATCH", self.path + "/stats",
+                                                 {"loss_count": 1}, token=old))
+        self.assertEqual(self.log_in(self.user["username"], "old-pw").status, 401)
+        self.assertJson(self.log_in(self.user["username"], "new-pw"), 200)
+
+    def test_token_from_a_login_right_after_the_change_works(self):
+        # Repeated, so that change and login surely share a second at least once.
+        password = "old-pw"
+        for round_ in range(3):
+            for verb in ("PUT", "PATCH"):
+                with self.subTest(round=round_, verb=verb):
+                    new = f"pw-{round_}-{verb}"
+                    before = self.token_of(self.user["username"], password)
+                    self.assertJson(self.change({"password": new, "current_password": password},
+                                                token=before, verb=verb), 200)
+                    fresh = self.token_of(self.user["username"], new)
+                    self.assertJson(self.request("GET", "/users/me", token=fresh), 200)
+                    self.set_stats(self.user, fresh, session_count=round_)
+                    self.assertUnauthorized(self.request("GET", "/users/me", token=before))
+                    password = new
+
+
+# Stats
+
+# Each a value that is not a non-negative integer below 2**63.
+INVALID_STAT_VALUES = [True, False, 1.5, 1.0, "5", "", None, -1, 2**63, 10**30, [], {}, [1]]
+
+
+class StatsTest(ApiTestCase):
+    def setUp(self):
+        super().setUp()
+        self.user, self.token = self.sign_up()
+        self.path = f"/users/{self.user['id']}/stats"
+
+    def test_new_user_starts_with_all_stats_at_zero(self):
+        self.assertEqual(self.stats(self.user["id"], self.token), ZERO_STATS)
+
+    def test_any_valid_token_may_read_stats(self):
+        _, reader_token = self.sign_up()
+        self.set_stats(self.user, self.token, total_time=5000)
+        self.assertEqual(self.stats(self.user["id"], reader_token),
+                         {**ZERO_STATS, "total_time": 5000})
+
+    def test_reading_stats_without_a_valid_token_is_401(self):
+        for token in (None, "not-a-token"):
+            with self.subTest(token=token):
+                self.assertUnauthorized(self.request("GET", self.path, token=token))
+
+    def test_stats_of_a_missing_user_are_404(self):
+        for method in ("GET", "PUT", "PATCH"):
+            with self.subTest(method=method):
+                body = {"loss_count": 1} if method != "GET" else None
+                self.assertError(self.request(method, f"/users/{NO_SUCH_ID}/stats", body,
+                                              token=self.token), 404)
+
+    def test_put_and_patch_change_only_the_fields_sent(self):
+        expected = dict(ZERO_STATS)
+        for verb, body in [("PATCH", {"loss_count": 4}),
+                           ("PUT", {"session_count": 12, "total_time": 5000}),
+                           ("PATCH", {"victory_count": 8}),
+                           ("PUT", {}),
+                           ("PUT", {"total_time": 2**63 - 1, "loss_count": 0})]:
+            with self.subTest(verb=verb, body=body):
+                expected.update(body)
+                answer = self.request(verb, self.path, body, token=self.token)
+                self.assertEqual(self.assertJson(answer, 200), expected)
+                self.assertEqual(self.stats(self.user["id"], self.token), expected)
+
+    def test_invalid_values_are_400_naming_the_field_and_change_nothing(self):
+        before = self.set_stats(self.user, self.token, loss_count=4, victory_count=8)
+        for verb in ("PUT", "PATCH"):
+            for name in STAT_NAMES:
+                for value in INVALID_STAT_VALUES:
+                    with self.subTest(verb=verb, field=name, value=value):
+                        # A valid field beside it must not be applied either.
+                        other = "session_count" if name != "session_count" else "total_time"
+                        answer = self.request(verb, self.path, {other: 99, name: value},
+                                              token=self.token)
+                        self.assertError(answer, 400, mentions=name)
+        self.assertEqual(self.stats(self.user["id"], self.token), before)
+
+    def test_float_spellings_of_integers_are_400(self):
+        for raw in (b'{"loss_count": 1e2}', b'{"loss_count": 1.0}', b'{"loss_count": -0.0}'):
+            with self.subTest(raw=raw):
+                answer = self.request("PATCH", self.path, raw=raw, token=self.token,
+                                      headers={"Content-Type": "application/json"})
+                self.assertError(answer, 400, mentions="loss_count")
+        self.assertEqual(self.stats(self.user["id"], self.token), ZERO_STATS)
+
+    def test_writing_another_users_stats_is_403_and_changes_nothing(self):
+        _, intruder_token = self.sign_up()
+        for verb in ("PUT", "PATCH"):
+            with self.subTest(verb=verb):
+                self.assertError(self.request(verb, self.path, {"victory_count": 999},
+                                              token=intruder_token), 403)
+        self.assertEqual(self.stats(self.user["id"], self.token), ZERO_STATS)
+
+    def test_writing_stats_without_a_valid_token_is_401_and_changes_nothing(self):
+        for verb in ("PUT", "PATCH"):
+            for token in (None, "not-a-token"):
+                with self.subTest(verb=verb, token=token):
+                    self.assertUnauthorized(self.request(verb, self.path, {"loss_count": 1},
+                                                         token=token))
+        self.assertEqual(self.stats(self.user["id"], self.token), ZERO_STATS)
+
+
+# Login
+
+class LoginTest(ApiTestCase):
+    def fail_logins(self, username, times):
+        for _ in range(times):
+            self.assertEqual(self.assertJson(self.log_in(username, "wrong"), 401), BAD_LOGIN)
+
+    def test_login_returns_a_token_and_the_user_path(self):
+        user, _ = self.sign_up()
+        answer = self.log_in(user["username"])
+        body = self.assertJson(answer, 200)
+        self.assertEqual(set(body), {"success", "token", "user"})
+        self.assertIs(body["success"], True)
+        self.assertEqual(body["user"], f"/users/{user['id']}")
+        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=body["token"]),
+                                         200), user)
+
+    def test_missing_empty_or_non_string_fields_are_400_bad_username_or_password(self):
+        name = self.sign_up()[0]["username"]
+        bodies = [{}, {"username": name}, {"password": "secret-pw"},
+                  {"username": "", "password": "secret-pw"}, {"username": name, "password": ""},
+                  {"username": None, "password": "secret-pw"},
+                  {"username": name, "password": None},
+                  {"username": 5, "password": "secret-pw"}, {"username": name, "password": 5},
+                  {"username": [name], "password": "secret-pw"},
+                  {"username": name, "password": {"value": "secret-pw"}},
+                  {"username": name, "password": True}]
+        for body in bodies:
+            with self.subTest(body=body):
+                self.assertEqual(self.assertJson(self.request("POST", "/login", body), 400),
+                                 BAD_LOGIN)
+
+    def test_unknown_username_and_wrong_password_get_the_same_401(self):
+        user, _ = self.sign_up()
+        wrong_password = self.log_in(user["username"], "wrong")
+        for what, answer in [("unknown username", self.log_in(unique_name("nobody"), "wrong")),
+                             ("impossible username", self.log_in("no such/user!", "wrong"))]:
+            with self.subTest(what):
+                self.assertEqual(self.assertJson(answer, 401), BAD_LOGIN)
+                self.assertEqual(answer.body, wrong_password.body)
+                self.assertEqual(answer.header("WWW-Authenticate"),
+                                 wrong_password.header("WWW-Authenticate"))
+        self.assertEqual(self.assertJson(wrong_password, 401), BAD_LOGIN)
+
+    def test_lone_surrogates_in_login_are_refused_never_500(self):
+        name = self.sign_up()[0]["username"]
+        for body in ({"username": "a" + LONE_SURROGATE, "password": "pw"},
+                     {"username": name, "password": "a" + LONE_SURROGATE}):
+            with self.subTest(body=body):
+                answer = self.request("POST", "/login", body)
+                self.assertIn(answer.status, (400, 401), answer.body)
+                self.assertEqual(answer.json, BAD_LOGIN)
+
+    def test_ten_failed_logins_throttle_that_username_even_for_the_right_password(self):
+        user, token = self.sign_up()
+        bystander, _ = self.sign_up()
+        self.fail_logins(user["username"], 10)
+        for password in ("secret-pw", "wrong"):
+            with self.subTest(password=password):
+                answer = self.log_in(user["username"], password)
+                self.assertError(answer, 429)
+                self.assertNotIn("token", answer.json)
+                retry_after = answer.header("Retry-After") or ""
+                self.assertRegex(retry_after, r"^[0-9]+$")
+                self.assertTrue(0 < int(retry_after) <= 300, retry_after)
+                self.assertEqual(answer.header("X-Content-Type-Options"), "nosniff")
+        # Other usernames are not affected, nor are the tokens the user holds.
+        self.assertJson(self.log_in(bystander["username"]), 200)
+        self.assertEqual(self.log_in(bystander["username"], "wrong").status, 401)
+        self.assertJson(self.request("GET", "/users/me", token=token), 200)
+
+    def test_nine_failed_logins_do_not_throttle(self):
+        user, _ = self.sign_up()
+        self.fail_logins(user["username"], 9)
+        self.assertJson(self.log_in(user["username"]), 200)
+
+    def test_unknown_usernames_are_throttled_alike(self):
+        name = unique_name("nobody")
+        self.fail_logins(name, 10)
+        self.assertError(self.log_in(name, "wrong"), 429)
+
+    def test_concurrent_failed_logins_all_count(self):
+        user, _ = self.sign_up()
+        with ThreadPoolExecutor(8) as pool:
+            statuses = set(pool.map(lambda _: self.log_in(user["username"], "wrong").status,
+                                    range(16)))
+        self.assertLessEqual(statuses, {401, 429})
+        self.assertError(self.log_in(user["username"]), 429)
+
+
+# Headers on every response
+
+def cors_headers(answer):
+    return {name.lower(): value for name, value in answer.headers.items()
+            if name.lower().startswith("access-control-")}
+
+
+def header_words(value):
+    return {word.strip().lower() for word in (value or "").split(",") if word.strip()}
+
+
+EXPOSED = {"location", "link", "x-total-count", "etag", "last-modified", "retry-after"}
+
+
+class HeadersTest(ApiTestCase):
+    def test_every_response_is_nosniff(self):
+        user, token = self.sign_up()
+        doomed, doomed_token = self.sign_up()
+        _, other_token = self.sign_up()
+        mine = f"/users/{user['id']}"
+        answers = {
+            "200 list": self.request("GET", "/users"),
+            "200 user": self.request("GET", mine),
+            "200 stats": self.request("GET", mine + "/stats", token=token),
+            "200 login": self.log_in(user["username"]),
+            "201 sign-up": self.request("POST", "/users", {"username": unique_name(),
+                                                          "password": "pw"}),
+            "204 options": self.request("OPTIONS", "/users"),
+            "204 delete": self.request("DELETE", f"/users/{doomed['id']}", token=doomed_token),
+            "400": self.request("PATCH", mine, raw=b"not json", token=token),
+            "401": self.request("GET", "/users/me"),
+            "403": self.request("PATCH", mine, {"gender": "x"}, token=other_token),
+            "404": self.request("GET", "/nope"),
+            "405": self.request("DELETE", "/users"),
+            "409": self.request("POST", "/users", {"username": user["username"],
+                                                   "password": "pw"}),
+            "413": self.request("POST", "/users", raw=b" " * (MAX_BODY + 1)),
+            "healthz": self.request("GET", "/healthz"),
+            "openapi": self.request("GET", "/openapi.json"),
+        }
+        for what, answer in answers.items():
+            with self.subTest(what):
+                self.assertEqual(answer.header("X-Content-Type-Options"), "nosniff")
+        _, headers, _ = raw_exchange(self.service.port, b"GARBAGE\r\n\r\n")
+        self.assertEqual(headers.get("x-content-type-options"), "nosniff")
+
+    def test_responses_carrying_a_token_are_no_store(self):
+        name = unique_name()
+        for what, answer in [
+                ("sign-up", self.request("POST", "/users", {"username": name, "password": "pw"})),
+                ("login", self.log_in(name, "pw"))]:
+            with self.subTest(what):
+                self.assertIn("token", answer.json)
+                self.assertIn("no-store", header_words(answer.header("Cache-Control")))
+
+    def test_options_on_known_paths_is_204_with_allow_and_needs_no_token(self):
+        user, _ = self.sign_up()
+        mine = f"/users/{user['id']}"
+        expected = {"/users": {"GET", "POST"}, mine: {"GET", "PUT", "PATCH", "DELETE"},
+                    "/users/me": {"GET"}, mine + "/stats": {"GET", "PUT", "PATCH"},
+                    "/login": {"POST"}, "/healthz": {"GET"}, "/openapi.json": {"GET"}}
+        for path, methods in expected.items():
+            for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+                with self.subTest(path=path, headers=headers):
+                    answer = self.request("OPTIONS", path, headers=headers)
+                    self.assertNoContent(answer)
+                    self.assertEqual(method_set(answer.header("Allow")) - {"HEAD", "OPTIONS"},
+                                     methods)
+
+    def test_no_cors_headers_without_cors_origins(self):
+        origin = {"Origin": "https://app.example"}
+        for method, headers in [("GET", origin),
+                                ("OPTIONS", {**origin, "Access-Control-Request-Method": "POST"})]:
+            with self.subTest(method=method):
+                self.assertEqual(cors_headers(self.request(method, "/users", headers=headers)),
+                                 {})
+
+
+ALLOWED_ORIGINS = ("https://app.example", "https://admin.example")
+
+
+class CorsTest(ApiTestCase):
+    service_env = {**ApiTestCase.service_env, "CORS_ORIGINS": ",".join(ALLOWED_ORIGINS)}
+
+    def test_allowed_origins_get_allow_origin_and_exposed_headers(self):
+        user, token = self.sign_up()
+        for origin in ALLOWED_ORIGINS:
+            for what, method, path, body, bearer in [
+                    ("list", "GET", "/users", None, None),
+                    ("sign-up", "POST", "/users", {"username": unique_name(), "password": "pw"},
+                     None),
+                    ("stats", "GET", f"/users/{user['id']}/stats", None, token),
+                    ("401", "GET", "/users/me", None, None),
+                    ("404", "GET", "/nope", None, None)]:
+                with self.subTest(origin=origin, request=what):
+                    answer = self.request(method, path, body, token=bearer,
+                                          headers={"Origin": origin})
+                    self.assertEqual(answer.header("Access-Control-Allow-Origin"), origin)
+                    self.assertLessEqual(
+                        EXPOSED, header_words(answer.header("Access-Control-Expose-Headers")))
+
+    def test_preflight_of_allowed_origin_gets_methods_and_headers(self):
+        user, _ = self.sign_up()
+        mine = f"/users/{user['id']}"
+        for origin in ALLOWED_ORIGINS:
+            for path, method, methods in [("/users", "POST", {"GET", "POST"}),
+                                          (mine, "PATCH", {"GET", "PUT", "PATCH", "DELETE"}),
+                                          (mine + "/stats", "PUT", {"GET", "PUT", "PATCH"}),
+                                          ("/login", "POST", {"POST"})]:
+                with self.subTest(origin=origin, path=path):
+                    answer = self.request("OPTIONS", path, headers={
+                        "Origin": origin, "Access-Control-Request-Method": method,
+                        "Access-Control-Request-Headers": "authorization, content-type"})
+                    self.assertNoContent(answer)
+                    self.assertEqual(answer.header("Access-Control-Allow-Origin"), origin)
+                    self.assertLessEqual(
+                        methods, method_set(answer.header("Access-Control-Allow-Methods")))
+                    self.assertLessEqual(
+                        {"authorization", "content-type"},
+                        header_words(answer.header("Access-Control-Allow-Headers")))
+
+    def test_other_origins_get_no_cors_headers(self):
+        preflight = {"Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization, content-type"}
+        for origin in ("https://evil.example", "http://app.example",
+                       "https://app.example.evil.com", "https://app.example:8443", "null"):
+            for method, headers in [("GET", {}), ("OPTIONS", preflight)]:
+                with self.subTest(origin=origin, method=method):
+                    answer = self.request(method, "/users",
+                                          headers={"Origin": origin, **headers})
+                    self.assertEqual(cors_headers(answer), {})
+        self.assertEqual(cors_headers(self.request("GET", "/users")), {})
+
+
+# Tokens
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class TokensTest(ApiTestCase):
+    def setUp(self):
+        super().setUp()
+        self.user, self.token = self.sign_up()
+        self.secret = self.service.env["JWT_SECRET"]
+        self.claims = jwt.decode(self.token, self.secret, algorithms=["HS256"])
+
+    def forge(self, key=None, algorithm="HS256", drop=(), **changes):
+        """self.user's token with some claims changed or dropped, signed as told."""
+        claims = {name: value for name, value in {**self.claims, **changes}.items()
+                  if name not in drop}
+        return jwt.encode(claims, self.secret if key is None else key, algorithm=algorithm)
+
+    def bad_tokens(self):
+        now = int(time.time())
+        other, _ = self.sign_up()
+        header, payload, signature = self.token.split(".")
+        none_header = b64url(b'{"alg":"none","typ":"JWT"}')
+        other_payload = b64url(json.dumps({**self.claims, "sub": str(other["id"])}).encode())
+        subs = {"int": self.user["id"], "of no user": str(NO_SUCH_ID), "not a number": "abc",
+                "zero": "0", "negative": "-1", "20 digits": "99999999999999999999",
+                "2**63": str(2**63), "padded": f" {self.user['id']} ",
+                "decimal": f"{self.user['id']}.0", "empty": ""}
+        return {
+            "alg none": jwt.encode(self.claims, None, algorithm="none"),
+            "alg none, real signature": f"{none_header}.{payload}.{signature}",
+            "HS512 with the secret": self.forge(algorithm="HS512"),
+            "HS384 with the secret": self.forge(algorithm="HS384"),
+            "wrong secret": self.forge(key="not-the-secret-" + "x" * 64),
+            "expired": self.forge(iat=now - 7200, exp=now - 3600),
+            "no exp": self.forge(drop=["exp"]),
+            "no iat": self.forge(drop=["iat"]),
+            "no sub": self.forge(drop=["sub"]),
+            "exp not a number": self.forge(exp="tomorrow"),
+            "iat not a number": self.forge(iat="now"),
+            **{f"sub {what}": self.forge(sub=sub) for what, sub in subs.items()},
+            "another user's payload, signature kept": f"{header}.{other_payload}.{signature}",
+            "signature cut short": self.token[:-4],
+            "signature missing": f"{header}.{payload}.",
+            "not a JWT": "not-a-token",
+            "three parts of garbage": "a.b.c",
+        }
+
+    def test_issued_tokens_are_hs256_with_string_sub_iat_and_exp(self):
+        for what, token in [("sign-up", self.token),
+                            ("login", self.token_of(self.user["username"]))]:
+            with self.subTest(what):
+                self.assertEqual(jwt.get_unverified_header(token)["alg"], "HS256")
+                claims = jwt.decode(token, self.secret, algorithms=["HS256"])
+                self.assertEqual(claims["sub"], str(self.user["id"]))
+                self.assertIsInstance(claims["iat"], int)
+                self.assertEqual(claims["exp"] - claims["iat"], 86400)
+
+    def test_a_token_forged_with_the_secret_is_accepted(self):
+        # The forgeries below fail only for what each one changes.
+        now = int(time.time())
+        token = self.forge(iat=now, exp=now + 600)
+        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=token), 200),
+                         self.user)
+
+    def test_bad_tokens_are_401_with_www_authenticate_bearer(self):
+        headers = {what: f"Bearer {token}" for what, token in self.bad_tokens().items()}
+        headers.update({"Bearer without a token": "Bearer", "Basic scheme": "Basic dXNlcjpwdw==",
+                        "token without a scheme": self.token, "Token scheme": f"Token {self.token}",
+                        "two tokens": f"Bearer {self.token} {self.token}"})
+        stats = f"/users/{self.user['id']}/stats"
+        for what, header in headers.items():
+            with self.subTest(what):
+                authorization = {"Authorization": header}
+                self.assertUnauthorized(self.request("GET", "/users/me", headers=authorization))
+                self.assertUnauthorized(self.request("PATCH", stats, {"loss_count": 1},
+                                                     headers=authorization))
+        self.assertEqual(self.stats(self.user["id"], self.token), ZERO_STATS)
+
+    def test_tokens_of_a_deleted_user_are_401(self):
+        doomed, doomed_token = self.sign_up()
+        claims = jwt.decode(doomed_token, self.secret, algorithms=["HS256"])
+        self.assertNoContent(self.request("DELETE", f"/users/{doomed['id']}", token=doomed_token))
+        now = int(time.time())
+        fresh = jwt.encode({**claims, "iat": now, "exp": now + 600}, self.secret, "HS256")
+        for what, token in [("issued", doomed_token), ("freshly signed", fresh)]:
+            with self.subTest(what):
+                self.assertUnauthorized(self.request("GET", "/users/me", token=token))
+                self.assertUnauthorized(self.request("GET", f"/users/{self.user['id']}/stats",
+                                                     token=token))
+
+
+class TokenTtlTest(ApiTestCase):
+    service_env = {**ApiTestCase.service_env, "JWT_TTL": "120"}
+
+    def test_tokens_expire_jwt_ttl_seconds_after_issue(self):
+        user, token = self.sign_up()
+        for token in (token, self.token_of(user["username"])):
+            claims = jwt.decode(token, self.service.env["JWT_SECRET"], algorithms=["HS256"])
+            self.assertEqual(claims["exp"] - claims["iat"], 120)
+
+
+class GeneratedSecretTest(ApiTestCase):
+    """Without JWT_SECRET: a secret made once and kept in the data folder, mode 0600."""
+    service_env = {**ApiTestCase.service_env, "JWT_SECRET": ""}
+
+    def key_files(self, token):
+        """The files of the data folder holding the key that signed token."""
+        found = []
+        for path in self.service.dir.iterdir():
+            content = path.read_bytes() if path.is_file() else b""
+            for key in {content, content.strip()} - {b""}:
+                try:
+                    jwt.decode(token, key, algorithms=["HS256"])
+                except jwt.InvalidTokenError:
+                    continue
+                found.append(path)
+                break
+        return found
+
+    def test_generated_secret_is_kept_in_the_data_folder_with_mode_0600(self):
+        _, token = self.sign_up()
+        files = self.key_files(token)
+        self.assertTrue(files, "no file in the data folder holds the key of the tokens")
+        for path in files:
+            self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600, path)
+
+    def test_generated_secret_survives_a_restart(self):
+        user, token = self.sign_up()
+        self.service.server.stop()
+        self.service.start_server()
+        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=token), 200),
+                         user)
+
+    def test_there_is_no_built_in_default_secret(self):
+        self.sign_up()  # user 1 exists here, as it will there
+        other = LiveService(**self.service_env)
+        self.addCleanup(other.stop)
+        other.start_server()
+        stranger = other.request("POST", "/users", {"username": unique_name(), "password": "pw"})
+        self.assertEqual(stranger.status, 201, stranger.body)
+        self.assertEqual(stranger.json["user"]["id"], 1)
+        self.assertUnauthorized(self.request("GET", "/users/me", token=stranger.json["token"]))
+
+
+# Service
+
+ROUTES = {"/users": {"get", "post"}, "/users/me": {"get"},
+          "/users/{id}": {"get", "put", "patch", "delete"},
+          "/users/{id}/stats": {"get", "put", "patch"}, "/login": {"post"},
+          "/healthz": {"get"}, "/openapi.json": {"get"}}
+CONTRACT_STATUSES = {
+    ("/users", "get"): {"200", "400"},
+    ("/users", "post"): {"201", "400", "409"},
+    ("/users/me", "get"): {"200", "401"},
+    ("/users/{id}", "get"): {"200", "404"},
+    ("/users/{id}", "put"): {"200", "400", "401", "403", "404", "409"},
+    ("/users/{id}", "patch"): {"200", "400", "401", "403", "404", "409"},
+    ("/users/{id}", "delete"): {"204", "401", "403", "404"},
+    ("/users/{id}/stats", "get"): {"200", "401", "404"},
+    ("/users/{id}/stats", "put"): {"200", "400", "401", "403", "404"},
+    ("/users/{id}/stats", "patch"): {"200", "400", "401", "403", "404"},
+    ("/login", "post"): {"200", "400", "401", "429"},
+    ("/healthz", "get"): {"200", "503"},
+    ("/openapi.json", "get"): {"200"},
+}
+PROTECTED = {("/users/me", "get"), ("/users/{id}", "put"), ("/users/{id}", "patch"),
+             ("/users/{id}", "delete"), ("/users/{id}/stats", "get"),
+             ("/users/{id}/stats", "put"), ("/users/{id}/stats", "patch")}
+WITH_BODY = {("/users", "post"), ("/users/{id}", "put"), ("/users/{id}", "patch"),
+             ("/users/{id}/stats", "put"), ("/users/{id}/stats", "patch"), ("/login", "post")}
+VERBS = {"get", "put", "post", "patch", "delete", "options", "head"}
+
+
+def allows_null(schema):
+    kinds = schema.get("type")
+    options = schema.get("anyOf", []) + schema.get("oneOf", [])
+    return (kinds == "null" or (isinstance(kinds, list) and "null" in kinds)
+            or any(allows_null(option) for option in options))
+
+
+class ServiceTest(ApiTestCase):
+    def setUp(self):
+        super().setUp()
+        self.document = self.assertJson(self.request("GET", "/openapi.json"), 200)
+
+    def resolve(self, node):
+        while isinstance(node, dict) and "$ref" in node:
+            target = self.document
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            node = target
+        return node
+
+    def operations(self):
+        """{(path with its parameter spelt {id}, verb): operation}"""
+        return {(re.sub(r"\{[^}]*\}", "{id}", path), verb): self.resolve(operation)
+                for path, item in self.document["paths"].items()
+                for verb, operation in self.resolve(item).items() if verb in VERBS}
+
+    def json_schema(self, holder):
+        return self.resolve(self.resolve(holder)["content"]["application/json"]["schema"])
+
+    def test_healthz_reports_the_database_ok(self):
+        body = self.assertJson(self.request("GET", "/healthz"), 200)
+        self.assertEqual((body["status"], body["database"]), ("ok", "ok"))
+
+    def test_openapi_is_3_1_and_describes_every_route(self):
+        self.assertRegex(self.document["openapi"], r"^3\.1\.")
+        self.assertIn("title", self.document["info"])
+        operations = self.operations()
+        for path, verbs in ROUTES.items():
+            for verb in verbs:
+                self.assertIn((path, verb), operations)
+
+    def test_openapi_names_every_status_of_the_contract(self):
+        operations = self.operations()
+        for route, statuses in CONTRACT_STATUSES.items():
+            with self.subTest(route=route):
+                self.assertLessEqual(statuses, set(operations[route]["responses"]))
+
+    def test_openapi_has_request_and_response_schemas(self):
+        for route, operation in self.operations().items():
+            with self.subTest(route=route):
+                if route in WITH_BODY:
+                    self.assertEqual(self.json_schema(operation["requestBody"])["type"], "object")
+                for status, answer in operation["responses"].items():
+                    if status != "204":
+                        self.assertIsInstance(self.json_schema(answer), dict, status)
+
+    def test_openapi_has_the_bearer_scheme_on_exactly_the_protected_routes(self):
+        schemes = self.document["components"]["securitySchemes"]
+        bearer = {name for name, scheme in schemes.items()
+                  if scheme.get("type") == "http" and scheme.get("scheme", "").lower() == "bearer"}
+        self.assertTrue(bearer)
+        for route, operation in self.operations().items():
+            with self.subTest(route=route):
+                security = operation.get("security", self.document.get("security", []))
+                if route in PROTECTED:
+                    self.assertTrue(security)
+                    for requirement in security:
+                        self.assertTrue(set(requirement) & bearer, requirement)
+                else:
+                    self.assertTrue(not security or {} in security, security)
+
+    def test_openapi_schemas_state_the_validation_rules(self):
+        operations = self.operations()
+        for route in [("/users", "post"), ("/users/{id}", "put"), ("/users/{id}", "patch")]:
+            with self.subTest(route=route):
+                schema = self.json_schema(operations[route]["requestBody"])
+                fields = {name: self.resolve(rule) for name, rule in schema["properties"].items()}
+                username = fields["username"]
+                self.assertEqual((username["minLength"], username["maxLength"]), (1, 32))
+                self.assertRegex("a.b-c_1", username["pattern"])
+                self.assertNotRegex("a b", username["pattern"])
+                self.assertEqual((fields["password"]["minLength"], fields["password"]["maxLength"]),
+                                 (1, 256))
+                for name, length in [("email", 254), ("gender", 32), ("profile_pic", 2048)]:
+                    self.assertEqual(fields[name]["maxLength"], length, name)
+                    self.assertTrue(allows_null(fields[name]), name)
+        self.assertLessEqual({"username", "password"},
+                             set(self.json_schema(operations[("/users", "post")]["requestBody"])
+                                 ["required"]))
+        for verb in ("put", "patch"):
+            schema = self.json_schema(operations[("/users/{id}/stats", verb)]["requestBody"])
+            for name in STAT_NAMES:
+                with self.subTest(verb=verb, field=name):
+                    rule = self.resolve(schema["properties"][name])
+                    self.assertEqual((rule["type"], rule["minimum"]), ("integer", 0))
+                    self.assertTrue(rule.get("maximum") == 2**63 - 1
+                                    or rule.get("exclusiveMaximum") == 2**63, rule)
+        listing = operations[("/users", "get")]["parameters"]
+        parameters = {parameter["name"]: parameter["schema"]
+                      for parameter in map(self.resolve, listing)}
+        limit = parameters["limit"]
+        self.assertEqual((limit["minimum"], limit["maximum"]), (1, 1000))
+        self.assertEqual(parameters["offset"]["minimum"], 0)
+
+
+class BrokenDatabaseTest(ApiTestCase):
+    log_must_stay_clean = False  # a broken database may well be logged
+
+    def test_healthz_is_503_naming_the_database_when_it_is_unusable(self):
+        self.sign_up()
+        for path in self.service.dir.glob("app.db*"):
+            with open(path, "r+b") as file:
+                file.write(os.urandom(max(path.stat().st_size, 4096)))
+        body = self.assertJson(self.request("GET", "/healthz"), 503)
+        self.assertNotEqual(body.get("status"), "ok")
+        self.assertNotEqual(body.get("database"), "ok")
+
+
+# Concurrency: 8 Waitress threads at once, no 500 and no "database is locked" (see tearDown)
+
+class ConcurrencyTest(ApiTestCase):
+    @staticmethod
+    def in_parallel(function, items):
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(function, items))
+
     def test_concurrent_sign_ups_of_one_name_give_one_201_and_409s(self):
         name = unique_name()
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(
-                lambda _: self.request("POST", "/users", {"username": name, "password": "pw"}),
-                range(8)))
+        answers = self.in_parallel(
+            lambda _: self.request("POST", "/users", {"username": name, "password": "pw"}),
+            range(8))
         statuses = sorted(answer.status for answer in answers)
         self.assertEqual(statuses, [201] + [409] * 7)
+        for answer in answers:
+            if answer.status == 409:
+                self.assertError(answer, 409, mentions=name)
 
+    def test_concurrent_sign_ups_all_succeed_with_distinct_ids(self):
+        answers = self.in_parallel(
+            lambda _: self.request("POST", "/users", {"username": unique_name(), "password": "pw"}),
+            range(40))
+        self.assertEqual([answer.status for answer in answers], [201] * 40)
+        ids = {answer.json["user"]["id"] for answer in answers}
+        self.assertEqual(len(ids), 40)
+        mes = self.in_parallel(lambda answer: self.request("GET", "/users/me",
+                                                           token=answer.json["token"]), answers)
+        self.assertEqual({me.json["id"] for me in mes}, ids)
+
+    def test_eight_users_writing_their_stats_at_once_never_fail(self):
+        users = self.in_parallel(lambda _: self.sign_up(), range(8))
+
+        def play(pair):
+            user, token = pair
+            path = f"/users/{user['id']}/stats"
+            statuses = []
+            for round_ in range(1, 16):
+                verb = "PUT" if round_ % 2 else "PATCH"
+                statuses.append(self.request(verb, path, {"loss_count": round_,
+                                                          "total_time": round_ * 10},
+                                             token=token).status)
+                statuses.append(self.request("GET", path, token=token).status)
+            return statuses
+
+        for statuses in self.in_parallel(play, users):
+            self.assertEqual(set(statuses), {200})
+        for user, token in users:
+            self.assertEqual(self.stats(user["id"], token),
+                             {**ZERO_STATS, "loss_count": 15, "total_time": 150})
+
+    def test_eight_threads_writing_one_users_stats_at_once_never_fail(self):
+        user, token = self.sign_up()
+        path = f"/users/{user['id']}/stats"
+        answers = self.in_parallel(
+            lambda value: self.request("PATCH", path, {"victory_count": value}, token=token),
+            range(64))
+        self.assertEqual({answer.status for answer in answers}, {200})
+        self.assertIn(self.stats(user["id"], token)["victory_count"], range(64))
+
+    def test_mixed_writes_at_once_never_fail(self):
+        users = self.in_parallel(lambda _: self.sign_up(), range(16))
+
+        def work(index):
+            user, token = users[index]
+            path = f"/users/{user['id']}"
+            answers = [self.log_in(user["username"]),
+                       self.request("PATCH", path, {"gender": f"g{index}"}, token=token),
+                       self.request("PUT", path + "/stats", {"session_count": index}, token=token),
+                       self.request("POST", "/users", {"username": unique_name(),
+                                                       "password": "pw"}),
+                       self.request("GET", "/users?limit=1000")]
+            if index % 2:
+                answers.append(self.request("DELETE", path, token=token))
+            return [answer.status for answer in answers]
+
+        for index, statuses in enumerate(self.in_parallel(work, range(16))):
+            self.assertEqual(statuses, [200, 200, 200, 201, 200] + ([204] if index % 2 else []))
+        for index, (user, token) in enumerate(users):
+            if index % 2:
+                self.assertError(self.request("GET", f"/users/{user['id']}"), 404)
+            else:
+                self.assertEqual(self.fetch_user(user["id"])["gender"], f"g{index}")
+                self.assertEqual(self.stats(user["id"], token)["session_count"], index)
+
+    def assertIdNotReused(self, restart):
+        self.sign_up()
+        doomed, doomed_token = self.sign_up()
+        total = int(self.request("GET", "/users").header("X-Total-Count"))
+        last = self.request("GET", f"/users?offset={total - 1}").json
+        self.assertEqual(last, [doomed])  # the highest id
+        self.assertNoContent(self.request("DELETE", f"/users/{doomed['id']}", token=doomed_token))
+        if restart:
+            self.service.server.stop()
+            self.service.start_server()
+        newcomer, newcomer_token = self.sign_up()
+        self.assertGreater(newcomer["id"], doomed["id"])
+        self.assertUnauthorized(self.request("GET", "/users/me", token=doomed_token))
+        self.assertError(self.request("GET", f"/users/{doomed['id']}"), 404)
+        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=newcomer_token),
+                                         200), newcomer)
+
+    def test_ids_are_never_reused_after_deletion(self):
+        self.assertIdNotReused(restart=False)
+
+    def test_ids_are_never_reused_after_deletion_and_restart(self):
+        self.assertIdNotReused(restart=True)
 
 if __name__ == "__main__":
     unittest.main()
