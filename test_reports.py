@@ -7,6 +7,7 @@ elsewhere they skip, saying why, when no RabbitMQ answers.
 import io
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -209,6 +210,22 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
 
         self.service.start_worker()
         self.wait_for_report(user, token)
+        self.assertEqual(self.ready_jobs(), 0)
+
+    def test_job_pending_too_long_is_queued_again_by_the_next_post(self):
+        user, token = self.new_user_with_stats()
+        self.post_report(user, token)
+        self.assertEqual(self.ready_jobs(), 1)
+        # As if the server had crashed between its commit and its publish, long ago.
+        with sqlite3.connect(self.service.dir / "app.db") as db:
+            db.execute("UPDATE reports SET published_at = published_at - 3600 "
+                       "WHERE user_id = ?", (user["id"],))
+        self.post_report(user, token)
+        self.assertEqual(self.ready_jobs(), 2)
+
+        worker = self.service.start_worker()
+        self.wait_for_report(user, token)
+        wait_until(lambda: "already done" in worker.output(), what="the duplicate dropped")
         self.assertEqual(self.ready_jobs(), 0)
 
     def test_worker_killed_mid_job_leaves_it_to_another_worker(self):

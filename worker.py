@@ -83,7 +83,7 @@ class Worker:
         # Jobs run in a thread of their own so that this one keeps the
         # connection's heartbeats going, however long a render takes.
         self._job_runner = ThreadPoolExecutor(1, thread_name_prefix="render")
-        self._connection = None
+        self._job = None  # (message, future) of the job in hand
 
     def stop(self):
         self._stopping.set()
@@ -93,11 +93,11 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 with jobs.connect(heartbeat=HEARTBEAT) as connection:
-                    self._connection = connection
                     connection.ensure_connection(max_retries=1, timeout=jobs.CONNECT_TIMEOUT)
                     failures = 0
                     self._consume(connection)
             except Exception as error:
+                self._job = None  # unacked, so the broker gives it to a worker again
                 # Above all the broker going away; whatever it was, the worker carries on.
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
@@ -108,33 +108,45 @@ class Worker:
         log.info("worker stopped")
 
     def _consume(self, connection):
-        with Consumer(connection, queues=[jobs.queue], callbacks=[self._on_message],
+        with Consumer(connection, queues=[jobs.queue], callbacks=[self._take_job],
                       accept=["json"], prefetch_count=1,
                       on_decode_error=self._on_undecodable):
             log.info("consuming report jobs from %s", connection.as_uri())
-            while not self._stopping.is_set():
-                try:
-                    connection.drain_events(timeout=1)
-                except socket.timeout:
-                    pass
+            # On stop, the job in hand is finished and acked before leaving.
+            while not (self._stopping.is_set() and self._job is None):
+                if self._job is None:
+                    self._drain(connection, timeout=1)
+                elif not self._settle_job(wait=1):
+                    # Still rendering: keep reading the broker's heartbeats meanwhile.
+                    self._drain(connection, timeout=0.01)
                 connection.heartbeat_check()
 
-    def _on_message(self, body, message):
-        job = self._job_runner.submit(run_job, body)
-        while True:
-            try:
-                outcome = job.result(timeout=1)
-                break
-            except StillRunning:
-                self._connection.heartbeat_check()
-            except Exception:
-                # The database, most likely: leave the job for later, or another worker.
-                log.exception("job %r failed; it goes back to the queue", body)
-                self._stopping.wait(2)
-                message.requeue()
-                return
-        message.ack()
-        log.info(outcome)
+    @staticmethod
+    def _drain(connection, timeout):
+        try:
+            connection.drain_events(timeout=timeout)
+        except socket.timeout:
+            pass
+
+    def _take_job(self, body, message):
+        # Prefetch 1: no other job arrives until this one is acked.
+        self._job = (message, self._job_runner.submit(run_job, body))
+
+    def _settle_job(self, wait):
+        """Ack the job in hand once it is done; False while it is still running."""
+        message, running = self._job
+        try:
+            log.info(running.result(timeout=wait))
+            message.ack()
+        except StillRunning:
+            return False
+        except Exception:
+            # The database, most likely: leave the job for later, or another worker.
+            log.exception("job %r failed; it goes back to the queue", message.payload)
+            self._stopping.wait(2)
+            message.requeue()
+        self._job = None
+        return True
 
     def _on_undecodable(self, message, error):
         log.error("dropped a job that is not JSON (%s): %r", error, message.body[:200])
