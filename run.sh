@@ -2,6 +2,7 @@
 # ./run.sh          serve the API on $HOST:$PORT (127.0.0.1:5000)
 # ./run.sh worker   run a PDF worker (for BROKER_URL=amqp://...)
 # ./run.sh test     run every test
+# ./run.sh bench    run the benchmark (bench.py; --quick for a smoke run), write BENCHMARKS.md
 # Each first makes .venv and installs the requirements when they changed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -24,5 +25,7 @@ case "$command" in
   worker) install requirements.txt; exec .venv/bin/python worker.py ;;
   test)   install requirements.txt requirements-dev.txt
           shift; exec .venv/bin/python -m unittest "${@:-discover}" ;;
-  *) echo "usage: ./run.sh [serve|worker|test]" >&2; exit 2 ;;
+  bench)  install requirements.txt requirements-dev.txt
+          shift; exec .venv/bin/python bench.py "$@" ;;
+  *) echo "usage: ./run.sh [serve|worker|test|bench]" >&2; exit 2 ;;
 esac
