@@ -16,7 +16,7 @@ import unittest
 from kombu import Connection, Exchange, Queue
 from pypdf import PdfReader
 
-from test_api import PROJECT, LiveService, ServiceTestCase, unique_name, wait_until
+from test_api import PROJECT, ServiceTestCase, unique_name, wait_until
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -136,13 +136,12 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         user, token = self.new_user_with_stats()
         # A worker whose renderer always fails, on the same database.
         script = textwrap.dedent(f"""
-            import report, worker, time, models
+            import report, worker, models
             def broken(data): raise RuntimeError("broken renderer")
             report.render = broken
-            with models.write_session() as db:
-                db.add(models.Report(id=10**12 + {user['id']}, user_id={user['id']},
-                                     published_at=time.time()))
-            print(worker.run_job({{"report_id": 10**12 + {user['id']}, "user_id": {user['id']}}}))
+            with models.writing() as db:
+                report_id = models.queue_report(db, {user['id']})
+            print(worker.run_job({{"report_id": report_id, "user_id": {user['id']}}}))
         """)
         run = subprocess.run([sys.executable, "-c", script], env=self.service.env, cwd=PROJECT,
                              capture_output=True, text=True, timeout=60)
