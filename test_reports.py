@@ -7,7 +7,6 @@ elsewhere they skip, saying why, when no RabbitMQ answers.
 import io
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import unittest
 
 from kombu import Connection, Exchange, Queue
 from pypdf import PdfReader
+from sqlalchemy import text
 
 from test_api import PROJECT, ServiceTestCase, unique_name, wait_until
 
@@ -216,9 +216,9 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
         self.post_report(user, token)
         self.assertEqual(self.ready_jobs(), 1)
         # As if the server had crashed between its commit and its publish, long ago.
-        with sqlite3.connect(self.service.dir / "app.db") as db:
-            db.execute("UPDATE reports SET published_at = published_at - 3600 "
-                       "WHERE user_id = ?", (user["id"],))
+        with self.service.database() as db:
+            db.execute(text("UPDATE reports SET published_at = published_at - 3600 "
+                            "WHERE user_id = :user_id"), {"user_id": user["id"]})
         self.post_report(user, token)
         self.assertEqual(self.ready_jobs(), 2)
 
