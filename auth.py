@@ -113,10 +113,12 @@ def _unauthorized(message):
 
 def current_user(db, request):
     """The user whose valid token came with the request; 401 for anything else."""
-    header = request.get_header("Authorization", "")
+    # From the environ as sent (latin-1): Bottle's get_header fails on non-UTF-8 bytes.
+    header = request.environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("This needs an Authorization: Bearer <token> header; get a token from POST /login.")
+        raise _unauthorized("This needs an Authorization: Bearer <token> header; "
+                            "get a token from POST /login.")
     try:
         claims = jwt.decode(token.strip(), SECRET, algorithms=["HS256"],
                             options={"require": ["exp", "iat", "sub", "ver"]})

@@ -206,9 +206,13 @@ def get_report(user_id):
     with models.reading() as db:
         auth.current_user(db, request)
         user = user_or_404(db, user_id)
-        done = models.newest_report(db, user_id, state="done")
+        # Newest first, then the newest done: a report finishing between the two
+        # queries (each sees the latest commit) is then simply served.
+        latest = models.newest_report(db, user_id)
+        done = latest if latest and latest.state == "done" else \
+            models.newest_report(db, user_id, state="done")
         if done is None:
-            raise report_not_ready(models.newest_report(db, user_id), user_id)
+            raise report_not_ready(latest, user_id)
         headers = {"ETag": f'"report-{done.id}"',
                    "Last-Modified": formatdate(done.finished_at, usegmt=True)}
         if not_modified(headers["ETag"], done.finished_at):
@@ -233,11 +237,12 @@ def report_not_ready(latest, user_id):
 
 
 def not_modified(etag, finished_at):
-    if_none_match = request.get_header("If-None-Match")
+    # Headers from the environ as sent: Bottle's get_header fails on non-UTF-8 bytes.
+    if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
         return etag in tags or "*" in tags
-    since = bottle.parse_date(request.get_header("If-Modified-Since", ""))
+    since = bottle.parse_date(request.environ.get("HTTP_IF_MODIFIED_SINCE", ""))
     return since is not None and int(finished_at) <= since
 
 
@@ -305,7 +310,9 @@ def allowed_methods(path):
 
 
 @app.hook("before_request")
-def answer_options():
+def refuse_large_bodies_and_answer_options():
+    if request.content_length > MAX_BODY:  # on every route, body read or not
+        raise ApiError(413, "The request body is larger than 1 MiB.")
     if request.method == "OPTIONS":
         allow = allowed_methods(request.path)
         if not allow:
@@ -361,11 +368,12 @@ def cors_headers(origin, environ, headers):
     extra = [("Access-Control-Allow-Origin", origin),
              ("Access-Control-Expose-Headers", EXPOSED_HEADERS)]
     if environ["REQUEST_METHOD"] == "OPTIONS":
-        allow = dict((k.lower(), v) for k, v in headers).get("allow", "")
-        extra += [("Access-Control-Allow-Methods", allow),
-                  ("Access-Control-Allow-Headers",
-                   "Authorization, Content-Type, If-None-Match"),
-                  ("Access-Control-Max-Age", "600")]
+        allow = dict((k.lower(), v) for k, v in headers).get("allow")
+        if allow:
+            extra += [("Access-Control-Allow-Methods", allow),
+                      ("Access-Control-Allow-Headers",
+                       "Authorization, Content-Type, If-None-Match"),
+                      ("Access-Control-Max-Age", "600")]
     return extra
 
 
@@ -385,6 +393,7 @@ application = with_common_headers(app)
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     models.create_tables()
+    auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     json_waitress_errors()
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib

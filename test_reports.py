@@ -78,7 +78,7 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         self.assertTrue(first.header("Last-Modified"))
         text = pdf_text(first.body)
         for value in (user["username"], "player@example.com", "female", "8", "4", "12",
-                      "1 h 23 min", "66.7%", "UTC"):
+                      "5000", "1 h 23 min", "66.7%", "UTC"):
             self.assertIn(value, text)
         self.assertEqual(len(PdfReader(io.BytesIO(first.body)).pages), 1)
 
@@ -86,6 +86,19 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         self.post_report(user, token)
         second = self.wait_for_report(user, token, unlike_etag=first.header("ETag"))
         self.assertIn("31", pdf_text(second.body))
+
+    def test_report_shows_every_field_exactly_even_dollars_and_longest_values(self):
+        largest = 2**63 - 1
+        username = unique_name("W" * 20)[:32]
+        user, token = self.sign_up(username=username, email="a$b$@c.de" + "e" * 200 + ".com",
+                                   gender="$\\frac{$ is text")
+        self.request("PUT", f"/users/{user['id']}/stats",
+                     dict.fromkeys(("victory_count", "loss_count", "session_count", "total_time"),
+                                   largest), token=token)
+        self.post_report(user, token)
+        text = pdf_text(self.wait_for_report(user, token).body).replace("\n", " ")
+        for value in (username, user["email"], "$\\frac{$ is text", str(largest), "50.0%"):
+            self.assertIn(value, text)
 
     def test_report_is_an_a4_page_made_by_matplotlib(self):
         user, token = self.new_user_with_stats()

@@ -93,7 +93,7 @@ class Worker:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
                 log.warning("consuming stopped (%r); reconnecting in %ss", error, delay,
-                            exc_info=not isinstance(error, (OSError, *jobs.CONNECTION_ERRORS)))
+                            exc_info=not isinstance(error, jobs.CONNECTION_ERRORS))
                 self._stopping.wait(delay)
         self._job_runner.shutdown()
         log.info("worker stopped")
