@@ -7,11 +7,10 @@ import time
 from functools import lru_cache
 
 import jwt
-from sqlalchemy import delete, func, select
 
 import config
+import models
 from errors import ApiError
-from models import MAX_ID, LoginFailure, User
 
 # OWASP's minimum for scrypt, in the variant that needs 16 MiB per hash
 # (128 * N * r bytes): eight logins at once stay well inside a small machine.
@@ -53,7 +52,7 @@ def spend_one_hash(password):
 
 def check_login(db, username, password):
     """The user for this pair, or None. An unknown name costs one hash, as a wrong password does."""
-    user = db.scalar(select(User).where(User.username == username))
+    user = models.find_user_by_name(db, username)
     if user is None:
         spend_one_hash(password)
         return None
@@ -66,22 +65,15 @@ MAX_FAILURES, FAILURE_WINDOW = 10, 300
 
 def seconds_until_login_allowed(db, username):
     """0 when a login may be tried now, else how long until the window lets it."""
-    since = time.time() - FAILURE_WINDOW
-    failures = select(LoginFailure.failed_at).where(
-        LoginFailure.username == username, LoginFailure.failed_at > since)
-    count = db.scalar(select(func.count()).select_from(failures.subquery()))
-    if count < MAX_FAILURES:
+    failures = models.recent_login_failures(db, username, time.time() - FAILURE_WINDOW)
+    if len(failures) < MAX_FAILURES:
         return 0
     # The window opens again when the oldest failure that still counts expires.
-    oldest_counting = db.scalars(failures.order_by(LoginFailure.failed_at.desc())
-                                 .offset(MAX_FAILURES - 1).limit(1)).one()
-    return max(1, int(oldest_counting + FAILURE_WINDOW - time.time()) + 1)
+    return max(1, int(failures[MAX_FAILURES - 1] + FAILURE_WINDOW - time.time()) + 1)
 
 
 def record_login_failure(db, username):
-    now = time.time()
-    db.execute(delete(LoginFailure).where(LoginFailure.failed_at <= now - FAILURE_WINDOW))
-    db.add(LoginFailure(username=username, failed_at=now))
+    models.record_login_failure(db, username, forget_before=time.time() - FAILURE_WINDOW)
 
 
 # Tokens
@@ -121,10 +113,12 @@ def _unauthorized(message):
 
 def current_user(db, request):
     """The user whose valid token came with the request; 401 for anything else."""
-    header = request.get_header("Authorization", "")
+    # From the environ as sent (latin-1): Bottle's get_header fails on non-UTF-8 bytes.
+    header = request.environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("This needs an Authorization: Bearer <token> header; get a token from POST /login.")
+        raise _unauthorized("This needs an Authorization: Bearer <token> header; "
+                            "get a token from POST /login.")
     try:
         claims = jwt.decode(token.strip(), SECRET, algorithms=["HS256"],
                             options={"require": ["exp", "iat", "sub", "ver"]})
@@ -133,9 +127,9 @@ def current_user(db, request):
     except jwt.InvalidTokenError:
         raise _unauthorized("The token is not valid; log in again.")
     sub, version = claims["sub"], claims["ver"]
-    if not (sub.isascii() and sub.isdigit() and 0 < int(sub) <= MAX_ID) or type(version) is not int:
+    if not (sub.isascii() and sub.isdigit()) or type(version) is not int:
         raise _unauthorized("The token is not valid; log in again.")
-    user = db.get(User, int(sub))
+    user = models.find_user(db, int(sub))
     if user is None or user.token_version != version:
         raise _unauthorized("The token is no longer valid; log in again.")
     return user

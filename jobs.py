@@ -7,6 +7,7 @@ broker is bounded, because kombu retries forever by default in places.
 import logging
 
 from kombu import Connection, Exchange, Queue, pools
+from kombu.exceptions import OperationalError
 
 import config
 
@@ -37,7 +38,8 @@ def connect(heartbeat=0):
 # Shared by the server's threads: kombu's producer pool gives each publish a
 # producer (and channel) of its own.
 _publisher_connection = connect()
-CONNECTION_ERRORS = _publisher_connection.connection_errors
+# What a broker going away raises; anything else deserves a traceback.
+CONNECTION_ERRORS = (OSError, OperationalError, *_publisher_connection.connection_errors)
 
 
 def publish(report_id, user_id):

@@ -1,112 +1,82 @@
-"""The database: tables, engine and sessions, from DATABASE_URL.
+"""The database: its tables, its connections, and every query the service makes.
+
+Queries are plain SQLAlchemy Core, one small function each, so that a
+route reads as a few named steps and a request costs no more than its SQL.
 
 SQLite (the default) is tuned so that many threads and processes can write
 at once: WAL, a busy timeout, foreign keys on, and write transactions that
 take the write lock up front (BEGIN IMMEDIATE) so that a reader turning
 writer never fails with "database is locked".
 """
+import time
 from contextlib import contextmanager
 
-from sqlalchemy import (BigInteger, CheckConstraint, Float, ForeignKey, Index,
-                        Integer, LargeBinary, String, create_engine, event, select,
-                        text)
+from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, Index,
+                        Integer, LargeBinary, MetaData, String, Table, create_engine,
+                        delete, event, func, insert, select, text, update)
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import (DeclarativeBase, Mapped, mapped_column,
-                            relationship, sessionmaker)
 
 import config
 
 # SQLite only gives AUTOINCREMENT (ids never reused) to "INTEGER PRIMARY KEY".
 Id = BigInteger().with_variant(Integer, "sqlite")
 MAX_ID = 2**63 - 1
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class User(Base):
-    __tablename__ = "users"
-    __table_args__ = {"sqlite_autoincrement": True}
-
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    username: Mapped[str] = mapped_column(String(32), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
-    email: Mapped[str | None] = mapped_column(String(254))
-    gender: Mapped[str | None] = mapped_column(String(32))
-    profile_pic: Mapped[str | None] = mapped_column(String(2048))
-    # Carried in every token; bumping it revokes all tokens issued before.
-    token_version: Mapped[int] = mapped_column(default=0)
-
-    stats: Mapped["Stats"] = relationship(
-        back_populates="user", cascade="all, delete-orphan", passive_deletes=True)
-
-    def to_json(self):
-        path = f"/users/{self.id}"
-        return {"id": self.id, "username": self.username, "email": self.email,
-                "gender": self.gender, "profile_pic": self.profile_pic,
-                "self": path, "stats": path + "/stats", "pdf": path + "/pdf"}
-
-
 STAT_FIELDS = ("loss_count", "session_count", "total_time", "victory_count")
 
+metadata = MetaData()
 
-class Stats(Base):
-    __tablename__ = "stats"
-    __table_args__ = tuple(CheckConstraint(f"{name} >= 0", name=f"{name}_not_negative")
-                           for name in STAT_FIELDS)
+users = Table(
+    "users", metadata,
+    Column("id", Id, primary_key=True),
+    Column("username", String(32), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("email", String(254)),
+    Column("gender", String(32)),
+    Column("profile_pic", String(2048)),
+    # Carried in every token; bumping it revokes all tokens issued before.
+    Column("token_version", Integer, nullable=False, default=0),
+    sqlite_autoincrement=True,
+)
 
-    user_id: Mapped[int] = mapped_column(
-        Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
-    loss_count: Mapped[int] = mapped_column(BigInteger, default=0)
-    session_count: Mapped[int] = mapped_column(BigInteger, default=0)
-    total_time: Mapped[int] = mapped_column(BigInteger, default=0)
-    victory_count: Mapped[int] = mapped_column(BigInteger, default=0)
+stats = Table(
+    "stats", metadata,
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    *(Column(name, BigInteger, CheckConstraint(f"{name} >= 0"), nullable=False, default=0)
+      for name in STAT_FIELDS),
+)
 
-    user: Mapped[User] = relationship(back_populates="stats")
+reports = Table(
+    "reports", metadata,
+    Column("id", Id, primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("state", String(16), nullable=False, default="pending"),  # pending, done, failed
+    Column("published_at", Float, nullable=False),  # the last time its job was queued
+    Column("finished_at", Float),
+    Column("error", String(500)),
+    Column("pdf", LargeBinary),
+    # At most one job per user in the queue, even with concurrent POSTs.
+    Index("one_pending_report_per_user", "user_id", unique=True,
+          sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
+    Index("reports_by_user_and_state", "user_id", "state"),
+    sqlite_autoincrement=True,
+)
 
-    def to_json(self):
-        return {name: getattr(self, name) for name in STAT_FIELDS}
+# Failed logins; the recent ones of a username decide throttling. Kept in
+# the database so that every server sharing it throttles alike.
+login_failures = Table(
+    "login_failures", metadata,
+    Column("id", Id, primary_key=True),
+    Column("username", String(32), nullable=False, index=True),
+    Column("failed_at", Float, nullable=False, index=True),
+)
 
 
-class Report(Base):
-    """One requested PDF report: pending until a worker stores it as done or failed."""
-    __tablename__ = "reports"
-    __table_args__ = (
-        # At most one job per user in the queue, even with concurrent POSTs.
-        Index("one_pending_report_per_user", "user_id", unique=True,
-              sqlite_where=text("state = 'pending'"),
-              postgresql_where=text("state = 'pending'")),
-        Index("reports_by_user_and_state", "user_id", "state"),
-        {"sqlite_autoincrement": True},
-    )
-
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    user_id: Mapped[int] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, failed
-    published_at: Mapped[float] = mapped_column(Float)  # the last time its job was queued
-    finished_at: Mapped[float | None] = mapped_column(Float)
-    error: Mapped[str | None] = mapped_column(String(500))
-    pdf: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
-
-
-class LoginFailure(Base):
-    """One failed login; the recent ones of a username decide throttling.
-
-    Kept in the database so that every server sharing it throttles alike.
-    """
-    __tablename__ = "login_failures"
-
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    username: Mapped[str] = mapped_column(String(32), index=True)
-    failed_at: Mapped[float] = mapped_column(Float, index=True)
-
+# Connections
 
 def _engine_for(url_text):
     url = make_url(url_text)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True,
-                             pool_size=config.WEB_THREADS + 2)
+        return create_engine(url, pool_pre_ping=True, pool_size=config.WEB_THREADS + 2)
     if url.database and url.database != ":memory:":
         path = config.PROJECT_DIR / url.database  # relative paths: to the project
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,39 +93,174 @@ def _engine_for(url_text):
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
-        immediate = connection.get_execution_options().get("write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Reads run each statement on its own (SQLite's autocommit): a
+        # transaction would only add two statements to every request.
+        if connection.get_execution_options().get("write"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
 engine = _engine_for(config.DATABASE_URL)
-_reader = sessionmaker(engine, expire_on_commit=False)
-_writer = sessionmaker(engine.execution_options(write=True), expire_on_commit=False)
+_writer = engine.execution_options(write=True)
 
 
 @contextmanager
-def read_session():
-    with _reader() as session:
-        yield session
+def reading():
+    with engine.connect() as connection:
+        yield connection
 
 
 @contextmanager
-def write_session():
-    """A transaction that commits on success and rolls back on any error."""
-    with _writer() as session, session.begin():
-        yield session
+def writing():
+    """One transaction: committed on success, rolled back on any error."""
+    with _writer.begin() as connection:
+        yield connection
 
 
 def create_tables():
-    Base.metadata.create_all(engine)
+    metadata.create_all(engine)
 
 
 def database_is_up():
     try:
-        with engine.connect() as connection:
+        with reading() as db:
             # A table, not "SELECT 1": that would succeed without reading the database.
-            connection.execute(select(User.id).limit(1))
+            db.execute(select(users.c.id).limit(1))
         return True
     except Exception:
         return False
+
+
+# Users
+
+def user_json(user):
+    path = f"/users/{user.id}"
+    return {"id": user.id, "username": user.username, "email": user.email,
+            "gender": user.gender, "profile_pic": user.profile_pic,
+            "self": path, "stats": path + "/stats", "pdf": path + "/pdf"}
+
+
+def find_user(db, user_id):
+    if not 0 < user_id <= MAX_ID:
+        return None  # no such id can exist; SQLite would overflow on it
+    return db.execute(select(users).where(users.c.id == user_id)).first()
+
+
+def find_user_by_name(db, username):
+    return db.execute(select(users).where(users.c.username == username)).first()
+
+
+def page_of_users(db, limit, offset):
+    """(number of users in all, the users of this page, by id)."""
+    total = db.execute(select(func.count()).select_from(users)).scalar_one()
+    page = db.execute(select(users).order_by(users.c.id).limit(limit).offset(offset)).all()
+    return total, page
+
+
+def create_user(db, fields):
+    """The new user's row, with their stats at zero; IntegrityError if the name is taken."""
+    user_id = db.execute(insert(users).values(**fields, token_version=0)
+                         .returning(users.c.id)).scalar_one()
+    db.execute(insert(stats).values(user_id=user_id))
+    return find_user(db, user_id)
+
+
+def update_user(db, user_id, fields):
+    """Changes the fields given; a new password_hash also revokes older tokens."""
+    if "password_hash" in fields:
+        fields = {**fields, "token_version": users.c.token_version + 1}
+    if fields:
+        db.execute(update(users).where(users.c.id == user_id).values(**fields))
+    return find_user(db, user_id)
+
+
+def delete_user(db, user_id):
+    db.execute(delete(users).where(users.c.id == user_id))  # stats, reports: ON DELETE CASCADE
+
+
+# Stats
+
+def stats_json(row):
+    return {name: getattr(row, name) for name in STAT_FIELDS}
+
+
+def find_stats(db, user_id):
+    if not 0 < user_id <= MAX_ID:
+        return None
+    return db.execute(select(stats).where(stats.c.user_id == user_id)).first()
+
+
+def update_stats(db, user_id, fields):
+    if not fields:
+        return find_stats(db, user_id)
+    return db.execute(update(stats).where(stats.c.user_id == user_id).values(**fields)
+                      .returning(*stats.c)).first()
+
+
+# Login failures
+
+def recent_login_failures(db, username, since):
+    """Times of the username's failed logins after since, newest first."""
+    return db.execute(select(login_failures.c.failed_at)
+                      .where(login_failures.c.username == username,
+                             login_failures.c.failed_at > since)
+                      .order_by(login_failures.c.failed_at.desc())).scalars().all()
+
+
+def record_login_failure(db, username, forget_before):
+    db.execute(delete(login_failures).where(login_failures.c.failed_at <= forget_before))
+    db.execute(insert(login_failures).values(username=username, failed_at=time.time()))
+
+
+# Reports
+
+def pending_report(db, user_id):
+    return db.execute(select(reports.c.id, reports.c.published_at)
+                      .where(reports.c.user_id == user_id, reports.c.state == "pending")).first()
+
+
+def queue_report(db, user_id, report_id=None):
+    """A new pending report (or report_id again), marked as published now; its id."""
+    if report_id is None:
+        return db.execute(insert(reports).values(user_id=user_id, published_at=time.time())
+                          .returning(reports.c.id)).scalar_one()
+    db.execute(update(reports).where(reports.c.id == report_id)
+               .values(published_at=time.time()))
+    return report_id
+
+
+def forget_pending_report(db, report_id):
+    db.execute(delete(reports).where(reports.c.id == report_id, reports.c.state == "pending"))
+
+
+REPORT_SUMMARY = (reports.c.id, reports.c.user_id, reports.c.state, reports.c.finished_at,
+                  reports.c.error)
+
+
+def newest_report(db, user_id, state=None):
+    """The user's newest report (of that state), without its PDF bytes."""
+    query = select(*REPORT_SUMMARY).where(reports.c.user_id == user_id)
+    if state:
+        query = query.where(reports.c.state == state)
+    return db.execute(query.order_by(reports.c.id.desc()).limit(1)).first()
+
+
+def find_report(db, report_id):
+    return db.execute(select(*REPORT_SUMMARY).where(reports.c.id == report_id)).first()
+
+
+def report_pdf(db, report_id):
+    return db.execute(select(reports.c.pdf).where(reports.c.id == report_id)).scalar_one()
+
+
+def finish_report(db, report, pdf, error):
+    """Stores a pending report's outcome; a done one replaces the user's older reports."""
+    finished = db.execute(
+        update(reports).where(reports.c.id == report.id, reports.c.state == "pending")
+        .values(state="done" if pdf else "failed", pdf=pdf, error=error,
+                finished_at=time.time()))
+    if finished.rowcount and pdf:
+        db.execute(delete(reports).where(reports.c.user_id == report.user_id,
+                                         reports.c.id < report.id,
+                                         reports.c.state != "pending"))

@@ -68,9 +68,14 @@ SCHEMAS = {
     "LoginOk": {"type": "object", "required": ["success", "token", "user"],
                 "properties": {"success": {"const": True}, "token": {"type": "string"},
                                "user": {"type": "string"}}},
-    "Health": {"type": "object", "required": ["status", "database"],
+    "Health": {"type": "object", "required": ["status", "database", "broker"],
                "properties": {"status": {"enum": ["ok", "down"]},
-                              "database": {"enum": ["ok", "down"]}}},
+                              "database": {"enum": ["ok", "down"]},
+                              "broker": {"enum": ["ok", "down"]}}},
+    "ReportQueued": {"type": "object", "required": ["url", "status"],
+                     "properties": {"url": {"type": "string"}, "status": {"const": "pending"}}},
+    "ReportPending": {"type": "object", "required": ["status"],
+                      "properties": {"status": {"const": "pending"}}},
 }
 
 HEADERS = {
@@ -80,6 +85,10 @@ HEADERS = {
     "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"},
     "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"},
     "Cache-Control": {"schema": {"type": "string"}, "description": "no-store: carries a token"},
+    "ETag": {"schema": {"type": "string"}, "description": "Identifies this report"},
+    "Last-Modified": {"schema": {"type": "string"}, "description": "When it was made"},
+    "Content-Disposition": {"schema": {"type": "string"},
+                            "description": 'inline; filename="<username>_stats.pdf"'},
 }
 
 PATHS = {
@@ -140,6 +149,34 @@ PATHS = {
                                 "400": BAD_REQUEST, "401": UNAUTHORIZED, "403": FORBIDDEN,
                                 "404": NOT_FOUND, "413": TOO_LARGE}}
            for verb in ("put", "patch")},
+    },
+    "/users/{id}/pdf": {
+        "parameters": [ID_PARAMETER],
+        "post": {"summary": "Queue a new report of the user's stats", "security": BEARER,
+                 "responses": {
+                     "202": answer("Queued (or already queued)", ref("ReportQueued"), ["Location"]),
+                     "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND, "413": TOO_LARGE,
+                     "503": answer("The broker cannot take the job; nothing was queued",
+                                   ERROR, ["Retry-After"])}},
+        "get": {"summary": "The newest finished report", "security": BEARER,
+                "parameters": [{"name": "If-None-Match", "in": "header",
+                                "schema": {"type": "string"}},
+                               {"name": "If-Modified-Since", "in": "header",
+                                "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "The report",
+                            "content": {"application/pdf": {"schema": {
+                                "type": "string", "contentMediaType": "application/pdf"}}},
+                            "headers": {name: {"$ref": f"#/components/headers/{name}"}
+                                        for name in ("ETag", "Last-Modified",
+                                                     "Content-Disposition")}},
+                    "202": answer("The first report is still being made",
+                                  ref("ReportPending"), ["Retry-After"]),
+                    "304": {"description": "Unchanged since the ETag or date given"},
+                    "401": UNAUTHORIZED,
+                    "404": answer("No such user, or no report was ever requested", ERROR),
+                    "409": answer("The last report failed and none exists; POST again",
+                                  ERROR)}},
     },
     "/login": {
         "post": {

@@ -5,8 +5,8 @@ and is not thread-safe), so reports can be drawn in any thread.
 """
 import io
 import logging
-from functools import lru_cache
 from dataclasses import astuple, dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 
 import matplotlib
@@ -14,6 +14,7 @@ from matplotlib import _afm
 from matplotlib.backends import backend_pdf
 from matplotlib.backends.backend_pdf import FigureCanvasPdf
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties, findfont
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyBboxPatch, Rectangle, Wedge
 
@@ -61,7 +62,7 @@ def win_rate(victories, losses):
 
 def hours_and_minutes(seconds):
     hours, rest = divmod(seconds, 3600)
-    return f"{hours:,} h {rest // 60:02d} min"
+    return f"{hours} h {rest // 60:02d} min"
 
 
 def fits_core_fonts(data):
@@ -88,7 +89,7 @@ def _render(data, now):
     _cards(figure, data)
     _bar_chart(figure, data)
     _win_share(figure, data)
-    figure.text(0.08, 0.04, f"Generated {now:%Y-%m-%d %H:%M:%S} UTC", color=MUTED, fontsize=9)
+    _text(figure, 0.08, 0.04, f"Generated {now:%Y-%m-%d %H:%M:%S} UTC", 9, color=MUTED)
     buffer = io.BytesIO()
     FigureCanvasPdf(figure).print_pdf(buffer, metadata={
         "Title": f"Game statistics of {data.username}", "Creator": "stats-api",
@@ -96,22 +97,52 @@ def _render(data, now):
     return buffer.getvalue()
 
 
+def _text(figure, x, y, content, size, width=None, bold=False, **style):
+    """Text exactly as given, shrunk to fit width (in figure fractions) if need be.
+
+    No mathtext: a '$' in a user's email must stay a dollar sign.
+    """
+    if width is not None:
+        size = min(size, width * A4_INCHES[0] * 72 / _em_width(content, bold))
+    return figure.text(x, y, content, fontsize=size, fontweight="bold" if bold else "normal",
+                       parse_math=False, **style)
+
+
+def _em_width(content, bold):
+    """The width of content in ems of Helvetica; unknown characters count as one em."""
+    metrics = _helvetica(bold)
+    width = 0
+    for character in content:
+        try:
+            width += metrics.get_width_char(ord(character))
+        except KeyError:
+            width += 1000
+    return max(width, 1) / 1000
+
+
+@lru_cache(maxsize=2)
+def _helvetica(bold):
+    properties = FontProperties(family="Helvetica", weight="bold" if bold else "normal")
+    return _parse_afm(findfont(properties, fontext="afm"))
+
+
 def _header(figure, data):
     figure.add_artist(Rectangle((0, 0.87), 1, 0.13, transform=figure.transFigure,
                                 facecolor=INK, edgecolor="none"))
-    figure.text(0.08, 0.925, data.username, fontsize=28, fontweight="bold", color="white")
-    figure.text(0.08, 0.895, "Game statistics report", fontsize=12, color="#cbd2d9")
-    figure.text(0.08, 0.83, f"Email: {data.email or 'not given'}", fontsize=11, color=INK)
-    figure.text(0.08, 0.805, f"Gender: {data.gender or 'not given'}", fontsize=11, color=INK)
+    _text(figure, 0.08, 0.925, data.username, 28, width=0.84, bold=True, color="white")
+    _text(figure, 0.08, 0.895, "Game statistics report", 12, color="#cbd2d9")
+    _text(figure, 0.08, 0.83, f"Email: {data.email or 'not given'}", 11, width=0.84, color=INK)
+    _text(figure, 0.08, 0.805, f"Gender: {data.gender or 'not given'}", 11, width=0.84,
+          color=INK)
 
 
 def _cards(figure, data):
     rate = win_rate(data.victory_count, data.loss_count)
-    cards = [("Victories", f"{data.victory_count:,}", WIN),
-             ("Losses", f"{data.loss_count:,}", LOSS),
-             ("Sessions", f"{data.session_count:,}", INK),
-             ("Total time", hours_and_minutes(data.total_time), INK),
-             ("Games played", f"{data.victory_count + data.loss_count:,}", INK),
+    cards = [("Victories", f"{data.victory_count}", WIN),
+             ("Losses", f"{data.loss_count}", LOSS),
+             ("Sessions", f"{data.session_count}", INK),
+             (f"Total time ({data.total_time} s)", hours_and_minutes(data.total_time), INK),
+             ("Games played", f"{data.victory_count + data.loss_count}", INK),
              ("Win rate", "no games yet" if rate is None else f"{rate:.1%}", INK)]
     width, gap, height = 0.84, 0.012, 0.085
     card_width = (width - gap * 2) / 3
@@ -122,15 +153,16 @@ def _cards(figure, data):
                                          boxstyle="round,pad=0,rounding_size=0.008",
                                          transform=figure.transFigure,
                                          facecolor=PANEL, edgecolor="none"))
-        figure.text(x + 0.02, y + 0.055, label, fontsize=10, color=MUTED)
-        figure.text(x + 0.02, y + 0.018, value, fontsize=17, fontweight="bold", color=color)
+        inside = card_width - 0.04
+        _text(figure, x + 0.02, y + 0.055, label, 10, width=inside, color=MUTED)
+        _text(figure, x + 0.02, y + 0.018, value, 17, width=inside, bold=True, color=color)
 
 
 # The charts are drawn with patches in inches on the page rather than in
 # Axes: an Axes costs more than the rest of the page (ticks, locators, layout).
 
 def _bar_chart(figure, data):
-    figure.text(0.08, 0.47, "Victories against losses", fontsize=13, color=INK)
+    _text(figure, 0.08, 0.47, "Victories against losses", 13, color=INK)
     inches = figure.dpi_scale_trans
     left, base, top, bar_width, gap = 0.66, 1.4, 4.9, 1.25, 0.45
     counts = ((data.victory_count, "Victories", WIN), (data.loss_count, "Losses", LOSS))
@@ -141,16 +173,16 @@ def _bar_chart(figure, data):
         figure.add_artist(Rectangle((x, base), bar_width, height, transform=inches,
                                     facecolor=color, edgecolor="none"))
         center = x + bar_width / 2
-        figure.text(center, base + height + 0.08, f"{count:,}", transform=inches,
-                    ha="center", fontsize=11, color=INK)
-        figure.text(center, base - 0.22, label, transform=inches, ha="center",
-                    fontsize=11, color=MUTED)
+        _text(figure, center, base + height + 0.08, f"{count}", 11,
+              width=(bar_width + gap) / A4_INCHES[0], transform=inches, ha="center", color=INK)
+        _text(figure, center, base - 0.22, label, 11, transform=inches, ha="center",
+              color=MUTED)
     figure.add_artist(Line2D([left, left + 0.2 + 2 * bar_width + gap], [base, base],
                              transform=inches, color=INK, linewidth=0.8))
 
 
 def _win_share(figure, data):
-    figure.text(0.6, 0.47, "Share of games won", fontsize=13, color=INK)
+    _text(figure, 0.6, 0.47, "Share of games won", 13, color=INK)
     inches = figure.dpi_scale_trans
     center, radius = (6.28, 3.2), 1.3
     games = data.victory_count + data.loss_count
@@ -166,5 +198,5 @@ def _win_share(figure, data):
         figure.add_artist(Wedge(center, radius, 0, 360, width=0.42, transform=inches,
                                 facecolor=PANEL, edgecolor="none"))
     rate = win_rate(data.victory_count, data.loss_count)
-    figure.text(*center, "-" if rate is None else f"{rate:.0%}", transform=inches,
-                ha="center", va="center", fontsize=20, fontweight="bold", color=INK)
+    _text(figure, *center, "-" if rate is None else f"{rate:.0%}", 20, bold=True,
+          transform=inches, ha="center", va="center", color=INK)

@@ -13,7 +13,6 @@ import bottle
 import waitress
 import waitress.utilities
 from bottle import HTTPError, request, response
-from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 import auth
@@ -22,7 +21,7 @@ import jobs
 import models
 import openapi
 from errors import ApiError, error_body
-from models import MAX_ID, Report, Stats, User, read_session, write_session
+from models import MAX_ID
 from validation import (MAX_BODY, PASSWORD_CHANGE_FIELDS, READ_ONLY_USER_FIELDS,
                         STATS_FIELDS, USER_FIELDS, checked_fields, json_object,
                         reject_unknown_fields)
@@ -32,7 +31,7 @@ log = logging.getLogger("server")
 app = bottle.Bottle()
 # Bottle keeps bodies up to this size in memory; larger ones get our JSON 413.
 bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
-# Ids are positive and fit a signed 64-bit column (checked in user_or_404);
+# Ids are positive and fit a signed 64-bit column (checked in models.find_user);
 # anything else is simply not a route, hence a 404.
 app.router.add_filter("id", lambda _conf: (r"[1-9][0-9]{0,18}", int, str))
 
@@ -46,7 +45,7 @@ def json_response(data, status=200, headers=None):
 
 
 def user_or_404(db, user_id):
-    user = db.get(User, user_id) if user_id <= MAX_ID else None
+    user = models.find_user(db, user_id)
     if user is None:
         raise ApiError(404, f"There is no user {user_id}.")
     return user
@@ -55,10 +54,10 @@ def user_or_404(db, user_id):
 def owned_user(db, user_id):
     """The user at user_id, when the caller's token is theirs: else 401, 404 or 403."""
     caller = auth.current_user(db, request)
-    user = user_or_404(db, user_id)
-    if caller.id != user.id:
-        raise ApiError(403, "Only the user themself may change this resource.")
-    return user
+    if caller.id == user_id:
+        return caller
+    user_or_404(db, user_id)
+    raise ApiError(403, "Only the user themself may change this resource.")
 
 
 def username_taken(username):
@@ -71,13 +70,12 @@ def username_taken(username):
 def list_users():
     limit = query_int("limit", default=100, minimum=1, maximum=1000)
     offset = query_int("offset", default=0, minimum=0, maximum=MAX_ID)
-    with read_session() as db:
-        total = db.scalar(select(func.count()).select_from(User))
-        users = db.scalars(select(User).order_by(User.id).limit(limit).offset(offset)).all()
+    with models.reading() as db:
+        total, page = models.page_of_users(db, limit, offset)
     headers = {"X-Total-Count": total}
-    if offset + len(users) < total:
+    if offset + len(page) < total:
         headers["Link"] = f'</users?limit={limit}&offset={offset + limit}>; rel="next"'
-    return json_response([user.to_json() for user in users], headers=headers)
+    return json_response([models.user_json(user) for user in page], headers=headers)
 
 
 def query_int(name, default, minimum, maximum):
@@ -93,50 +91,46 @@ def query_int(name, default, minimum, maximum):
 def create_user():
     fields = checked_fields(json_object(), USER_FIELDS, ignored=READ_ONLY_USER_FIELDS,
                             required=("username", "password"))
-    password_hash = auth.hash_password(fields.pop("password"))
+    fields["password_hash"] = auth.hash_password(fields.pop("password"))
     try:
-        with write_session() as db:
-            user = User(password_hash=password_hash, stats=Stats(), **fields)
-            db.add(user)
-            db.flush()
-            token = auth.issue_token(user)
+        with models.writing() as db:
+            user = models.create_user(db, fields)
     except IntegrityError:
         raise username_taken(fields["username"])
-    return json_response({"user": user.to_json(), "token": token}, 201,
-                         {"Location": f"/users/{user.id}", "Cache-Control": "no-store"})
+    return json_response({"user": models.user_json(user), "token": auth.issue_token(user)},
+                         201, {"Location": f"/users/{user.id}", "Cache-Control": "no-store"})
 
 
 @app.get("/users/me")
 def get_me():
-    with read_session() as db:
-        return json_response(auth.current_user(db, request).to_json())
+    with models.reading() as db:
+        return json_response(models.user_json(auth.current_user(db, request)))
 
 
 @app.get("/users/<user_id:id>")
 def get_user(user_id):
-    with read_session() as db:
-        return json_response(user_or_404(db, user_id).to_json())
+    with models.reading() as db:
+        return json_response(models.user_json(user_or_404(db, user_id)))
 
 
 @app.route("/users/<user_id:id>", method=["PUT", "PATCH"])
 def update_user(user_id):
-    with read_session() as db:
+    with models.reading() as db:
         stored_hash = owned_user(db, user_id).password_hash
     fields = checked_fields(json_object(), USER_FIELDS | PASSWORD_CHANGE_FIELDS,
                             ignored=READ_ONLY_USER_FIELDS)
     if "password" in fields:
         # Hash outside the write transaction: scrypt is slow on purpose.
-        fields["password"] = new_password_hash(fields, stored_hash)
+        fields["password_hash"] = new_password_hash(fields, stored_hash)
     elif "current_password" in fields:
         raise ApiError(400, "'current_password' is accepted only beside 'password'.")
     try:
-        with write_session() as db:
-            user = owned_user(db, user_id)  # again: a password change meanwhile revoked the token
-            apply_user_fields(user, fields)
-            db.flush()
-            return json_response(user.to_json())
+        with models.writing() as db:
+            owned_user(db, user_id)  # again: a password change meanwhile revoked the token
+            user = models.update_user(db, user_id, fields)
     except IntegrityError:
         raise username_taken(fields["username"])
+    return json_response(models.user_json(user))
 
 
 def new_password_hash(fields, stored_hash):
@@ -145,22 +139,14 @@ def new_password_hash(fields, stored_hash):
         raise ApiError(400, "'current_password' is required to change 'password'.")
     if not auth.password_matches(current, stored_hash):
         raise ApiError(403, "'current_password' is not the current password.")
-    return auth.hash_password(fields["password"])
-
-
-def apply_user_fields(user, fields):
-    for name, value in fields.items():
-        if name == "password":
-            user.password_hash = value
-            user.token_version += 1  # revokes every token issued before
-        else:
-            setattr(user, name, value)
+    return auth.hash_password(fields.pop("password"))
 
 
 @app.delete("/users/<user_id:id>")
 def delete_user(user_id):
-    with write_session() as db:
-        db.delete(owned_user(db, user_id))  # stats and reports go by ON DELETE CASCADE
+    with models.writing() as db:
+        owned_user(db, user_id)
+        models.delete_user(db, user_id)
     response.status = 204
     return ""
 
@@ -169,18 +155,20 @@ def delete_user(user_id):
 
 @app.get("/users/<user_id:id>/stats")
 def get_stats(user_id):
-    with read_session() as db:
+    with models.reading() as db:
         auth.current_user(db, request)
-        return json_response(user_or_404(db, user_id).stats.to_json())
+        stats = models.find_stats(db, user_id)
+    if stats is None:
+        raise ApiError(404, f"There is no user {user_id}.")
+    return json_response(models.stats_json(stats))
 
 
 @app.route("/users/<user_id:id>/stats", method=["PUT", "PATCH"])
 def update_stats(user_id):
-    with write_session() as db:
-        stats = owned_user(db, user_id).stats
-        for name, value in checked_fields(json_object(), STATS_FIELDS).items():
-            setattr(stats, name, value)
-        return json_response(stats.to_json())
+    with models.writing() as db:
+        owned_user(db, user_id)
+        fields = checked_fields(json_object(), STATS_FIELDS)
+        return json_response(models.stats_json(models.update_stats(db, user_id, fields)))
 
 
 # PDF reports: POST queues a job for a worker; GET serves the newest finished one.
@@ -195,24 +183,19 @@ def request_report(user_id):
     url = f"/users/{user_id}/pdf"
     accepted = json_response({"url": url, "status": "pending"}, 202, {"Location": url})
     try:
-        with write_session() as db:
+        with models.writing() as db:
             owned_user(db, user_id)
-            job = db.scalar(select(Report).where(Report.user_id == user_id,
-                                                 Report.state == "pending"))
-            if job and job.published_at > time.time() - REPUBLISH_AFTER:
+            pending = models.pending_report(db, user_id)
+            if pending and pending.published_at > time.time() - REPUBLISH_AFTER:
                 return accepted  # already queued: one job per user at a time
-            if job is None:
-                job = Report(user_id=user_id)
-                db.add(job)
-            job.published_at = time.time()
-            db.flush()
+            report_id = models.queue_report(db, user_id, pending and pending.id)
     except IntegrityError:
         return accepted  # a concurrent POST queued it first
     try:
-        jobs.publish(job.id, user_id)
+        jobs.publish(report_id, user_id)
     except jobs.BrokerUnavailable:
-        with write_session() as db:
-            db.execute(delete(Report).where(Report.id == job.id, Report.state == "pending"))
+        with models.writing() as db:
+            models.forget_pending_report(db, report_id)
         raise ApiError(503, "The report queue is unavailable right now; try again shortly.",
                        Retry_After=5)
     return accepted
@@ -220,18 +203,21 @@ def request_report(user_id):
 
 @app.get("/users/<user_id:id>/pdf")
 def get_report(user_id):
-    with read_session() as db:
+    with models.reading() as db:
         auth.current_user(db, request)
         user = user_or_404(db, user_id)
-        newest = select(Report).where(Report.user_id == user_id).order_by(Report.id.desc())
-        done = db.scalar(newest.where(Report.state == "done").limit(1))
+        # Newest first, then the newest done: a report finishing between the two
+        # queries (each sees the latest commit) is then simply served.
+        latest = models.newest_report(db, user_id)
+        done = latest if latest and latest.state == "done" else \
+            models.newest_report(db, user_id, state="done")
         if done is None:
-            raise report_not_ready(db.scalar(newest.limit(1)), user_id)
+            raise report_not_ready(latest, user_id)
         headers = {"ETag": f'"report-{done.id}"',
                    "Last-Modified": formatdate(done.finished_at, usegmt=True)}
         if not_modified(headers["ETag"], done.finished_at):
             raise bottle.HTTPResponse(status=304, headers=headers)
-        pdf = done.pdf
+        pdf = models.report_pdf(db, done.id)
     response.content_type = "application/pdf"
     response.set_header("Content-Disposition", f'inline; filename="{user.username}_stats.pdf"')
     for name, value in headers.items():
@@ -251,11 +237,12 @@ def report_not_ready(latest, user_id):
 
 
 def not_modified(etag, finished_at):
-    if_none_match = request.get_header("If-None-Match")
+    # Headers from the environ as sent: Bottle's get_header fails on non-UTF-8 bytes.
+    if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
         return etag in tags or "*" in tags
-    since = bottle.parse_date(request.get_header("If-Modified-Since", ""))
+    since = bottle.parse_date(request.environ.get("HTTP_IF_MODIFIED_SINCE", ""))
     return since is not None and int(finished_at) <= since
 
 
@@ -274,14 +261,14 @@ def login():
     if not USER_FIELDS["username"].accepts(username):
         auth.spend_one_hash(password)  # no such user can exist; answer as slowly
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
-    with read_session() as db:
+    with models.reading() as db:
         wait = auth.seconds_until_login_allowed(db, username)
         if wait:
             raise ApiError(429, f"Too many failed logins for '{username}'; "
                                 f"try again in {wait} seconds.", Retry_After=wait)
         user = auth.check_login(db, username, password)
     if user is None:
-        with write_session() as db:
+        with models.writing() as db:
             auth.record_login_failure(db, username)
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
     return json_response({"success": True, "token": auth.issue_token(user),
@@ -323,7 +310,9 @@ def allowed_methods(path):
 
 
 @app.hook("before_request")
-def answer_options():
+def refuse_large_bodies_and_answer_options():
+    if request.content_length > MAX_BODY:  # on every route, body read or not
+        raise ApiError(413, "The request body is larger than 1 MiB.")
     if request.method == "OPTIONS":
         allow = allowed_methods(request.path)
         if not allow:
@@ -379,11 +368,12 @@ def cors_headers(origin, environ, headers):
     extra = [("Access-Control-Allow-Origin", origin),
              ("Access-Control-Expose-Headers", EXPOSED_HEADERS)]
     if environ["REQUEST_METHOD"] == "OPTIONS":
-        allow = dict((k.lower(), v) for k, v in headers).get("allow", "")
-        extra += [("Access-Control-Allow-Methods", allow),
-                  ("Access-Control-Allow-Headers",
-                   "Authorization, Content-Type, If-None-Match"),
-                  ("Access-Control-Max-Age", "600")]
+        allow = dict((k.lower(), v) for k, v in headers).get("allow")
+        if allow:
+            extra += [("Access-Control-Allow-Methods", allow),
+                      ("Access-Control-Allow-Headers",
+                       "Authorization, Content-Type, If-None-Match"),
+                      ("Access-Control-Max-Age", "600")]
     return extra
 
 
@@ -403,6 +393,7 @@ application = with_common_headers(app)
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     models.create_tables()
+    auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     json_waitress_errors()
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib

@@ -7,7 +7,6 @@ elsewhere they skip, saying why, when no RabbitMQ answers.
 import io
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,8 +14,9 @@ import unittest
 
 from kombu import Connection, Exchange, Queue
 from pypdf import PdfReader
+from sqlalchemy import text
 
-from test_api import PROJECT, LiveService, ServiceTestCase, unique_name, wait_until
+from test_api import PROJECT, ServiceTestCase, unique_name, wait_until
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -78,7 +78,7 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         self.assertTrue(first.header("Last-Modified"))
         text = pdf_text(first.body)
         for value in (user["username"], "player@example.com", "female", "8", "4", "12",
-                      "1 h 23 min", "66.7%", "UTC"):
+                      "5000", "1 h 23 min", "66.7%", "UTC"):
             self.assertIn(value, text)
         self.assertEqual(len(PdfReader(io.BytesIO(first.body)).pages), 1)
 
@@ -86,6 +86,19 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         self.post_report(user, token)
         second = self.wait_for_report(user, token, unlike_etag=first.header("ETag"))
         self.assertIn("31", pdf_text(second.body))
+
+    def test_report_shows_every_field_exactly_even_dollars_and_longest_values(self):
+        largest = 2**63 - 1
+        username = unique_name("W" * 20)[:32]
+        user, token = self.sign_up(username=username, email="a$b$@c.de" + "e" * 200 + ".com",
+                                   gender="$\\frac{$ is text")
+        self.request("PUT", f"/users/{user['id']}/stats",
+                     dict.fromkeys(("victory_count", "loss_count", "session_count", "total_time"),
+                                   largest), token=token)
+        self.post_report(user, token)
+        text = pdf_text(self.wait_for_report(user, token).body).replace("\n", " ")
+        for value in (username, user["email"], "$\\frac{$ is text", str(largest), "50.0%"):
+            self.assertIn(value, text)
 
     def test_report_is_an_a4_page_made_by_matplotlib(self):
         user, token = self.new_user_with_stats()
@@ -136,13 +149,12 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         user, token = self.new_user_with_stats()
         # A worker whose renderer always fails, on the same database.
         script = textwrap.dedent(f"""
-            import report, worker, time, models
+            import report, worker, models
             def broken(data): raise RuntimeError("broken renderer")
             report.render = broken
-            with models.write_session() as db:
-                db.add(models.Report(id=10**12 + {user['id']}, user_id={user['id']},
-                                     published_at=time.time()))
-            print(worker.run_job({{"report_id": 10**12 + {user['id']}, "user_id": {user['id']}}}))
+            with models.writing() as db:
+                report_id = models.queue_report(db, {user['id']})
+            print(worker.run_job({{"report_id": report_id, "user_id": {user['id']}}}))
         """)
         run = subprocess.run([sys.executable, "-c", script], env=self.service.env, cwd=PROJECT,
                              capture_output=True, text=True, timeout=60)
@@ -217,9 +229,9 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
         self.post_report(user, token)
         self.assertEqual(self.ready_jobs(), 1)
         # As if the server had crashed between its commit and its publish, long ago.
-        with sqlite3.connect(self.service.dir / "app.db") as db:
-            db.execute("UPDATE reports SET published_at = published_at - 3600 "
-                       "WHERE user_id = ?", (user["id"],))
+        with self.service.database() as db:
+            db.execute(text("UPDATE reports SET published_at = published_at - 3600 "
+                            "WHERE user_id = :user_id"), {"user_id": user["id"]})
         self.post_report(user, token)
         self.assertEqual(self.ready_jobs(), 2)
 

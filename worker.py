@@ -11,17 +11,14 @@ import logging
 import signal
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as StillRunning
 
 from kombu import Consumer
-from sqlalchemy import delete, update
 
 import jobs
 import models
 import report
-from models import Report, User, read_session, write_session
 
 log = logging.getLogger("worker")
 
@@ -30,12 +27,13 @@ HEARTBEAT = 30  # seconds; the broker drops a worker that misses two
 RECONNECT_DELAYS = (0.5, 1, 2, 5)  # then 5 s between attempts
 
 
-def report_data(user):
-    stats = user.stats
+def report_data(db, user_id):
+    user, stats = models.find_user(db, user_id), models.find_stats(db, user_id)
+    if user is None or stats is None:
+        return None
     return report.ReportData(
         username=user.username, email=user.email, gender=user.gender,
-        victory_count=stats.victory_count, loss_count=stats.loss_count,
-        session_count=stats.session_count, total_time=stats.total_time)
+        **{name: getattr(stats, name) for name in models.STAT_FIELDS})
 
 
 def run_job(body):
@@ -43,26 +41,19 @@ def run_job(body):
     if not (isinstance(body, dict) and type(body.get("report_id")) is int
             and type(body.get("user_id")) is int):
         return f"dropped malformed job {body!r:.200}"
-    report_id = body["report_id"]
-    with read_session() as db:
-        job = db.get(Report, report_id)
+    with models.reading() as db:
+        job = models.find_report(db, body["report_id"])
         if job is None or job.user_id != body["user_id"]:
-            return f"dropped job {report_id}: no such report (its user was deleted?)"
+            return f"dropped job {body['report_id']}: no such report (its user was deleted?)"
         if job.state != "pending":
-            return f"dropped job {report_id}: already {job.state}"
-        data = report_data(db.get(User, job.user_id))
+            return f"dropped job {job.id}: already {job.state}"
+        data = report_data(db, job.user_id)
+    if data is None:
+        return f"dropped job {job.id}: its user was deleted"
     pdf, error = render_with_retries(data)
-    with write_session() as db:
-        finished = db.execute(
-            update(Report).where(Report.id == report_id, Report.state == "pending")
-            .values(state="done" if pdf else "failed", pdf=pdf, error=error,
-                    finished_at=time.time()))
-        if finished.rowcount and pdf:
-            # Only the newest report is ever served: drop the ones it replaces.
-            db.execute(delete(Report).where(Report.user_id == body["user_id"],
-                                            Report.id < report_id,
-                                            Report.state != "pending"))
-    return f"{'finished' if pdf else 'failed'} job {report_id}" + (f": {error}" if error else "")
+    with models.writing() as db:
+        models.finish_report(db, job, pdf, error)
+    return f"{'finished' if pdf else 'failed'} job {job.id}" + (f": {error}" if error else "")
 
 
 def render_with_retries(data):
@@ -102,7 +93,7 @@ class Worker:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
                 log.warning("consuming stopped (%r); reconnecting in %ss", error, delay,
-                            exc_info=not isinstance(error, (OSError, *jobs.CONNECTION_ERRORS)))
+                            exc_info=not isinstance(error, jobs.CONNECTION_ERRORS))
                 self._stopping.wait(delay)
         self._job_runner.shutdown()
         log.info("worker stopped")
