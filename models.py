@@ -8,12 +8,13 @@ at once: WAL, a busy timeout, foreign keys on, and write transactions that
 take the write lock up front (BEGIN IMMEDIATE) so that a reader turning
 writer never fails with "database is locked".
 """
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, Index,
-                        Integer, LargeBinary, MetaData, String, Table, create_engine,
-                        delete, event, func, insert, select, text, update)
+                        Integer, LargeBinary, MetaData, String, Table, bindparam,
+                        create_engine, delete, event, func, insert, select, text, update)
 from sqlalchemy.engine import make_url
 
 import config
@@ -103,6 +104,10 @@ def _engine_for(url_text):
 
 engine = _engine_for(config.DATABASE_URL)
 _writer = engine.execution_options(write=True)
+# SQLite lets one writer in at a time, and makes the others poll for the lock
+# in sleeps of up to 100 ms: the threads of one process queue here instead,
+# and are woken the moment the writer before them commits.
+_one_writer_at_a_time = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
 
 
 @contextmanager
@@ -114,7 +119,7 @@ def reading():
 @contextmanager
 def writing():
     """One transaction: committed on success, rolled back on any error."""
-    with _writer.begin() as connection:
+    with _one_writer_at_a_time, _writer.begin() as connection:
         yield connection
 
 
@@ -133,6 +138,20 @@ def database_is_up():
 
 
 # Users
+#
+# The statements of the busiest routes are built once, here: building one
+# costs more than SQLite takes to run it.
+
+USER_BY_ID = select(users).where(users.c.id == bindparam("id"))
+USER_COUNT = select(func.count()).select_from(users)
+USERS_PAGE = select(users).order_by(users.c.id).limit(bindparam("limit")).offset(
+    bindparam("offset"))
+
+
+def possible_id(number):
+    """Whether number can be an id at all (SQLite would overflow on larger ones)."""
+    return 0 < number <= MAX_ID
+
 
 def user_json(user):
     path = f"/users/{user.id}"
@@ -142,9 +161,7 @@ def user_json(user):
 
 
 def find_user(db, user_id):
-    if not 0 < user_id <= MAX_ID:
-        return None  # no such id can exist; SQLite would overflow on it
-    return db.execute(select(users).where(users.c.id == user_id)).first()
+    return db.execute(USER_BY_ID, {"id": user_id}).first() if possible_id(user_id) else None
 
 
 def find_user_by_name(db, username):
@@ -153,8 +170,8 @@ def find_user_by_name(db, username):
 
 def page_of_users(db, limit, offset):
     """(number of users in all, the users of this page, by id)."""
-    total = db.execute(select(func.count()).select_from(users)).scalar_one()
-    page = db.execute(select(users).order_by(users.c.id).limit(limit).offset(offset)).all()
+    total = db.execute(USER_COUNT).scalar_one()
+    page = db.execute(USERS_PAGE, {"limit": limit, "offset": offset}).all()
     return total, page
 
 
@@ -181,21 +198,25 @@ def delete_user(db, user_id):
 
 # Stats
 
+STATS_BY_USER = select(stats).where(stats.c.user_id == bindparam("id"))
+# One statement for any subset of the fields: those not given keep their value.
+UPDATE_STATS = (update(stats).where(stats.c.user_id == bindparam("id"))
+                .values({name: func.coalesce(bindparam(name, type_=BigInteger), stats.c[name])
+                         for name in STAT_FIELDS})
+                .returning(*stats.c))
+
+
 def stats_json(row):
     return {name: getattr(row, name) for name in STAT_FIELDS}
 
 
 def find_stats(db, user_id):
-    if not 0 < user_id <= MAX_ID:
-        return None
-    return db.execute(select(stats).where(stats.c.user_id == user_id)).first()
+    return db.execute(STATS_BY_USER, {"id": user_id}).first() if possible_id(user_id) else None
 
 
 def update_stats(db, user_id, fields):
-    if not fields:
-        return find_stats(db, user_id)
-    return db.execute(update(stats).where(stats.c.user_id == user_id).values(**fields)
-                      .returning(*stats.c)).first()
+    return db.execute(UPDATE_STATS, {"id": user_id, **dict.fromkeys(STAT_FIELDS), **fields}
+                      ).first()
 
 
 # Login failures
