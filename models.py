@@ -10,6 +10,7 @@ writer never fails with "database is locked".
 """
 import threading
 import time
+from collections import namedtuple
 from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, Index,
@@ -35,14 +36,15 @@ users = Table(
     Column("gender", String(32)),
     Column("profile_pic", String(2048)),
     # Carried in every token; bumping it revokes all tokens issued before.
-    Column("token_version", Integer, nullable=False, default=0),
+    Column("token_version", Integer, nullable=False, server_default="0"),
     sqlite_autoincrement=True,
 )
 
 stats = Table(
     "stats", metadata,
     Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
-    *(Column(name, BigInteger, CheckConstraint(f"{name} >= 0"), nullable=False, default=0)
+    *(Column(name, BigInteger, CheckConstraint(f"{name} >= 0"), nullable=False,
+             server_default="0")
       for name in STAT_FIELDS),
 )
 
@@ -50,7 +52,7 @@ reports = Table(
     "reports", metadata,
     Column("id", Id, primary_key=True),
     Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
-    Column("state", String(16), nullable=False, default="pending"),  # pending, done, failed
+    Column("state", String(16), nullable=False, server_default="pending"),  # or done, failed
     Column("published_at", Float, nullable=False),  # the last time its job was queued
     Column("finished_at", Float),
     Column("error", String(500)),
@@ -73,6 +75,12 @@ login_failures = Table(
 
 
 # Connections
+#
+# SQLAlchemy defines the tables, builds and compiles every statement for the
+# database at hand, and pools the connections; the statements then run on
+# the pooled DB-API connection itself. On these one-row queries SQLAlchemy's
+# Connection.execute cost more than everything else in a request (40% of a
+# GET /users/{id} in py-spy), so the busiest statements are compiled once.
 
 def _engine_for(url_text):
     url = make_url(url_text)
@@ -82,70 +90,121 @@ def _engine_for(url_text):
         path = config.PROJECT_DIR / url.database  # relative paths: to the project
         path.parent.mkdir(parents=True, exist_ok=True)
         url = url.set(database=str(path))
-    engine = create_engine(url, pool_size=config.WEB_THREADS + 2,
+    # "named" (:name) parameters: sqlite3 then takes the same dicts as psycopg.
+    engine = create_engine(url, pool_size=config.WEB_THREADS + 2, paramstyle="named",
                            connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _tune(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        # Autocommit: a read is one statement, and writing() says BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
         for pragma in ("journal_mode=WAL", "busy_timeout=30000",
                        "foreign_keys=ON", "synchronous=FULL"):
             dbapi_connection.execute(f"PRAGMA {pragma}")
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection):
-        # Reads run each statement on its own (SQLite's autocommit): a
-        # transaction would only add two statements to every request.
-        if connection.get_execution_options().get("write"):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
 engine = _engine_for(config.DATABASE_URL)
-_writer = engine.execution_options(write=True)
+SQLITE = engine.dialect.name == "sqlite"
+IntegrityError = engine.dialect.loaded_dbapi.IntegrityError
 # SQLite lets one writer in at a time, and makes the others poll for the lock
 # in sleeps of up to 100 ms: the threads of one process queue here instead,
 # and are woken the moment the writer before them commits.
-_one_writer_at_a_time = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+_one_writer_at_a_time = threading.Lock() if SQLITE else nullcontext()
 
 
 @contextmanager
 def reading():
-    with engine.connect() as connection:
+    connection = engine.raw_connection()
+    try:
         yield connection
+    finally:
+        connection.close()  # back to the pool, which rolls back what is left
 
 
 @contextmanager
 def writing():
     """One transaction: committed on success, rolled back on any error."""
-    with _one_writer_at_a_time, _writer.begin() as connection:
-        yield connection
+    with _one_writer_at_a_time, reading() as connection:
+        if SQLITE:
+            # The write lock up front: a reader turning writer could fail instead.
+            connection.cursor().execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+
+
+class Statement:
+    """A statement compiled once for this database; rows as named tuples."""
+
+    def __init__(self, statement):
+        compiled = statement.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self.constants = compiled.params  # the values written in the statement itself
+        self.row = None
+
+    def run(self, db, params=None):
+        """Runs it with params; any parameter not given is null."""
+        cursor = db.cursor()
+        cursor.execute(self.sql, {**self.constants, **params} if params else self.constants)
+        return cursor
+
+    def rows(self, db, params=None):
+        cursor = self.run(db, params)
+        if self.row is None:
+            self.row = namedtuple("Row", [column[0] for column in cursor.description])
+        return [self.row._make(values) for values in cursor.fetchall()]
+
+    def first(self, db, params=None):
+        found = self.rows(db, params)
+        return found[0] if found else None
+
+    def scalar(self, db, params=None):
+        return self.run(db, params).fetchone()[0]
+
+
+def run_once(db, statement):
+    """Runs a statement built for this call (values bound in it); its cursor."""
+    compiled = statement.compile(dialect=engine.dialect)
+    cursor = db.cursor()
+    cursor.execute(str(compiled), compiled.params)
+    return cursor
 
 
 def create_tables():
     metadata.create_all(engine)
 
 
+ANY_USER = Statement(select(users.c.id).limit(1))
+
+
 def database_is_up():
     try:
         with reading() as db:
             # A table, not "SELECT 1": that would succeed without reading the database.
-            db.execute(select(users.c.id).limit(1))
+            ANY_USER.rows(db)
         return True
     except Exception:
         return False
 
 
 # Users
-#
-# The statements of the busiest routes are built once, here: building one
-# costs more than SQLite takes to run it.
 
-USER_BY_ID = select(users).where(users.c.id == bindparam("id"))
-USER_COUNT = select(func.count()).select_from(users)
-USERS_PAGE = select(users).order_by(users.c.id).limit(bindparam("limit")).offset(
-    bindparam("offset"))
+USER_BY_ID = Statement(select(users).where(users.c.id == bindparam("id")))
+USER_BY_NAME = Statement(select(users).where(users.c.username == bindparam("username")))
+USER_COUNT = Statement(select(func.count()).select_from(users))
+USERS_PAGE = Statement(select(users).order_by(users.c.id)
+                       .limit(bindparam("limit")).offset(bindparam("offset")))
+INSERT_USER = Statement(insert(users).values(
+    {name: bindparam(name) for name in ("username", "password_hash", "email", "gender",
+                                        "profile_pic")})
+    .returning(users.c.id))
+INSERT_STATS = Statement(insert(stats).values(user_id=bindparam("id")))
+DELETE_USER = Statement(delete(users).where(users.c.id == bindparam("id")))
 
 
 def possible_id(number):
@@ -161,25 +220,22 @@ def user_json(user):
 
 
 def find_user(db, user_id):
-    return db.execute(USER_BY_ID, {"id": user_id}).first() if possible_id(user_id) else None
+    return USER_BY_ID.first(db, {"id": user_id}) if possible_id(user_id) else None
 
 
 def find_user_by_name(db, username):
-    return db.execute(select(users).where(users.c.username == username)).first()
+    return USER_BY_NAME.first(db, {"username": username})
 
 
 def page_of_users(db, limit, offset):
     """(number of users in all, the users of this page, by id)."""
-    total = db.execute(USER_COUNT).scalar_one()
-    page = db.execute(USERS_PAGE, {"limit": limit, "offset": offset}).all()
-    return total, page
+    return USER_COUNT.scalar(db), USERS_PAGE.rows(db, {"limit": limit, "offset": offset})
 
 
 def create_user(db, fields):
     """The new user's row, with their stats at zero; IntegrityError if the name is taken."""
-    user_id = db.execute(insert(users).values(**fields, token_version=0)
-                         .returning(users.c.id)).scalar_one()
-    db.execute(insert(stats).values(user_id=user_id))
+    user_id = INSERT_USER.scalar(db, fields)  # fields not given are null
+    INSERT_STATS.run(db, {"id": user_id})
     return find_user(db, user_id)
 
 
@@ -188,22 +244,23 @@ def update_user(db, user_id, fields):
     if "password_hash" in fields:
         fields = {**fields, "token_version": users.c.token_version + 1}
     if fields:
-        db.execute(update(users).where(users.c.id == user_id).values(**fields))
+        run_once(db, update(users).where(users.c.id == user_id).values(**fields))
     return find_user(db, user_id)
 
 
 def delete_user(db, user_id):
-    db.execute(delete(users).where(users.c.id == user_id))  # stats, reports: ON DELETE CASCADE
+    DELETE_USER.run(db, {"id": user_id})  # stats and reports go by ON DELETE CASCADE
 
 
 # Stats
 
-STATS_BY_USER = select(stats).where(stats.c.user_id == bindparam("id"))
+STATS_BY_USER = Statement(select(stats).where(stats.c.user_id == bindparam("id")))
 # One statement for any subset of the fields: those not given keep their value.
-UPDATE_STATS = (update(stats).where(stats.c.user_id == bindparam("id"))
-                .values({name: func.coalesce(bindparam(name, type_=BigInteger), stats.c[name])
-                         for name in STAT_FIELDS})
-                .returning(*stats.c))
+UPDATE_STATS = Statement(
+    update(stats).where(stats.c.user_id == bindparam("id"))
+    .values({name: func.coalesce(bindparam(name, type_=BigInteger), stats.c[name])
+             for name in STAT_FIELDS})
+    .returning(*stats.c))
 
 
 def stats_json(row):
@@ -211,77 +268,99 @@ def stats_json(row):
 
 
 def find_stats(db, user_id):
-    return db.execute(STATS_BY_USER, {"id": user_id}).first() if possible_id(user_id) else None
+    return STATS_BY_USER.first(db, {"id": user_id}) if possible_id(user_id) else None
 
 
 def update_stats(db, user_id, fields):
-    return db.execute(UPDATE_STATS, {"id": user_id, **dict.fromkeys(STAT_FIELDS), **fields}
-                      ).first()
+    return UPDATE_STATS.first(db, {"id": user_id, **fields})  # fields not given are null
 
 
 # Login failures
 
+RECENT_FAILURES = Statement(
+    select(login_failures.c.failed_at)
+    .where(login_failures.c.username == bindparam("username"),
+           login_failures.c.failed_at > bindparam("since"))
+    .order_by(login_failures.c.failed_at.desc()))
+FORGET_FAILURES = Statement(delete(login_failures)
+                            .where(login_failures.c.failed_at <= bindparam("before")))
+INSERT_FAILURE = Statement(insert(login_failures).values(username=bindparam("username"),
+                                                         failed_at=bindparam("at")))
+
+
 def recent_login_failures(db, username, since):
     """Times of the username's failed logins after since, newest first."""
-    return db.execute(select(login_failures.c.failed_at)
-                      .where(login_failures.c.username == username,
-                             login_failures.c.failed_at > since)
-                      .order_by(login_failures.c.failed_at.desc())).scalars().all()
+    return [row.failed_at for row in RECENT_FAILURES.rows(db, {"username": username,
+                                                               "since": since})]
 
 
 def record_login_failure(db, username, forget_before):
-    db.execute(delete(login_failures).where(login_failures.c.failed_at <= forget_before))
-    db.execute(insert(login_failures).values(username=username, failed_at=time.time()))
+    FORGET_FAILURES.run(db, {"before": forget_before})
+    INSERT_FAILURE.run(db, {"username": username, "at": time.time()})
 
 
 # Reports
 
+REPORT_SUMMARY = (reports.c.id, reports.c.user_id, reports.c.state, reports.c.finished_at,
+                  reports.c.error)
+PENDING_REPORT = Statement(select(reports.c.id, reports.c.published_at)
+                           .where(reports.c.user_id == bindparam("user_id"),
+                                  reports.c.state == "pending"))
+INSERT_REPORT = Statement(insert(reports).values(user_id=bindparam("user_id"),
+                                                 published_at=bindparam("at"))
+                          .returning(reports.c.id))
+REPUBLISHED = Statement(update(reports).where(reports.c.id == bindparam("id"))
+                        .values(published_at=bindparam("at")))
+FORGET_PENDING = Statement(delete(reports).where(reports.c.id == bindparam("id"),
+                                                 reports.c.state == "pending"))
+_by_user_newest_first = (select(*REPORT_SUMMARY).where(reports.c.user_id == bindparam("user_id"))
+                         .order_by(reports.c.id.desc()).limit(1))
+NEWEST_REPORT = Statement(_by_user_newest_first)
+NEWEST_DONE_REPORT = Statement(_by_user_newest_first.where(reports.c.state == "done"))
+REPORT_BY_ID = Statement(select(*REPORT_SUMMARY).where(reports.c.id == bindparam("id")))
+REPORT_PDF = Statement(select(reports.c.pdf).where(reports.c.id == bindparam("id")))
+FINISH_REPORT = Statement(
+    update(reports).where(reports.c.id == bindparam("id"), reports.c.state == "pending")
+    .values(state=bindparam("state"), pdf=bindparam("pdf"), error=bindparam("error"),
+            finished_at=bindparam("at")))
+DROP_REPLACED_REPORTS = Statement(
+    delete(reports).where(reports.c.user_id == bindparam("user_id"),
+                          reports.c.id < bindparam("id"), reports.c.state != "pending"))
+
+
 def pending_report(db, user_id):
-    return db.execute(select(reports.c.id, reports.c.published_at)
-                      .where(reports.c.user_id == user_id, reports.c.state == "pending")).first()
+    return PENDING_REPORT.first(db, {"user_id": user_id})
 
 
 def queue_report(db, user_id, report_id=None):
     """A new pending report (or report_id again), marked as published now; its id."""
     if report_id is None:
-        return db.execute(insert(reports).values(user_id=user_id, published_at=time.time())
-                          .returning(reports.c.id)).scalar_one()
-    db.execute(update(reports).where(reports.c.id == report_id)
-               .values(published_at=time.time()))
+        return INSERT_REPORT.scalar(db, {"user_id": user_id, "at": time.time()})
+    REPUBLISHED.run(db, {"id": report_id, "at": time.time()})
     return report_id
 
 
 def forget_pending_report(db, report_id):
-    db.execute(delete(reports).where(reports.c.id == report_id, reports.c.state == "pending"))
-
-
-REPORT_SUMMARY = (reports.c.id, reports.c.user_id, reports.c.state, reports.c.finished_at,
-                  reports.c.error)
+    FORGET_PENDING.run(db, {"id": report_id})
 
 
 def newest_report(db, user_id, state=None):
-    """The user's newest report (of that state), without its PDF bytes."""
-    query = select(*REPORT_SUMMARY).where(reports.c.user_id == user_id)
-    if state:
-        query = query.where(reports.c.state == state)
-    return db.execute(query.order_by(reports.c.id.desc()).limit(1)).first()
+    """The user's newest report (of that state: only "done" is asked), without its PDF."""
+    newest = NEWEST_DONE_REPORT if state == "done" else NEWEST_REPORT
+    return newest.first(db, {"user_id": user_id})
 
 
 def find_report(db, report_id):
-    return db.execute(select(*REPORT_SUMMARY).where(reports.c.id == report_id)).first()
+    return REPORT_BY_ID.first(db, {"id": report_id})
 
 
 def report_pdf(db, report_id):
-    return db.execute(select(reports.c.pdf).where(reports.c.id == report_id)).scalar_one()
+    return REPORT_PDF.scalar(db, {"id": report_id})
 
 
 def finish_report(db, report, pdf, error):
     """Stores a pending report's outcome; a done one replaces the user's older reports."""
-    finished = db.execute(
-        update(reports).where(reports.c.id == report.id, reports.c.state == "pending")
-        .values(state="done" if pdf else "failed", pdf=pdf, error=error,
-                finished_at=time.time()))
+    finished = FINISH_REPORT.run(db, {"id": report.id, "state": "done" if pdf else "failed",
+                                      "pdf": pdf, "error": error, "at": time.time()})
     if finished.rowcount and pdf:
-        db.execute(delete(reports).where(reports.c.user_id == report.user_id,
-                                         reports.c.id < report.id,
-                                         reports.c.state != "pending"))
+        DROP_REPLACED_REPORTS.run(db, {"user_id": report.user_id, "id": report.id})

@@ -14,7 +14,7 @@ import bottle
 import waitress
 import waitress.utilities
 from bottle import HTTPError, request, response
-from sqlalchemy.exc import IntegrityError
+
 
 import auth
 import config
@@ -96,7 +96,7 @@ def create_user():
     try:
         with models.writing() as db:
             user = models.create_user(db, fields)
-    except IntegrityError:
+    except models.IntegrityError:
         raise username_taken(fields["username"])
     return json_response({"user": models.user_json(user), "token": auth.issue_token(user)},
                          201, {"Location": f"/users/{user.id}", "Cache-Control": "no-store"})
@@ -129,7 +129,7 @@ def update_user(user_id):
         with models.writing() as db:
             owned_user(db, user_id)  # again: a password change meanwhile revoked the token
             user = models.update_user(db, user_id, fields)
-    except IntegrityError:
+    except models.IntegrityError:
         raise username_taken(fields["username"])
     return json_response(models.user_json(user))
 
@@ -190,7 +190,7 @@ def request_report(user_id):
             if pending and pending.published_at > time.time() - REPUBLISH_AFTER:
                 return accepted  # already queued: one job per user at a time
             report_id = models.queue_report(db, user_id, pending and pending.id)
-    except IntegrityError:
+    except models.IntegrityError:
         return accepted  # a concurrent POST queued it first
     try:
         jobs.publish(report_id, user_id)
