@@ -15,7 +15,9 @@ from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, Index,
                         Integer, LargeBinary, MetaData, String, Table, bindparam,
-                        create_engine, delete, event, func, insert, select, text, update)
+                        cast, create_engine, delete, event, func, insert, literal, select, text,
+                        update)
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import make_url
 
 import config
@@ -164,7 +166,9 @@ class Statement:
         return found[0] if found else None
 
     def scalar(self, db, params=None):
-        return self.run(db, params).fetchone()[0]
+        """The first column of the first row, or None when there is no row."""
+        row = self.run(db, params).fetchone()
+        return row[0] if row else None
 
 
 def run_once(db, statement):
@@ -197,8 +201,26 @@ def database_is_up():
 USER_BY_ID = Statement(select(users).where(users.c.id == bindparam("id")))
 USER_BY_NAME = Statement(select(users).where(users.c.username == bindparam("username")))
 USER_COUNT = Statement(select(func.count()).select_from(users))
-USERS_PAGE = Statement(select(users).order_by(users.c.id)
-                       .limit(bindparam("limit")).offset(bindparam("offset")))
+# The user representation is written as JSON by the database: building rows
+# and dicts in Python, then encoding them, cost more than the rest of a request.
+
+def _user_json(table):
+    """The JSON object of CONTRACT.md's user representation, from a users-shaped table."""
+    path = literal("/users/") + cast(table.c.id, String)
+    return (func.json_object if SQLITE else func.json_build_object)(
+        "id", table.c.id, "username", table.c.username, "email", table.c.email,
+        "gender", table.c.gender, "profile_pic", table.c.profile_pic, "self", path,
+        "stats", path + "/stats", "pdf", path + "/pdf")
+
+
+USER_JSON = Statement(select(cast(_user_json(users), String))
+                      .where(users.c.id == bindparam("id")))
+_page = (select(users).order_by(users.c.id)
+         .limit(bindparam("limit")).offset(bindparam("offset")).subquery())
+# SQLite aggregates rows in the subquery's order; PostgreSQL must be told.
+_page_json = (func.json_group_array(_user_json(_page)) if SQLITE
+              else func.json_agg(aggregate_order_by(_user_json(_page), _page.c.id)))
+USERS_PAGE_JSON = Statement(select(func.coalesce(cast(_page_json, String), "[]")))
 INSERT_USER = Statement(insert(users).values(
     {name: bindparam(name) for name in ("username", "password_hash", "email", "gender",
                                         "profile_pic")})
@@ -212,15 +234,13 @@ def possible_id(number):
     return 0 < number <= MAX_ID
 
 
-def user_json(user):
-    path = f"/users/{user.id}"
-    return {"id": user.id, "username": user.username, "email": user.email,
-            "gender": user.gender, "profile_pic": user.profile_pic,
-            "self": path, "stats": path + "/stats", "pdf": path + "/pdf"}
-
-
 def find_user(db, user_id):
     return USER_BY_ID.first(db, {"id": user_id}) if possible_id(user_id) else None
+
+
+def user_json(db, user_id):
+    """The user's representation as JSON text, or None."""
+    return USER_JSON.scalar(db, {"id": user_id}) if possible_id(user_id) else None
 
 
 def find_user_by_name(db, username):
@@ -228,15 +248,16 @@ def find_user_by_name(db, username):
 
 
 def page_of_users(db, limit, offset):
-    """(number of users in all, the users of this page, by id)."""
-    return USER_COUNT.scalar(db), USERS_PAGE.rows(db, {"limit": limit, "offset": offset})
+    """(number of users in all, the page as a JSON array ordered by id)."""
+    page = USERS_PAGE_JSON.scalar(db, {"limit": limit, "offset": offset})
+    return USER_COUNT.scalar(db), page
 
 
 def create_user(db, fields):
-    """The new user's row, with their stats at zero; IntegrityError if the name is taken."""
+    """The new user's id, with their stats at zero; IntegrityError if the name is taken."""
     user_id = INSERT_USER.scalar(db, fields)  # fields not given are null
     INSERT_STATS.run(db, {"id": user_id})
-    return find_user(db, user_id)
+    return user_id
 
 
 def update_user(db, user_id, fields):
@@ -245,7 +266,6 @@ def update_user(db, user_id, fields):
         fields = {**fields, "token_version": users.c.token_version + 1}
     if fields:
         run_once(db, update(users).where(users.c.id == user_id).values(**fields))
-    return find_user(db, user_id)
 
 
 def delete_user(db, user_id):

@@ -38,17 +38,25 @@ app.router.add_filter("id", lambda _conf: (r"[1-9][0-9]{0,18}", int, str))
 
 
 def json_response(data, status=200, headers=None):
+    return json_text_response(json.dumps(data), status, headers)
+
+
+def json_text_response(text, status=200, headers=None):
     response.status = status
     response.content_type = "application/json"
     for name, value in (headers or {}).items():
         response.set_header(name, str(value))
-    return json.dumps(data)
+    return text
+
+
+def no_such_user(user_id):
+    return ApiError(404, f"There is no user {user_id}.")
 
 
 def user_or_404(db, user_id):
     user = models.find_user(db, user_id)
     if user is None:
-        raise ApiError(404, f"There is no user {user_id}.")
+        raise no_such_user(user_id)
     return user
 
 
@@ -74,9 +82,9 @@ def list_users():
     with models.reading() as db:
         total, page = models.page_of_users(db, limit, offset)
     headers = {"X-Total-Count": total}
-    if offset + len(page) < total:
+    if offset + limit < total:
         headers["Link"] = f'</users?limit={limit}&offset={offset + limit}>; rel="next"'
-    return json_response([models.user_json(user) for user in page], headers=headers)
+    return json_text_response(page, headers=headers)
 
 
 def query_int(name, default, minimum, maximum):
@@ -95,23 +103,28 @@ def create_user():
     fields["password_hash"] = auth.hash_password(fields.pop("password"))
     try:
         with models.writing() as db:
-            user = models.create_user(db, fields)
+            user_id = models.create_user(db, fields)
+            user, representation = models.find_user(db, user_id), models.user_json(db, user_id)
     except models.IntegrityError:
         raise username_taken(fields["username"])
-    return json_response({"user": models.user_json(user), "token": auth.issue_token(user)},
-                         201, {"Location": f"/users/{user.id}", "Cache-Control": "no-store"})
+    body = f'{{"user": {representation}, "token": {json.dumps(auth.issue_token(user))}}}'
+    return json_text_response(body, 201, {"Location": f"/users/{user_id}",
+                                          "Cache-Control": "no-store"})
 
 
 @app.get("/users/me")
 def get_me():
     with models.reading() as db:
-        return json_response(models.user_json(auth.current_user(db, request)))
+        return json_text_response(models.user_json(db, auth.current_user(db, request).id))
 
 
 @app.get("/users/<user_id:id>")
 def get_user(user_id):
     with models.reading() as db:
-        return json_response(models.user_json(user_or_404(db, user_id)))
+        representation = models.user_json(db, user_id)
+    if representation is None:
+        raise no_such_user(user_id)
+    return json_text_response(representation)
 
 
 @app.route("/users/<user_id:id>", method=["PUT", "PATCH"])
@@ -128,10 +141,11 @@ def update_user(user_id):
     try:
         with models.writing() as db:
             owned_user(db, user_id)  # again: a password change meanwhile revoked the token
-            user = models.update_user(db, user_id, fields)
+            models.update_user(db, user_id, fields)
+            representation = models.user_json(db, user_id)
     except models.IntegrityError:
         raise username_taken(fields["username"])
-    return json_response(models.user_json(user))
+    return json_text_response(representation)
 
 
 def new_password_hash(fields, stored_hash):
@@ -160,7 +174,7 @@ def get_stats(user_id):
         auth.current_user(db, request)
         stats = models.find_stats(db, user_id)
     if stats is None:
-        raise ApiError(404, f"There is no user {user_id}.")
+        raise no_such_user(user_id)
     return json_response(models.stats_json(stats))
 
 
