@@ -17,7 +17,6 @@ from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, 
                         Integer, LargeBinary, MetaData, String, Table, bindparam,
                         cast, create_engine, delete, event, func, insert, literal, select, text,
                         update)
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import make_url
 
 import config
@@ -217,9 +216,11 @@ USER_JSON = Statement(select(cast(_user_json(users), String))
                       .where(users.c.id == bindparam("id")))
 _page = (select(users).order_by(users.c.id)
          .limit(bindparam("limit")).offset(bindparam("offset")).subquery())
-# SQLite aggregates rows in the subquery's order; PostgreSQL must be told.
-_page_json = (func.json_group_array(_user_json(_page)) if SQLITE
-              else func.json_agg(aggregate_order_by(_user_json(_page), _page.c.id)))
+if SQLITE:  # it aggregates rows in the subquery's order
+    _page_json = func.json_group_array(_user_json(_page))
+else:  # PostgreSQL must be told; its dialect is imported only here (2 MiB)
+    from sqlalchemy.dialects.postgresql import aggregate_order_by
+    _page_json = func.json_agg(aggregate_order_by(_user_json(_page), _page.c.id))
 USERS_PAGE_JSON = Statement(select(func.coalesce(cast(_page_json, String), "[]")))
 INSERT_USER = Statement(insert(users).values(
     {name: bindparam(name) for name in ("username", "password_hash", "email", "gender",
