@@ -887,15 +887,17 @@ def seed_database(number):
     models.create_tables()
     # One hash for every row: scrypt for each of 100,000 users would take hours.
     password_hash = auth.hash_password("bench-password")
-    users, stats = models.User.__table__, models.Stats.__table__
-    with models.engine.begin() as connection:
+    insert_user = models.Statement(models.users.insert())
+    insert_stats = models.Statement(models.stats.insert())
+    with models.writing() as db:
+        cursor = db.cursor()
         for first in range(1, number + 1, SEED_BATCH):
             numbers = range(first, min(first + SEED_BATCH, number + 1))
-            connection.execute(users.insert(), [
+            cursor.executemany(insert_user.sql, [
                 {"id": n, **sample_user_fields(n), "password_hash": password_hash,
                  "profile_pic": None, "token_version": 0} for n in numbers])
-            connection.execute(stats.insert(), [{"user_id": n, **sample_stats(n)}
-                                                for n in numbers])
+            cursor.executemany(insert_stats.sql, [{"user_id": n, **sample_stats(n)}
+                                                  for n in numbers])
 
 
 def measure_growth(settings, folder, run_load):
