@@ -111,6 +111,9 @@ def _unauthorized(message):
     return ApiError(401, message, WWW_Authenticate="Bearer")
 
 
+USER_ID_KEY = "stats_api.user_id"  # where the request's environ keeps it, for the access log
+
+
 def current_user(db, request):
     """The user whose valid token came with the request; 401 for anything else."""
     # From the environ as sent (latin-1): Bottle's get_header fails on non-UTF-8 bytes.
@@ -132,4 +135,5 @@ def current_user(db, request):
     user = models.find_user(db, int(sub))
     if user is None or user.token_version != version:
         raise _unauthorized("The token is no longer valid; log in again.")
+    request.environ[USER_ID_KEY] = user.id
     return user

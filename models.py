@@ -349,8 +349,16 @@ DROP_REPLACED_REPORTS = Statement(
                           reports.c.id < bindparam("id"), reports.c.state != "pending"))
 
 
+ALL_PENDING_REPORTS = Statement(select(reports.c.id, reports.c.user_id)
+                                .where(reports.c.state == "pending"))
+
+
 def pending_report(db, user_id):
     return PENDING_REPORT.first(db, {"user_id": user_id})
+
+
+def all_pending_reports(db):
+    return ALL_PENDING_REPORTS.rows(db)
 
 
 def queue_report(db, user_id, report_id=None):

@@ -6,13 +6,16 @@ carries are added by `with_common_headers`, around the Bottle app.
 """
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from email.utils import formatdate
 
 import bottle
 import waitress
 import waitress.utilities
+from waitress import wasyncore
 from bottle import HTTPError, request, response
 
 
@@ -362,10 +365,17 @@ app.catchall = True
 EXPOSED_HEADERS = "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After"
 
 
+access_log = logging.getLogger("access")
+
+
 def with_common_headers(wsgi_app):
-    """Adds nosniff everywhere and CORS headers for the allowed origins."""
+    """Adds nosniff everywhere and CORS headers for the allowed origins; logs each request."""
     def wrapped(environ, start_response):
+        started = time.perf_counter()
+        answered = []
+
         def start(status, headers, exc_info=None):
+            answered.append(status[:3])
             headers.append(("X-Content-Type-Options", "nosniff"))
             if status.startswith(("204", "304")):
                 headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
@@ -375,7 +385,13 @@ def with_common_headers(wsgi_app):
             if origin and origin in config.CORS_ORIGINS:
                 headers += cors_headers(origin, environ, headers)
             return start_response(status, headers, exc_info)
-        return wsgi_app(environ, start)
+        body = wsgi_app(environ, start)  # Bottle has the whole body ready by now
+        # The path without its query; never a header: tokens stay out of the log.
+        access_log.info("%s %s %s %.1fms user=%s", environ["REQUEST_METHOD"],
+                        environ.get("PATH_INFO", ""), answered[0] if answered else "-",
+                        (time.perf_counter() - started) * 1000,
+                        environ.get(auth.USER_ID_KEY, "-"))
+        return body
     return wrapped
 
 
@@ -416,12 +432,56 @@ def main():
     models.create_tables()
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     json_waitress_errors()
+    if config.BROKER_URL.startswith("memory://"):
+        requeue_pending_reports()
+    embedded_worker = None
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib
-        worker.start_in_thread()
+        embedded_worker = worker.start_in_thread()
+    server = waitress.create_server(application, host=config.HOST, port=config.PORT,
+                                    threads=config.WEB_THREADS, ident="",
+                                    clear_untrusted_proxy_headers=True)
     log.info("serving on http://%s:%s", config.HOST, config.PORT)
-    waitress.serve(application, host=config.HOST, port=config.PORT,
-                   threads=config.WEB_THREADS, ident="", clear_untrusted_proxy_headers=True)
+    serve_until_signalled(server, embedded_worker)
+
+
+def requeue_pending_reports():
+    """The in-process broker lost its jobs with the last process: queue them again."""
+    with models.reading() as db:
+        pending = models.all_pending_reports(db)
+    for report in pending:
+        jobs.publish(report.id, report.user_id)
+    if pending:
+        log.info("queued %d pending report(s) again", len(pending))
+
+
+def serve_until_signalled(server, embedded_worker, drain_seconds=8):
+    """Serve until SIGTERM or SIGINT; then stop accepting, finish what is in
+    flight (at most drain_seconds), and stop the embedded worker."""
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    # waitress.serve() has no graceful stop: run its event loop ourselves.
+    # (server._map, its channels, is what that loop serves.)
+    while not stopping.is_set():
+        wasyncore.loop(timeout=0.2, map=server._map, count=1)
+    log.info("stopping: no new connections, finishing requests in flight")
+    server.del_channel()
+    server.socket.close()
+    deadline = time.monotonic() + drain_seconds
+    while requests_in_flight(server) and time.monotonic() < deadline:
+        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+    server.task_dispatcher.shutdown(timeout=1)
+    if embedded_worker:
+        embedded_worker.stop(wait=deadline - time.monotonic())
+    log.info("stopped")
+
+
+def requests_in_flight(server):
+    dispatcher = server.task_dispatcher
+    return (dispatcher.active_count or dispatcher.queue
+            or any(getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0)
+                   for channel in list(server._map.values())))
 
 
 if __name__ == "__main__":

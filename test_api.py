@@ -150,8 +150,8 @@ class LiveService:
         except OSError:
             return False
 
-    def request(self, method, path, body=None, token=None, headers=None, raw=None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+    def request(self, method, path, body=None, token=None, headers=None, raw=None, port=None):
+        connection = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=30)
         headers = dict(headers or {})
         if token:
             headers["Authorization"] = f"Bearer {token}"

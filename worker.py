@@ -75,9 +75,12 @@ class Worker:
         # connection's heartbeats going, however long a render takes.
         self._job_runner = ThreadPoolExecutor(1, thread_name_prefix="render")
         self._job = None  # (message, future) of the job in hand
+        self._stopped = threading.Event()
 
-    def stop(self):
+    def stop(self, wait=0):
+        """Asks the worker to stop (the job in hand is finished first); waits up to wait s."""
         self._stopping.set()
+        self._stopped.wait(wait)
 
     def run(self):
         failures = 0
@@ -97,6 +100,7 @@ class Worker:
                 self._stopping.wait(delay)
         self._job_runner.shutdown()
         log.info("worker stopped")
+        self._stopped.set()
 
     def _consume(self, connection):
         with Consumer(connection, queues=[jobs.queue], callbacks=[self._take_job],

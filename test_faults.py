@@ -1,0 +1,277 @@
+"""Operations and faults: graceful stops, restarts, a locked database, a
+broker that goes away, and several servers and workers sharing PostgreSQL
+and RabbitMQ. After each, every accepted job ends as a PDF, no request got
+a 500, and nothing had to be restarted by hand.
+"""
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+
+from kombu import Connection
+
+from test_api import TEST_DATABASE_URL, LiveService, unique_name, wait_until
+from test_reports import RABBITMQ_URL, ReportClient, pdf_text, rabbitmq_answers
+
+CI = os.environ.get("CI") == "true"
+
+
+def require(condition, reason):
+    """Skip without the service a test needs, except in CI, where it is required."""
+    return unittest.skipUnless(condition or CI, f"{reason} (CI requires it)")
+
+
+class FaultTestCase(ReportClient, unittest.TestCase):
+    """Each test starts (and stops) the services it needs."""
+
+    def start_service(self, **env):
+        service = LiveService(**env)
+        self.addCleanup(service.stop)
+        self.service = service
+        return service
+
+    def request(self, *args, **kwargs):
+        return self.service.request(*args, **kwargs)
+
+    def sign_up(self, **fields):
+        body = {"username": unique_name(), "password": "secret-pw", **fields}
+        answer = self.request("POST", "/users", body)
+        self.assertEqual(answer.status, 201, answer.body)
+        return answer.json["user"], answer.json["token"]
+
+    def assertNoServerErrors(self, *processes):
+        for process in processes:
+            self.assertNotIn("Traceback", process.output(), process.log_path)
+            self.assertNotIn(" 500 ", process.output(), process.log_path)
+
+
+class GracefulStopTest(FaultTestCase):
+    def test_sigterm_finishes_the_request_in_flight_then_exits_within_10_s(self):
+        # Real password cost: a login takes long enough to be caught in flight.
+        service = self.start_service(SCRYPT_N="16384")
+        server = service.start_server()
+        username = unique_name()
+        self.request("POST", "/users", {"username": username, "password": "pw"})
+        statuses = []
+
+        def log_in_until_refused():
+            try:
+                while True:
+                    statuses.append(self.request("POST", "/login", {"username": username,
+                                                                    "password": "pw"}).status)
+            except OSError:
+                pass  # refused: the server stopped accepting
+
+        client = threading.Thread(target=log_in_until_refused)
+        client.start()
+        wait_until(lambda: statuses, what="a first login")
+        stopped_at = time.monotonic()
+        exit_code = server.stop(signal.SIGTERM)
+        client.join(30)
+        self.assertEqual(exit_code, 0, server.output())
+        self.assertLess(time.monotonic() - stopped_at, 10)
+        self.assertGreaterEqual(len(statuses), 2)  # the one in flight at SIGTERM finished
+        self.assertEqual(set(statuses), {200})
+        self.assertIn("stopped", server.output())
+
+    def test_embedded_worker_stops_with_the_server(self):
+        service = self.start_service()
+        server = service.start_server()
+        wait_until(lambda: "consuming report jobs" in server.output(), what="the worker")
+        self.assertEqual(server.stop(signal.SIGTERM), 0)
+        self.assertIn("worker stopped", server.output())
+
+
+class AccessLogTest(FaultTestCase):
+    def test_one_line_per_request_with_status_duration_and_user_never_a_secret(self):
+        service = self.start_service()
+        server = service.start_server()
+        user, token = self.sign_up(password="very-secret-password")
+        self.request("PATCH", f"/users/{user['id']}/stats", {"victory_count": 1}, token=token)
+        self.request("GET", "/users/999999")
+        wait_until(lambda: "GET /users/999999" in server.output(), what="the access log")
+        log = server.output()
+        self.assertRegex(log, r"POST /users 201 [\d.]+ms user=-")
+        self.assertRegex(log, rf"PATCH /users/{user['id']}/stats 200 [\d.]+ms user={user['id']}")
+        self.assertRegex(log, r"GET /users/999999 404 [\d.]+ms user=-")
+        self.assertNotIn("very-secret-password", log)
+        self.assertNotIn(token, log)
+        self.assertNotIn(token.split(".")[2], log)
+
+
+class RestartTest(FaultTestCase):
+    def test_jobs_accepted_before_a_restart_end_as_pdfs_on_the_memory_broker(self):
+        service = self.start_service()
+        server = service.start_server()
+        users = [self.sign_up() for _ in range(10)]
+        for user, token in users:
+            self.post_report(user, token)
+        self.assertEqual(server.stop(signal.SIGTERM), 0)  # some jobs still queued in memory
+
+        service.start_server()
+        for user, token in users:
+            self.wait_for_report(user, token)
+
+    @require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
+    def test_jobs_queued_on_rabbitmq_survive_a_server_restart(self):
+        queue = unique_name("test-faults-")
+        service = self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
+        self.addCleanup(delete_queue, queue)
+        server = service.start_server()
+        users = [self.sign_up() for _ in range(5)]
+        for user, token in users:
+            self.post_report(user, token)
+        self.assertEqual(server.stop(signal.SIGTERM), 0)
+
+        service.start_server()
+        service.start_worker()
+        for user, token in users:
+            self.wait_for_report(user, token)
+
+
+@unittest.skipIf(TEST_DATABASE_URL, "it locks an SQLite file; PostgreSQL locks rows")
+class LockedDatabaseTest(FaultTestCase):
+    def test_writes_wait_for_another_writer_and_then_succeed(self):
+        service = self.start_service()
+        service.start_server()
+        user, token = self.sign_up()
+        held = threading.Event()
+
+        def hold_the_write_lock(seconds):
+            with sqlite3.connect(service.dir / "app.db", isolation_level=None) as db:
+                db.execute("BEGIN IMMEDIATE")
+                held.set()
+                time.sleep(seconds)  # the fault: another program keeps the database locked
+                db.execute("COMMIT")
+
+        locker = threading.Thread(target=hold_the_write_lock, args=(2,))
+        locker.start()
+        held.wait(10)
+        with ThreadPoolExecutor(8) as pool:
+            writes = list(pool.map(
+                lambda n: self.request("PATCH", f"/users/{user['id']}/stats",
+                                       {"victory_count": n}, token=token).status, range(8)))
+            sign_ups = list(pool.map(
+                lambda _: self.request("POST", "/users", {"username": unique_name(),
+                                                          "password": "pw"}).status, range(4)))
+        locker.join()
+        self.assertEqual(writes, [200] * 8)
+        self.assertEqual(sign_ups, [201] * 4)
+        self.post_report(user, token)
+        self.wait_for_report(user, token)
+        self.assertNoServerErrors(service.server)
+
+
+def delete_queue(name):
+    with Connection(RABBITMQ_URL) as connection:
+        channel = connection.default_channel
+        channel.queue_delete(name)
+        channel.exchange_delete(name)
+
+
+def rabbitmqctl(*args):
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120,
+                   stdout=subprocess.DEVNULL)
+
+
+@require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
+class BrokerRestartTest(FaultTestCase):
+    def test_server_and_worker_ride_out_a_broker_restart(self):
+        queue = unique_name("test-faults-")
+        service = self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
+        self.addCleanup(delete_queue, queue)
+        server = service.start_server()
+        users = [self.sign_up() for _ in range(6)]
+        queued_before = users[:3]
+        for user, token in queued_before:  # queued while no worker runs
+            self.post_report(user, token)
+
+        rabbitmqctl("stop_app")
+        self.addCleanup(rabbitmqctl, "start_app")  # whatever happens below
+        try:
+            health = self.request("GET", "/healthz")
+            self.assertEqual((health.status, health.json["broker"]), (503, "down"))
+            during = [self.request("POST", f"/users/{user['id']}/pdf", token=token).status
+                      for user, token in users[3:]]
+            self.assertTrue(set(during) <= {202, 503}, during)
+        finally:
+            rabbitmqctl("start_app")
+
+        worker = service.start_worker()
+        wait_until(lambda: self.request("GET", "/healthz").status == 200, timeout=60,
+                   what="the server to see the broker again")
+        for user, token in users[3:]:  # refused (503) during the outage: post again
+            answer = self.request("POST", f"/users/{user['id']}/pdf", token=token)
+            self.assertEqual(answer.status, 202, answer.body)
+        for user, token in users:
+            self.wait_for_report(user, token, timeout=60)
+        self.assertNoServerErrors(server, worker)
+
+    def test_worker_reconnects_by_itself(self):
+        queue = unique_name("test-faults-")
+        service = self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
+        self.addCleanup(delete_queue, queue)
+        service.start_server()
+        worker = service.start_worker()
+        wait_until(lambda: "consuming report jobs" in worker.output(), what="the worker")
+        rabbitmqctl("stop_app")
+        rabbitmqctl("start_app")
+        wait_until(lambda: worker.output().count("consuming report jobs") >= 2, timeout=60,
+                   what="the worker to consume again")
+        user, token = self.sign_up()
+        wait_until(lambda: self.request("GET", "/healthz").status == 200, timeout=60,
+                   what="the server to see the broker again")
+        self.post_report(user, token)
+        self.wait_for_report(user, token, timeout=60)
+
+
+@require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
+class SeveralMachinesTest(FaultTestCase):
+    """Two servers and two workers sharing the database (PostgreSQL when
+    TEST_DATABASE_URL is set, as in CI's second run) and RabbitMQ."""
+
+    def test_jobs_posted_to_either_server_are_shared_and_survive_losing_one_of_each(self):
+        queue = unique_name("test-faults-")
+        service = self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
+        self.addCleanup(delete_queue, queue)
+        first = service.start_server()
+        first_port = service.port
+        service.start_server()
+        second_port = service.port
+        workers = [service.start_worker(), service.start_worker()]
+        for worker in workers:
+            wait_until(lambda: "consuming report jobs" in worker.output(), what="a worker")
+
+        users = [self.sign_up() for _ in range(16)]
+        for number, (user, token) in enumerate(users):
+            port = (first_port, second_port)[number % 2]
+            answer = self.request("POST", f"/users/{user['id']}/pdf", token=token, port=port)
+            self.assertEqual(answer.status, 202, answer.body)
+        for number, (user, token) in enumerate(users):
+            port = (second_port, first_port)[number % 2]  # served by the other server
+            self.assertIn(user["username"], pdf_text(
+                wait_until(lambda: self.served(user, token, port), what="a report").body))
+        for worker in workers:
+            self.assertIn("finished job", worker.output())  # both did some of the work
+
+        self.assertEqual(workers[0].stop(signal.SIGTERM), 0)
+        self.assertEqual(first.stop(signal.SIGTERM), 0)
+        later = [self.sign_up() for _ in range(4)]
+        for user, token in later:
+            self.post_report(user, token)  # the second server, the port in use now
+        for user, token in later:
+            self.wait_for_report(user, token)
+        self.assertNoServerErrors(first, service.server, *workers)
+
+    def served(self, user, token, port):
+        answer = self.request("GET", f"/users/{user['id']}/pdf", token=token, port=port)
+        self.assertIn(answer.status, (200, 202), answer.body)
+        return answer if answer.status == 200 else None
+
+
+if __name__ == "__main__":
+    unittest.main()
