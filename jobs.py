@@ -32,7 +32,7 @@ def connect(heartbeat=0):
                       heartbeat=heartbeat,
                       transport_options={**RETRY_POLICY, "confirm_publish": True,
                                          # memory:// is polled: keep its latency low
-                                         "polling_interval": 0.002})
+                                         "polling_interval": 0.005})
 
 
 # Shared by the server's threads: kombu's producer pool gives each publish a

@@ -92,7 +92,11 @@ def _engine_for(url_text):
         path.parent.mkdir(parents=True, exist_ok=True)
         url = url.set(database=str(path))
     # "named" (:name) parameters: sqlite3 then takes the same dicts as psycopg.
+    # No rollback when a connection goes back to the pool: in autocommit, reads
+    # leave no transaction open, and writing() ends its own. (Half the cost of
+    # the pool in py-spy.)
     engine = create_engine(url, pool_size=config.WEB_THREADS + 2, paramstyle="named",
+                           pool_reset_on_return=None,
                            connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -108,6 +112,7 @@ def _engine_for(url_text):
 
 engine = _engine_for(config.DATABASE_URL)
 SQLITE = engine.dialect.name == "sqlite"
+DatabaseError = engine.dialect.loaded_dbapi.Error
 IntegrityError = engine.dialect.loaded_dbapi.IntegrityError
 # SQLite lets one writer in at a time, and makes the others poll for the lock
 # in sleeps of up to 100 ms: the threads of one process queue here instead,
@@ -115,13 +120,29 @@ IntegrityError = engine.dialect.loaded_dbapi.IntegrityError
 _one_writer_at_a_time = threading.Lock() if SQLITE else nullcontext()
 
 
+_thread = threading.local()
+
+
 @contextmanager
 def reading():
-    connection = engine.raw_connection()
+    if not SQLITE:
+        connection = engine.raw_connection()
+        try:
+            yield connection
+        finally:
+            connection.close()  # back to the pool, which rolls back what is left
+        return
+    # On SQLite each thread keeps a connection of its own: the pool's lock and
+    # bookkeeping cost more than the query (py-spy), and SQLite connections
+    # never go stale. One the database failed on is closed and replaced.
+    connection = getattr(_thread, "connection", None) or engine.raw_connection()
+    _thread.connection = connection
     try:
         yield connection
-    finally:
-        connection.close()  # back to the pool, which rolls back what is left
+    except DatabaseError:
+        _thread.connection = None
+        connection.invalidate()
+        raise
 
 
 @contextmanager
