@@ -200,7 +200,12 @@ def run_once(db, statement):
 
 
 def create_tables():
-    metadata.create_all(engine)
+    """Creates what is missing, once, however many servers and workers start at once."""
+    with engine.begin() as connection:
+        # Whoever holds the lock first creates; the others then find the tables.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if SQLITE
+                                   else "SELECT pg_advisory_xact_lock(7249)")
+        metadata.create_all(connection)
 
 
 ANY_USER = Statement(select(users.c.id).limit(1))
