@@ -216,7 +216,20 @@ MAX_BODY = 1 << 20
 NO_SUCH_ID = 999_999_999  # a well-formed id that no test ever reaches
 
 
-class ServiceTestCase(unittest.TestCase):
+class ServiceClient:
+    """What tests do over HTTP against self.service, a LiveService."""
+
+    def request(self, *args, **kwargs):
+        return self.service.request(*args, **kwargs)
+
+    def sign_up(self, **fields):
+        body = {"username": unique_name(), "password": "secret-pw", **fields}
+        answer = self.request("POST", "/users", body)
+        self.assertEqual(answer.status, 201, answer.body)
+        return answer.json["user"], answer.json["token"]
+
+
+class ServiceTestCase(ServiceClient, unittest.TestCase):
     """One server for the whole class; each test makes the users it needs."""
     service_env = {}
 
@@ -232,15 +245,6 @@ class ServiceTestCase(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.service.stop()
-
-    def request(self, *args, **kwargs):
-        return self.service.request(*args, **kwargs)
-
-    def sign_up(self, **fields):
-        body = {"username": unique_name(), "password": "secret-pw", **fields}
-        answer = self.request("POST", "/users", body)
-        self.assertEqual(answer.status, 201, answer.body)
-        return answer.json["user"], answer.json["token"]
 
     def assertError(self, answer, status, mentions=None):
         """A JSON error body with the given status (and a message naming a field)."""

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kombu import Connection
 
-from test_api import TEST_DATABASE_URL, LiveService, unique_name, wait_until
+from test_api import TEST_DATABASE_URL, LiveService, ServiceClient, unique_name, wait_until
 from test_reports import RABBITMQ_URL, ReportClient, pdf_text, rabbitmq_answers
 
 CI = os.environ.get("CI") == "true"
@@ -25,7 +25,7 @@ def require(condition, reason):
     return unittest.skipUnless(condition or CI, f"{reason} (CI requires it)")
 
 
-class FaultTestCase(ReportClient, unittest.TestCase):
+class FaultTestCase(ReportClient, ServiceClient, unittest.TestCase):
     """Each test starts (and stops) the services it needs."""
 
     def start_service(self, **env):
@@ -33,15 +33,6 @@ class FaultTestCase(ReportClient, unittest.TestCase):
         self.addCleanup(service.stop)
         self.service = service
         return service
-
-    def request(self, *args, **kwargs):
-        return self.service.request(*args, **kwargs)
-
-    def sign_up(self, **fields):
-        body = {"username": unique_name(), "password": "secret-pw", **fields}
-        answer = self.request("POST", "/users", body)
-        self.assertEqual(answer.status, 201, answer.body)
-        return answer.json["user"], answer.json["token"]
 
     def assertNoServerErrors(self, *processes):
         for process in processes:
