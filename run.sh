@@ -3,6 +3,7 @@
 # ./run.sh worker   run a PDF worker (for BROKER_URL=amqp://...)
 # ./run.sh test     run every test
 # ./run.sh bench    run the benchmark (bench.py; --quick for a smoke run), write BENCHMARKS.md
+# ./run.sh soak [SECONDS]  mixed load on server and two workers on RabbitMQ (soak.py; 60 s)
 # Each first makes .venv and installs the requirements when they changed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,5 +28,7 @@ case "$command" in
           shift; exec .venv/bin/python -m unittest "${@:-discover}" ;;
   bench)  install requirements.txt requirements-dev.txt
           shift; exec .venv/bin/python bench.py "$@" ;;
-  *) echo "usage: ./run.sh [serve|worker|test|bench]" >&2; exit 2 ;;
+  soak)   install requirements.txt requirements-dev.txt
+          shift; exec .venv/bin/python soak.py "$@" ;;
+  *) echo "usage: ./run.sh [serve|worker|test|bench|soak]" >&2; exit 2 ;;
 esac
