@@ -26,25 +26,36 @@ def answer(description, schema=None, headers=()):
 
 
 ERROR = ref("Error")
+# Every route checks the body's size first, whether it reads the body or not.
+TOO_LARGE = answer("Body over 1 MiB", ERROR)
 BAD_REQUEST = answer("Malformed body, or a field breaks its rule (the message names it)", ERROR)
 UNAUTHORIZED = answer("Missing, invalid or expired token", ERROR, ["WWW-Authenticate"])
 FORBIDDEN = answer("The token belongs to another user", ERROR)
 NOT_FOUND = answer("No such user", ERROR)
-TOO_LARGE = answer("Body over 1 MiB", ERROR)
 BEARER = [{"bearer": []}]
 ID_PARAMETER = {"name": "id", "in": "path", "required": True,
+                "description": "A positive integer below 2**63; any other id is a 404",
                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
+# What the server writes, exactly.
+USER_PATH = "/users/[1-9][0-9]{0,18}"
+JWT = {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"}
+
+
+def path_string(suffix=""):
+    return {"type": "string", "pattern": f"^{USER_PATH}{suffix}$"}
+
 
 read_only = {name: {"readOnly": True} for name in sorted(READ_ONLY_USER_FIELDS)}
 user_writable = {name: rule for name, rule in USER_FIELDS.items() if name != "password"}
 user_schema = {
     "type": "object",
-    "properties": {"id": {"type": "integer", "minimum": 1, "readOnly": True},
+    "properties": {"id": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "readOnly": True},
                    **{name: rule.schema() for name, rule in user_writable.items()},
-                   "self": {"type": "string", "readOnly": True},
-                   "stats": {"type": "string", "readOnly": True},
-                   "pdf": {"type": "string", "readOnly": True}},
+                   "self": {**path_string(), "readOnly": True},
+                   "stats": {**path_string("/stats"), "readOnly": True},
+                   "pdf": {**path_string("/pdf"), "readOnly": True}},
     "required": ["id", *user_writable, "self", "stats", "pdf"],
+    "additionalProperties": False,
 }
 user_update = object_schema(USER_FIELDS | PASSWORD_CHANGE_FIELDS, extra=read_only)
 user_update["dependentRequired"] = {"password": ["current_password"],
@@ -52,43 +63,61 @@ user_update["dependentRequired"] = {"password": ["current_password"],
 stats_schema = object_schema(STATS_FIELDS, required=list(STATS_FIELDS))
 
 SCHEMAS = {
-    "Error": {"type": "object", "required": ["success", "message"],
-              "properties": {"success": {"const": False}, "message": {"type": "string"}}},
+    "Error": {"type": "object", "required": ["success", "message"], "additionalProperties": False,
+              "properties": {"success": {"const": False},
+                             "message": {"type": "string", "minLength": 1}}},
     "User": user_schema,
     "UserCreate": object_schema(USER_FIELDS, required=["username", "password"], extra=read_only),
     "UserUpdate": user_update,
     "UserCreated": {"type": "object", "required": ["user", "token"],
-                    "properties": {"user": ref("User"), "token": {"type": "string"}}},
+                    "additionalProperties": False,
+                    "properties": {"user": ref("User"), "token": JWT}},
     "Stats": stats_schema,
     "StatsUpdate": object_schema(STATS_FIELDS),
+    # Any non-empty strings are accepted here (a name no user can have is a 401, as
+    # a wrong password is): only sign-up and changes hold them to the field rules.
     "Login": {"type": "object", "required": ["username", "password"],
               "additionalProperties": False,
               "properties": {"username": {"type": "string", "minLength": 1},
                              "password": {"type": "string", "minLength": 1}}},
     "LoginOk": {"type": "object", "required": ["success", "token", "user"],
-                "properties": {"success": {"const": True}, "token": {"type": "string"},
-                               "user": {"type": "string"}}},
+                "additionalProperties": False,
+                "properties": {"success": {"const": True}, "token": JWT,
+                               "user": path_string()}},
     "Health": {"type": "object", "required": ["status", "database", "broker"],
+               "additionalProperties": False,
                "properties": {"status": {"enum": ["ok", "down"]},
                               "database": {"enum": ["ok", "down"]},
                               "broker": {"enum": ["ok", "down"]}}},
     "ReportQueued": {"type": "object", "required": ["url", "status"],
-                     "properties": {"url": {"type": "string"}, "status": {"const": "pending"}}},
-    "ReportPending": {"type": "object", "required": ["status"],
+                     "additionalProperties": False,
+                     "properties": {"url": path_string("/pdf"), "status": {"const": "pending"}}},
+    "ReportPending": {"type": "object", "required": ["status"], "additionalProperties": False,
                       "properties": {"status": {"const": "pending"}}},
 }
 
+# Each is sent on every response that lists it, except Link (only when more users follow).
 HEADERS = {
-    "Location": {"schema": {"type": "string"}, "description": "Where the resource is"},
-    "Link": {"schema": {"type": "string"}, "description": 'The next page, rel="next"'},
-    "X-Total-Count": {"schema": {"type": "integer"}, "description": "Number of users in all"},
-    "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"},
-    "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"},
-    "Cache-Control": {"schema": {"type": "string"}, "description": "no-store: carries a token"},
-    "ETag": {"schema": {"type": "string"}, "description": "Identifies this report"},
-    "Last-Modified": {"schema": {"type": "string"}, "description": "When it was made"},
-    "Content-Disposition": {"schema": {"type": "string"},
-                            "description": 'inline; filename="<username>_stats.pdf"'},
+    "Location": {"schema": {"type": "string", "pattern": f"^{USER_PATH}(/pdf)?$"},
+                 "required": True, "description": "Where the resource is"},
+    "Link": {"schema": {"type": "string",
+                        "pattern": r'^</users\?limit=[0-9]+&offset=[0-9]+>; rel="next"$'},
+             "description": 'The next page, rel="next", when more users follow'},
+    "X-Total-Count": {"schema": {"type": "integer", "minimum": 0}, "required": True,
+                      "description": "Number of users in all"},
+    "WWW-Authenticate": {"schema": {"const": "Bearer"}, "required": True,
+                         "description": "Bearer"},
+    "Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": True,
+                    "description": "Seconds to wait"},
+    "Cache-Control": {"schema": {"const": "no-store"}, "required": True,
+                      "description": "no-store: carries a token"},
+    "ETag": {"schema": {"type": "string", "pattern": '^"report-[1-9][0-9]*"$'},
+             "required": True, "description": "Identifies this report"},
+    "Last-Modified": {"schema": {"type": "string"}, "required": True,
+                      "description": "When it was made (an HTTP date)"},
+    "Content-Disposition": {
+        "schema": {"type": "string", "pattern": r'^inline; filename="[A-Za-z0-9_.-]+_stats\.pdf"$'},
+        "required": True, "description": 'inline; filename="<username>_stats.pdf"'},
 }
 
 PATHS = {
@@ -172,7 +201,9 @@ PATHS = {
                                                      "Content-Disposition")}},
                     "202": answer("The first report is still being made",
                                   ref("ReportPending"), ["Retry-After"]),
-                    "304": {"description": "Unchanged since the ETag or date given"},
+                    # Bottle drops Last-Modified from a 304.
+                    "304": {"description": "Unchanged since the ETag or date given",
+                            "headers": {"ETag": {"$ref": "#/components/headers/ETag"}}},
                     "401": UNAUTHORIZED,
                     "404": answer("No such user, or no report was ever requested", ERROR),
                     "409": answer("The last report failed and none exists; POST again",
@@ -202,10 +233,19 @@ PATHS = {
     },
 }
 
+for _operations in PATHS.values():
+    for _verb, _operation in _operations.items():
+        if _verb != "parameters":
+            _operation["responses"].setdefault("413", TOO_LARGE)
+
 DOCUMENT = {
     "openapi": "3.1.0",
     "info": {"title": "Game stats API", "version": "1.0.0",
-             "description": "Users, their game statistics, and PDF reports of them."},
+             "description": "Users, their game statistics, and PDF reports of them. "
+                            "Besides the operations below: OPTIONS on any of these paths "
+                            "is 204 with Allow, HEAD is GET without the body, and any "
+                            "other method is 405 with Allow. Request bodies are read as "
+                            "JSON whatever their Content-Type."},
     "paths": PATHS,
     "components": {
         "schemas": SCHEMAS,

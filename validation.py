@@ -53,7 +53,11 @@ class Count:
         return value
 
     def schema(self):
-        return {"type": "integer", "minimum": 0, "maximum": self.maximum}
+        # JSON Schema compares numbers by value (2.0 is the integer 2 to it); the
+        # server goes by the spelling, so the description states what the schema cannot.
+        return {"type": "integer", "minimum": 0, "maximum": self.maximum,
+                "description": "Written as a JSON integer: a fraction or an exponent "
+                               "(1.0, 1e2, -0.0) makes it a float, which is 400."}
 
 
 def _has_lone_surrogate(value):

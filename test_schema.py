@@ -1,0 +1,164 @@
+"""The OpenAPI document against the server, by schemathesis: hostile input, generated.
+
+A live server (test_api.LiveService: a real process, a temporary database) is
+tested by the schemathesis CLI from its own /openapi.json, with every check
+schemathesis has: no 5xx; every status, header, content type and body as
+documented; schema-valid input accepted and schema-invalid input rejected;
+405 with Allow for undocumented methods; 401 without a token; deleted users
+gone. Any failure fails the test, with schemathesis's report (and curl
+commands reproducing each failure) in the message.
+
+Three runs, one server:
+
+- without a token: every operation (the protected ones answer 401, or 404
+  for an id that is not one), with no sign-up flow either (auto-signup off);
+- with a token: every operation but DELETE /users/{id}, as a user whose id is
+  the path's id half the time (else a generated one: 403s and 404s), so that
+  the owner-only writes, stats, PDFs and password checks are reached; an
+  operation that never gets past 401/403/404 fails the run;
+- DELETE /users/{id} alone, with the token of a throwaway user of its own.
+
+Why DELETE is kept apart: it is the one operation that can destroy the
+credentials of a run. Once it deleted the token's user, everything after in
+that run would be a 401, untested. A password change also revokes the token,
+but it needs current_password, which schemathesis never learns (the user's
+password is random and never sent through it): in the token run that path is
+the documented 403 of a wrong current_password, while test_api.py covers
+successful changes. After the token run its token must still work, proving
+the run stayed authenticated; after the DELETE run its user must be gone.
+
+Deterministic: a fixed seed, one worker, no example database (nothing
+remembered between runs), and nothing timing-based (the too_slow health check
+is off). SCHEMATHESIS_SEED and SCHEMATHESIS_MAX_EXAMPLES change the seed and
+the number of examples per operation, e.g. for a longer hunt by hand.
+
+schemathesis_hooks.py (loaded by every run) holds the one rule of the server
+that JSON Schema cannot state; it says why.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+from pathlib import Path
+
+from test_api import PROJECT, LiveService, unique_name
+
+SEED = int(os.environ.get("SCHEMATHESIS_SEED", "20261126"))
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "100"))
+# Seconds for one run: at 100 examples the three take about a minute on 2 cores.
+DEADLINE = max(240, 4 * MAX_EXAMPLES)
+DELETE = "DELETE /users/{id}"
+
+# Every run: no sign-up of its own; warnings that mean the document and the
+# server misunderstand each other fail the run.
+CONFIG = """
+[auth]
+auto-signup = false
+
+[warnings]
+fail-on = ["validation_mismatch", "unsupported_regex", "unresolvable_reference",
+           "missing_deserializer", "method_not_allowed"]
+"""
+
+# A token run: the token's own id half the time, and it must reach past 401/403/404.
+TOKEN_CONFIG = """
+[auth]
+auto-signup = false
+
+[dictionaries.own_id]
+values = [{user_id}]
+
+[parameters]
+"path.id" = {{ dictionary = "own_id", probability = 0.5 }}
+
+[warnings]
+fail-on = ["validation_mismatch", "unsupported_regex", "unresolvable_reference",
+           "missing_deserializer", "method_not_allowed", "missing_auth", "missing_test_data"]
+"""
+
+
+class SchemathesisTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        # The default broker and embedded worker: PDFs are really made, so the
+        # 200 application/pdf and 304 answers are tested too.
+        cls.service = LiveService()
+        try:
+            cls.service.start_server()
+        except BaseException:
+            cls.service.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.service.stop()
+
+    def sign_up(self):
+        """A new user with a random password: (user id, token)."""
+        body = {"username": unique_name("schema"), "password": os.urandom(16).hex()}
+        answer = self.service.request("POST", "/users", body)
+        self.assertEqual(answer.status, 201, answer.body)
+        return answer.json["user"]["id"], answer.json["token"]
+
+    def schemathesis(self, *options, config=CONFIG, token=None):
+        """Run schemathesis on the live server; fail with its report unless all passed."""
+        workdir = Path(tempfile.mkdtemp(prefix="schemathesis-", dir=self.service.dir))
+        config_file = workdir / "schemathesis.toml"
+        config_file.write_text(config)
+        command = [
+            sys.executable, "-m", "schemathesis.cli", "--config-file", str(config_file),
+            "run", f"http://127.0.0.1:{self.service.port}/openapi.json",
+            "--checks", "all",
+            "--max-examples", str(MAX_EXAMPLES),
+            "--seed", str(SEED),
+            "--workers", "1",
+            "--generation-database", "none",
+            "--suppress-health-check", "too_slow",
+            "--request-timeout", "30",
+            "--output-sanitize", "false",  # a test token: show the requests as sent
+            "--no-color",
+            *options,
+        ]
+        if token:
+            command += ["--header", f"Authorization: Bearer {token}"]
+        env = {**os.environ, "SCHEMATHESIS_HOOKS": str(PROJECT / "schemathesis_hooks.py"),
+               "PYTHONIOENCODING": "utf-8", "COLUMNS": "120"}
+        try:
+            run = subprocess.run(command, cwd=workdir, env=env, capture_output=True,
+                                 timeout=DEADLINE)
+        except subprocess.TimeoutExpired as expired:
+            output = (expired.stdout or b"").decode(errors="replace")
+            self.fail(f"schemathesis did not finish within {DEADLINE}s:\n{output}")
+        output = (run.stdout + run.stderr).decode(errors="replace")
+        self.assertEqual(run.returncode, 0, f"schemathesis failed:\n{output}"
+                                            f"\nserver log:\n{self.server_log_tail()}")
+        self.assertNotIn("Traceback", self.service.server.output(),
+                         "the server logged an exception")
+        return output
+
+    def server_log_tail(self, lines=60):
+        return "\n".join(self.service.server.output().splitlines()[-lines:])
+
+    def test_every_operation_without_a_token(self):
+        self.schemathesis()
+
+    def test_every_operation_but_delete_with_a_token(self):
+        user_id, token = self.sign_up()
+        config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
+        self.schemathesis("--exclude-name", DELETE, config=config, token=token)
+        me = self.service.request("GET", "/users/me", token=token)
+        self.assertEqual(me.status, 200, "the token stopped working during the run")
+        self.assertEqual(me.json["id"], user_id)
+
+    def test_delete_with_a_throwaway_users_token(self):
+        user_id, token = self.sign_up()
+        config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
+        self.schemathesis("--include-name", DELETE, config=config, token=token)
+        self.assertEqual(self.service.request("GET", f"/users/{user_id}").status, 404,
+                         "the run never deleted its user")
+
+
+if __name__ == "__main__":
+    unittest.main()
