@@ -387,9 +387,11 @@ def with_common_headers(wsgi_app):
                 headers += cors_headers(origin, environ, headers)
             return start_response(status, headers, exc_info)
         body = wsgi_app(environ, start)  # Bottle has the whole body ready by now
-        # The path without its query; never a header: tokens stay out of the log.
-        access_log.info("%s %s %s %.1fms user=%s", environ["REQUEST_METHOD"],
-                        environ.get("PATH_INFO", ""), answered[0] if answered else "-",
+        # The path without its query, never a header: tokens stay out of the log.
+        # Escaped: a decoded %0A in a path must not forge a line of its own.
+        path = environ.get("PATH_INFO", "").encode("unicode_escape").decode("ascii")
+        access_log.info("%s %s %s %.1fms user=%s", environ["REQUEST_METHOD"][:16],
+                        path, answered[0] if answered else "-",
                         (time.perf_counter() - started) * 1000,
                         environ.get(auth.USER_ID_KEY, "-"))
         return body
@@ -473,8 +475,12 @@ def serve_until_signalled(server, embedded_worker, drain_seconds=8):
     server.del_channel()
     server.socket.close()
     deadline = time.monotonic() + drain_seconds
-    while requests_in_flight(server) and time.monotonic() < deadline:
+    # Until two polls in a row find nothing in flight: a request whose bytes
+    # had arrived but were not read yet shows up only after a poll.
+    quiet_polls = 0
+    while quiet_polls < 2 and time.monotonic() < deadline:
         wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        quiet_polls = 0 if requests_in_flight(server) else quiet_polls + 1
     server.task_dispatcher.shutdown(timeout=1)
     if embedded_worker:
         embedded_worker.stop(wait=deadline - time.monotonic())

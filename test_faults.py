@@ -93,6 +93,14 @@ class AccessLogTest(FaultTestCase):
         self.assertNotIn(token, log)
         self.assertNotIn(token.split(".")[2], log)
 
+    def test_a_path_cannot_forge_a_log_line(self):
+        service = self.start_service()
+        server = service.start_server()
+        self.request("GET", "/users/1%0A0.0%20access%20GET%20/forged%20200%200.1ms%20user=1")
+        wait_until(lambda: "forged" in server.output(), what="the access log")
+        self.assertNotIn("\n0.0 access GET /forged", server.output())
+        self.assertIn("\\n0.0 access GET /forged", server.output())
+
 
 class RestartTest(FaultTestCase):
     def test_jobs_accepted_before_a_restart_end_as_pdfs_on_the_memory_broker(self):
