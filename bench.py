@@ -898,6 +898,7 @@ def seed_database(number):
                  "profile_pic": None, "token_version": 0} for n in numbers])
             cursor.executemany(insert_stats.sql, [{"user_id": n, **sample_stats(n)}
                                                   for n in numbers])
+        models.recount_users(db)
 
 
 def measure_growth(settings, folder, run_load):
