@@ -43,7 +43,7 @@ import textwrap
 import unittest
 from pathlib import Path
 
-from test_api import PROJECT, LiveService, unique_name
+from test_api import PROJECT, ServiceTestCase, unique_name
 
 SEED = int(os.environ.get("SCHEMATHESIS_SEED", "20261126"))
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "100"))
@@ -79,23 +79,11 @@ fail-on = ["validation_mismatch", "unsupported_regex", "unresolvable_reference",
 """
 
 
-class SchemathesisTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        # The default broker and embedded worker: PDFs are really made, so the
-        # 200 application/pdf and 304 answers are tested too.
-        cls.service = LiveService()
-        try:
-            cls.service.start_server()
-        except BaseException:
-            cls.service.stop()
-            raise
+class SchemathesisTest(ServiceTestCase):
+    # The default broker and embedded worker: PDFs are really made, so the
+    # 200 application/pdf and 304 answers are tested too.
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.service.stop()
-
-    def sign_up(self):
+    def new_secret_user(self):
         """A new user with a random password: (user id, token)."""
         body = {"username": unique_name("schema"), "password": os.urandom(16).hex()}
         answer = self.service.request("POST", "/users", body)
@@ -145,7 +133,7 @@ class SchemathesisTest(unittest.TestCase):
         self.schemathesis()
 
     def test_every_operation_but_delete_with_a_token(self):
-        user_id, token = self.sign_up()
+        user_id, token = self.new_secret_user()
         config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
         self.schemathesis("--exclude-name", DELETE, config=config, token=token)
         me = self.service.request("GET", "/users/me", token=token)
@@ -153,7 +141,7 @@ class SchemathesisTest(unittest.TestCase):
         self.assertEqual(me.json["id"], user_id)
 
     def test_delete_with_a_throwaway_users_token(self):
-        user_id, token = self.sign_up()
+        user_id, token = self.new_secret_user()
         config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
         self.schemathesis("--include-name", DELETE, config=config, token=token)
         self.assertEqual(self.service.request("GET", f"/users/{user_id}").status, 404,
