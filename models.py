@@ -1,7 +1,8 @@
 """The database: its tables, its connections, and every query the service makes.
 
-Queries are plain SQLAlchemy Core, one small function each, so that a
-route reads as a few named steps and a request costs no more than its SQL.
+Each query is one small function over a statement that SQLAlchemy built and
+compiled once (see Statement), so that a route reads as a few named steps
+and a request costs little more than its SQL.
 
 SQLite (the default) is tuned so that many threads and processes can write
 at once: WAL, a busy timeout, foreign keys on, and write transactions that

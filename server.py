@@ -2,7 +2,8 @@
 
 A request flows route -> body validation -> model -> (queue) -> response.
 Every answer is JSON (errors included); the few headers that every response
-carries are added by `with_common_headers`, around the Bottle app.
+carries, and its access-log line, come from `with_common_headers`, around
+the Bottle app; `main()` serves it until SIGTERM and then stops gracefully.
 """
 import ctypes
 import json
