@@ -8,6 +8,7 @@ the Bottle app; `main()` serves it until SIGTERM and then stops gracefully.
 import ctypes
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -367,8 +368,18 @@ app.catchall = True
 EXPOSED_HEADERS = "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After"
 
 
-access_log = logging.getLogger("access")
-access_log.propagate = False  # its own terse handler, set up in main()
+def log_access(method, path, status, milliseconds, user_id):
+    """One line per request on stderr: "<epoch> access GET /users/1 200 0.4ms user=1".
+
+    Written straight to the file descriptor, not through logging: a log
+    record cost 15% of a GET /users/{id} (py-spy). One write() of a line
+    under 4 KiB is never interleaved with another thread's.
+    """
+    line = f"{time.time():.3f} access {method} {path} {status} {milliseconds:.1f}ms user={user_id}"
+    os.write(sys.stderr.fileno(), line[:ACCESS_LINE_LIMIT].encode("ascii", "replace") + b"\n")
+
+
+ACCESS_LINE_LIMIT = 2048
 
 
 def with_common_headers(wsgi_app):
@@ -392,10 +403,8 @@ def with_common_headers(wsgi_app):
         # The path without its query, never a header: tokens stay out of the log.
         # Escaped: a decoded %0A in a path must not forge a line of its own.
         path = environ.get("PATH_INFO", "").encode("unicode_escape").decode("ascii")
-        access_log.info("%s %s %s %.1fms user=%s", environ["REQUEST_METHOD"][:16],
-                        path, answered[0] if answered else "-",
-                        (time.perf_counter() - started) * 1000,
-                        environ.get(auth.USER_ID_KEY, "-"))
+        log_access(environ["REQUEST_METHOD"][:16], path, answered[0] if answered else "-",
+                   (time.perf_counter() - started) * 1000, environ.get(auth.USER_ID_KEY, "-"))
         return body
     return wrapped
 
@@ -444,10 +453,6 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # "Task queue depth is N" on every request while all threads are busy: load, not news.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    # A line per request: a plain epoch time is a tenth of the cost of asctime.
-    access_handler = logging.StreamHandler()
-    access_handler.setFormatter(logging.Formatter("%(created).3f access %(message)s"))
-    access_log.addHandler(access_handler)
     models.create_tables()
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     json_waitress_errors()
