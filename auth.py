@@ -63,17 +63,24 @@ def check_login(db, username, password):
 MAX_FAILURES, FAILURE_WINDOW = 10, 300
 
 
-def seconds_until_login_allowed(db, username):
-    """0 when a login may be tried now, else how long until the window lets it."""
-    failures = models.recent_login_failures(db, username, time.time() - FAILURE_WINDOW)
-    if len(failures) < MAX_FAILURES:
-        return 0
-    # The window opens again when the oldest failure that still counts expires.
-    return max(1, int(failures[MAX_FAILURES - 1] + FAILURE_WINDOW - time.time()) + 1)
+def begin_login_attempt(db, username):
+    """Counts a login as failed before its password is checked, so that guesses
+    made at once cannot all get in under the limit; a success takes it back.
+
+    Returns (0, the attempt) to go on, or (seconds to wait, None) when throttled.
+    Run it in models.writing(): counting and recording must be one step.
+    """
+    models.lock_login_failures(db, username)
+    now = time.time()
+    failures = models.recent_login_failures(db, username, now - FAILURE_WINDOW)
+    if len(failures) >= MAX_FAILURES:
+        # The window opens again when the oldest failure that still counts expires.
+        return max(1, int(failures[MAX_FAILURES - 1] + FAILURE_WINDOW - now) + 1), None
+    return 0, models.record_login_failure(db, username, forget_before=now - FAILURE_WINDOW)
 
 
-def record_login_failure(db, username):
-    models.record_login_failure(db, username, forget_before=time.time() - FAILURE_WINDOW)
+def login_succeeded(db, attempt):
+    models.forget_login_failure(db, attempt)
 
 
 # Tokens

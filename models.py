@@ -356,7 +356,13 @@ RECENT_FAILURES = Statement(
 FORGET_FAILURES = Statement(delete(login_failures)
                             .where(login_failures.c.failed_at <= bindparam("before")))
 INSERT_FAILURE = Statement(insert(login_failures).values(username=bindparam("username"),
-                                                         failed_at=bindparam("at")))
+                                                         failed_at=bindparam("at"))
+                           .returning(login_failures.c.id))
+FORGET_FAILURE = Statement(delete(login_failures).where(login_failures.c.id == bindparam("id")))
+# PostgreSQL lets two transactions count the same failures at once; SQLite's
+# writing() already lets one writer in at a time. (7250: create_tables has 7249.)
+LOCK_FAILURES_OF = Statement(select(func.pg_advisory_xact_lock(
+    literal(7250), func.hashtext(bindparam("username")))))
 
 
 def recent_login_failures(db, username, since):
@@ -365,9 +371,20 @@ def recent_login_failures(db, username, since):
                                                                "since": since})]
 
 
+def lock_login_failures(db, username):
+    """Until the transaction ends, no other one counts or records this username's failures."""
+    if not SQLITE:
+        LOCK_FAILURES_OF.run(db, {"username": username})
+
+
 def record_login_failure(db, username, forget_before):
+    """Records a failure now (and forgets those before forget_before); its id."""
     FORGET_FAILURES.run(db, {"before": forget_before})
-    INSERT_FAILURE.run(db, {"username": username, "at": time.time()})
+    return INSERT_FAILURE.scalar(db, {"username": username, "at": time.time()})
+
+
+def forget_login_failure(db, failure_id):
+    FORGET_FAILURE.run(db, {"id": failure_id})
 
 
 # Reports

@@ -282,16 +282,17 @@ def login():
     if not USER_FIELDS["username"].accepts(username):
         auth.spend_one_hash(password)  # no such user can exist; answer as slowly
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
+    with models.writing() as db:
+        wait, attempt = auth.begin_login_attempt(db, username)
+    if wait:
+        raise ApiError(429, f"Too many failed logins for '{username}'; "
+                            f"try again in {wait} seconds.", Retry_After=wait)
     with models.reading() as db:
-        wait = auth.seconds_until_login_allowed(db, username)
-        if wait:
-            raise ApiError(429, f"Too many failed logins for '{username}'; "
-                                f"try again in {wait} seconds.", Retry_After=wait)
         user = auth.check_login(db, username, password)
     if user is None:
-        with models.writing() as db:
-            auth.record_login_failure(db, username)
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
+    with models.writing() as db:
+        auth.login_succeeded(db, attempt)
     return json_response({"success": True, "token": auth.issue_token(user),
                           "user": f"/users/{user.id}"},
                          headers={"Cache-Control": "no-store"})
