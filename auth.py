@@ -61,26 +61,48 @@ def check_login(db, username, password):
 
 # Login throttling: this many failures for one username within the window.
 MAX_FAILURES, FAILURE_WINDOW = 10, 300
+# A password check takes well under this; an attempt older than this was
+# left by a process that stopped mid-check, and no longer counts.
+ATTEMPT_TIMEOUT = 30
+
+
+def seconds_until_login_allowed(db, username, failures=None):
+    """0 when the failures of the window let a login be tried, else how long until they do."""
+    now = time.time()
+    if failures is None:
+        failures = models.recent_login_failures(db, username, now - FAILURE_WINDOW)
+    if len(failures) < MAX_FAILURES:
+        return 0
+    # The window opens again when the oldest failure that still counts expires.
+    return max(1, int(failures[MAX_FAILURES - 1] + FAILURE_WINDOW - now) + 1)
 
 
 def begin_login_attempt(db, username):
-    """Counts a login as failed before its password is checked, so that guesses
-    made at once cannot all get in under the limit; a success takes it back.
+    """Counts the failures and the attempts in flight and, under the limit,
+    adds this attempt: one step, so that guesses sent at once cannot all get
+    in under it. Run it in models.writing().
 
-    Returns (0, the attempt) to go on, or (seconds to wait, None) when throttled.
-    Run it in models.writing(): counting and recording must be one step.
+    Returns (0, the attempt) to go on, or (seconds to wait, None).
     """
-    models.lock_login_failures(db, username)
+    models.lock_logins_of(db, username)
     now = time.time()
     failures = models.recent_login_failures(db, username, now - FAILURE_WINDOW)
-    if len(failures) >= MAX_FAILURES:
-        # The window opens again when the oldest failure that still counts expires.
-        return max(1, int(failures[MAX_FAILURES - 1] + FAILURE_WINDOW - now) + 1), None
-    return 0, models.record_login_failure(db, username, forget_before=now - FAILURE_WINDOW)
+    wait = seconds_until_login_allowed(db, username, failures)
+    if wait:
+        return wait, None
+    in_flight = models.login_attempts_in_flight(db, username, now - ATTEMPT_TIMEOUT)
+    if len(failures) + in_flight >= MAX_FAILURES:
+        return 1, None  # the checks in flight decide, within a second
+    return 0, models.begin_login_attempt(db, username, forget_before=now - ATTEMPT_TIMEOUT)
 
 
-def login_succeeded(db, attempt):
-    models.forget_login_failure(db, attempt)
+def end_login_attempt(db, username, attempt, failed):
+    """Settles an attempt: a failure, or nothing. Run it in models.writing()."""
+    # Locked too: on PostgreSQL a count between the two changes could see neither.
+    models.lock_logins_of(db, username)
+    models.end_login_attempt(db, attempt)
+    if failed:
+        models.record_login_failure(db, username, forget_before=time.time() - FAILURE_WINDOW)
 
 
 # Tokens

@@ -83,6 +83,15 @@ login_failures = Table(
     Column("failed_at", Float, nullable=False, index=True),
 )
 
+# Logins whose password is being checked right now. They count toward the
+# limit too: otherwise guesses sent at once would all get in under it.
+login_attempts = Table(
+    "login_attempts", metadata,
+    Column("id", Id, primary_key=True),
+    Column("username", String(32), nullable=False, index=True),
+    Column("started_at", Float, nullable=False, index=True),
+)
+
 
 # Connections
 #
@@ -346,7 +355,7 @@ def update_stats(db, user_id, fields):
     return UPDATE_STATS.first(db, {"id": user_id, **fields})  # fields not given are null
 
 
-# Login failures
+# Login failures, and the attempts being checked
 
 RECENT_FAILURES = Statement(
     select(login_failures.c.failed_at)
@@ -356,12 +365,20 @@ RECENT_FAILURES = Statement(
 FORGET_FAILURES = Statement(delete(login_failures)
                             .where(login_failures.c.failed_at <= bindparam("before")))
 INSERT_FAILURE = Statement(insert(login_failures).values(username=bindparam("username"),
-                                                         failed_at=bindparam("at"))
-                           .returning(login_failures.c.id))
-FORGET_FAILURE = Statement(delete(login_failures).where(login_failures.c.id == bindparam("id")))
-# PostgreSQL lets two transactions count the same failures at once; SQLite's
+                                                         failed_at=bindparam("at")))
+ATTEMPTS_IN_FLIGHT = Statement(
+    select(func.count()).select_from(login_attempts)
+    .where(login_attempts.c.username == bindparam("username"),
+           login_attempts.c.started_at > bindparam("since")))
+FORGET_ATTEMPTS = Statement(delete(login_attempts)
+                            .where(login_attempts.c.started_at <= bindparam("before")))
+INSERT_ATTEMPT = Statement(insert(login_attempts).values(username=bindparam("username"),
+                                                         started_at=bindparam("at"))
+                           .returning(login_attempts.c.id))
+END_ATTEMPT = Statement(delete(login_attempts).where(login_attempts.c.id == bindparam("id")))
+# PostgreSQL lets two transactions count the same rows at once; SQLite's
 # writing() already lets one writer in at a time. (7250: create_tables has 7249.)
-LOCK_FAILURES_OF = Statement(select(func.pg_advisory_xact_lock(
+LOCK_LOGINS_OF = Statement(select(func.pg_advisory_xact_lock(
     literal(7250), func.hashtext(bindparam("username")))))
 
 
@@ -371,20 +388,30 @@ def recent_login_failures(db, username, since):
                                                                "since": since})]
 
 
-def lock_login_failures(db, username):
-    """Until the transaction ends, no other one counts or records this username's failures."""
+def lock_logins_of(db, username):
+    """Until the transaction ends, no other one counts or adds this username's attempts."""
     if not SQLITE:
-        LOCK_FAILURES_OF.run(db, {"username": username})
+        LOCK_LOGINS_OF.run(db, {"username": username})
+
+
+def login_attempts_in_flight(db, username, since):
+    return ATTEMPTS_IN_FLIGHT.scalar(db, {"username": username, "since": since})
+
+
+def begin_login_attempt(db, username, forget_before):
+    """Records an attempt in flight (and forgets those begun before forget_before); its id."""
+    FORGET_ATTEMPTS.run(db, {"before": forget_before})
+    return INSERT_ATTEMPT.scalar(db, {"username": username, "at": time.time()})
+
+
+def end_login_attempt(db, attempt_id):
+    END_ATTEMPT.run(db, {"id": attempt_id})
 
 
 def record_login_failure(db, username, forget_before):
-    """Records a failure now (and forgets those before forget_before); its id."""
+    """Records a failure now (and forgets those before forget_before)."""
     FORGET_FAILURES.run(db, {"before": forget_before})
-    return INSERT_FAILURE.scalar(db, {"username": username, "at": time.time()})
-
-
-def forget_login_failure(db, failure_id):
-    FORGET_FAILURE.run(db, {"id": failure_id})
+    INSERT_FAILURE.run(db, {"username": username, "at": time.time()})
 
 
 # Reports
