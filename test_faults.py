@@ -96,10 +96,19 @@ class AccessLogTest(FaultTestCase):
     def test_a_path_cannot_forge_a_log_line(self):
         service = self.start_service()
         server = service.start_server()
-        self.request("GET", "/users/1%0A0.0%20access%20GET%20/forged%20200%200.1ms%20user=1")
+        forged = "/users/1%0A0.0%20access%20GET%20/forged%20200%200.1ms%20user=1"
+        self.request("GET", forged)
         wait_until(lambda: "forged" in server.output(), what="the access log")
         self.assertNotIn("\n0.0 access GET /forged", server.output())
-        self.assertIn("\\n0.0 access GET /forged", server.output())
+        self.assertIn(f" access GET {forged} 404 ", server.output())
+
+    def test_a_long_path_cannot_push_the_status_and_user_out_of_its_line(self):
+        service = self.start_service()
+        server = service.start_server()
+        self.request("GET", "/users/" + "a" * 3000 + "%20200%200.1ms%20user=1")
+        wait_until(lambda: "aaaa" in server.output(), what="the access log")
+        line = next(line for line in server.output().splitlines() if "aaaa" in line)
+        self.assertRegex(line, r" access GET /users/a{1017} 404 [\d.]+ms user=-$")
 
 
 class RestartTest(FaultTestCase):
