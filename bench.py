@@ -238,14 +238,36 @@ def wait_for_report(client, user, interval=POLL_INTERVAL, timeout=120):
     raise RuntimeError(f"no report for user {user.id} after {timeout}s")
 
 
+def cpu_time_counters():
+    """(busy, all) CPU time of the whole machine so far, from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            times = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = times[3] + times[4]  # idle and iowait
+    return sum(times) - idle, sum(times)
+
+
+def cpu_busy_since(counters):
+    """The share of the machine's CPU time that was busy since counters; None if unknown."""
+    now = cpu_time_counters()
+    if counters is None or now is None or now[1] == counters[1]:
+        return None
+    return (now[0] - counters[0]) / (now[1] - counters[1])
+
+
 def reports_in_burst(client, users, interval=POLL_INTERVAL):
-    """POST a report for every user, then wait for all: PDFs per second."""
+    """POST a report for every user, then wait for all: PDFs per second, and
+    how busy all the machine's cores were meanwhile (server, broker, workers
+    and this client share them)."""
+    counters = cpu_time_counters()
     start = time.perf_counter()
     for user in users:
         post_report(client, user)
     for user in users:  # jobs finish about in order: the later ones are mostly ready
         wait_for_report(client, user, interval)
-    return len(users) / (time.perf_counter() - start)
+    return len(users) / (time.perf_counter() - start), cpu_busy_since(counters)
 
 
 def reports_one_by_one(client, users):
@@ -780,6 +802,7 @@ class FlowResults:
     p50_ms: list = field(default_factory=list)
     p95_ms: list = field(default_factory=list)
     pdfs_per_second: list = field(default_factory=list)
+    cpu_busy: list = field(default_factory=list)  # share of all cores, during the bursts
 
 
 def measure_reports(settings, folder, rabbitmq):
@@ -814,13 +837,19 @@ def measure_reports(settings, folder, rabbitmq):
             targets.append(section.target(rate >= 1.6 * one_worker,
                                           f"≥ 1.6x one worker (is {rate / one_worker:.2f}x)"))
         rows.append([name, spread(result.p50_ms, 1), spread(result.p95_ms, 1),
-                     spread(result.pdfs_per_second, 1), ", ".join(targets)])
+                     spread(result.pdfs_per_second, 1),
+                     spread(result.cpu_busy) if result.cpu_busy else "n/a",
+                     ", ".join(targets)])
     section.note(f"End to end over HTTP: POST, then GET every {POLL_INTERVAL * 1000:.0f} ms "
                  f"until 200. One by one: {settings.sequential_reports} users in turn; burst: "
                  f"{settings.burst_reports} POSTs (distinct users), then wait for every PDF; "
                  f"{repetitions_text(settings)}.")
     section.table(["worker", "one by one p50 ms", "one by one p95 ms", "burst PDFs/s",
-                   "targets"], rows)
+                   "CPU busy in the burst %", "targets"], rows)
+    section.note("CPU busy: the share of the time of all the machine's cores that was not "
+                 "idle during the burst (/proc/stat), whoever used it: the server, RabbitMQ, "
+                 "the workers and this client share the cores. Near 100%, more workers on "
+                 "this machine cannot make PDFs faster.")
     if not rabbitmq:
         section.note(f"RabbitMQ did not answer at {RABBITMQ_URL}: its rows were skipped.")
     add_problems(section, problems)
@@ -865,8 +894,10 @@ def time_report_flow(settings, service, results, workers):
         durations = reports_one_by_one(client, users[:settings.sequential_reports])
         results.p50_ms.append(percentile(durations, 0.50) * 1000)
         results.p95_ms.append(percentile(durations, 0.95) * 1000)
-        results.pdfs_per_second.append(
-            reports_in_burst(client, users[settings.sequential_reports:]))
+        rate, busy = reports_in_burst(client, users[settings.sequential_reports:])
+        results.pdfs_per_second.append(rate)
+        if busy is not None:
+            results.cpu_busy.append(busy * 100)
     finally:
         client.close()
 
