@@ -61,48 +61,66 @@ def check_login(db, username, password):
 
 # Login throttling: this many failures for one username within the window.
 MAX_FAILURES, FAILURE_WINDOW = 10, 300
-# A password check takes well under this; an attempt older than this was
-# left by a process that stopped mid-check, and no longer counts.
-ATTEMPT_TIMEOUT = 30
+# A check is a hash and two short transactions, each of which may wait for
+# the database (up to 30 s on SQLite): an attempt older than this was left
+# by a process that stopped mid-check, and no longer counts.
+ATTEMPT_TIMEOUT = 120
+# While attempts in flight fill the limit, a login waits for them to settle
+# (they may yet succeed), polling this often, for at most this long.
+SETTLE_POLL, SETTLE_WAIT = 0.02, 5
 
 
-def seconds_until_login_allowed(db, username, failures=None):
-    """0 when the failures of the window let a login be tried, else how long until they do."""
+def _login_room(db, username):
+    """0 when a login may begin; seconds to wait when failures throttle the
+    username; None while attempts in flight fill what the failures leave."""
     now = time.time()
-    if failures is None:
-        failures = models.recent_login_failures(db, username, now - FAILURE_WINDOW)
-    if len(failures) < MAX_FAILURES:
-        return 0
-    # The window opens again when the oldest failure that still counts expires.
-    return max(1, int(failures[MAX_FAILURES - 1] + FAILURE_WINDOW - now) + 1)
-
-
-def begin_login_attempt(db, username):
-    """Counts the failures and the attempts in flight and, under the limit,
-    adds this attempt: one step, so that guesses sent at once cannot all get
-    in under it. Run it in models.writing().
-
-    Returns (0, the attempt) to go on, or (seconds to wait, None).
-    """
-    models.lock_logins_of(db, username)
-    now = time.time()
+    # Failures first: an attempt settling between the two reads is then
+    # counted by neither (too few, so writing re-checks), never by both.
     failures = models.recent_login_failures(db, username, now - FAILURE_WINDOW)
-    wait = seconds_until_login_allowed(db, username, failures)
-    if wait:
-        return wait, None
+    if len(failures) >= MAX_FAILURES:
+        # The window opens again when the oldest failure that still counts expires.
+        return max(1, int(failures[MAX_FAILURES - 1] + FAILURE_WINDOW - now) + 1)
     in_flight = models.login_attempts_in_flight(db, username, now - ATTEMPT_TIMEOUT)
-    if len(failures) + in_flight >= MAX_FAILURES:
-        return 1, None  # the checks in flight decide, within a second
-    return 0, models.begin_login_attempt(db, username, forget_before=now - ATTEMPT_TIMEOUT)
+    return None if len(failures) + in_flight >= MAX_FAILURES else 0
 
 
-def end_login_attempt(db, username, attempt, failed):
-    """Settles an attempt: a failure, or nothing. Run it in models.writing()."""
-    # Locked too: on PostgreSQL a count between the two changes could see neither.
-    models.lock_logins_of(db, username)
-    models.end_login_attempt(db, attempt)
-    if failed:
-        models.record_login_failure(db, username, forget_before=time.time() - FAILURE_WINDOW)
+def start_login_attempt(username):
+    """(0, the attempt) when its password may be checked, else (seconds to wait, None).
+
+    Attempts in flight count toward the limit, so that guesses sent at once
+    cannot all get in under it: counting and adding one is a single write
+    transaction with the username locked. A right password is still refused
+    only after ten failures: while attempts in flight fill the limit, this
+    waits for them to settle.
+    """
+    deadline = time.monotonic() + SETTLE_WAIT
+    while True:
+        with models.reading() as db:  # a flood of throttled logins writes nothing
+            wait = _login_room(db, username)
+        if wait == 0:
+            with models.writing() as db:
+                models.lock_logins_of(db, username)
+                wait = _login_room(db, username)
+                if wait == 0:
+                    return 0, models.begin_login_attempt(
+                        db, username, forget_before=time.time() - ATTEMPT_TIMEOUT)
+        if wait is not None:
+            return wait, None
+        if time.monotonic() > deadline:
+            return 1, None  # an attempt of a process that died counts a while yet
+        time.sleep(SETTLE_POLL)
+
+
+def end_login_attempt(username, attempt, failed):
+    """Settles an attempt: a failure, or nothing."""
+    with models.writing() as db:
+        # Locked like the count: _login_room reads failures and attempts in two
+        # statements, and on PostgreSQL each sees the latest commit.
+        models.lock_logins_of(db, username)
+        models.end_login_attempt(db, attempt)
+        if failed:
+            models.record_login_failure(db, username,
+                                        forget_before=time.time() - FAILURE_WINDOW)
 
 
 # Tokens

@@ -283,11 +283,7 @@ def login():
     if not USER_FIELDS["username"].accepts(username):
         auth.spend_one_hash(password)  # no such user can exist; answer as slowly
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
-    with models.reading() as db:  # a flood of throttled logins writes nothing
-        wait = auth.seconds_until_login_allowed(db, username)
-    if not wait:
-        with models.writing() as db:
-            wait, attempt = auth.begin_login_attempt(db, username)
+    wait, attempt = auth.start_login_attempt(username)
     if wait:
         raise ApiError(429, f"Too many failed logins for '{username}'; "
                             f"try again in {wait} seconds.", Retry_After=wait)
@@ -295,8 +291,7 @@ def login():
     # stops counting after auth.ATTEMPT_TIMEOUT: it is never taken for a failure.
     with models.reading() as db:
         user = auth.check_login(db, username, password)
-    with models.writing() as db:
-        auth.end_login_attempt(db, username, attempt, failed=user is None)
+    auth.end_login_attempt(username, attempt, failed=user is None)
     if user is None:
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
     return json_response({"success": True, "token": auth.issue_token(user),
