@@ -278,6 +278,26 @@ class SeveralMachinesTest(FaultTestCase):
             self.wait_for_report(user, token)
         self.assertNoServerErrors(first, service.server, *workers)
 
+    def test_guesses_spread_over_two_servers_still_get_ten_in_all(self):
+        service = self.start_service()
+        service.start_server(EMBEDDED_WORKER="0")
+        ports = [service.port]
+        service.start_server(EMBEDDED_WORKER="0")
+        ports.append(service.port)
+        user, _ = self.sign_up()
+
+        def guess(number):
+            return self.request("POST", "/login", {"username": user["username"],
+                                                   "password": "wrong"},
+                                port=ports[number % 2]).status
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(guess, range(40)))
+        self.assertEqual(sorted(statuses), [401] * 10 + [429] * 30)
+        for port in ports:
+            answer = self.request("POST", "/login", {"username": user["username"],
+                                                     "password": "secret-pw"}, port=port)
+            self.assertEqual(answer.status, 429, answer.body)
+
     def served(self, user, token, port):
         answer = self.request("GET", f"/users/{user['id']}/pdf", token=token, port=port)
         self.assertIn(answer.status, (200, 202), answer.body)
