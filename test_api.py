@@ -361,23 +361,20 @@ class ConventionsTest(ApiTestCase):
         self.assertEqual(self.fetch_user(self.owner["id"]), self.owner)
         self.assertEqual(self.stats(self.owner["id"], self.token), ZERO_STATS)
 
-    def test_body_that_is_not_valid_json_is_400(self):
-        for (method, path, token), (what, raw) in product(self.body_routes(),
-                                                          NOT_JSON_BODIES.items()):
+    def assertEveryBodyRouteRefuses(self, bodies):
+        """Each raw body, sent as JSON to each route that reads one: 400, and nothing changed."""
+        for (method, path, token), (what, raw) in product(self.body_routes(), bodies.items()):
             with self.subTest(method=method, path=path, body=what):
                 answer = self.request(method, path, raw=raw, token=token,
                                       headers={"Content-Type": "application/json"})
                 self.assertError(answer, 400)
         self.assertOwnerUnchanged()
 
+    def test_body_that_is_not_valid_json_is_400(self):
+        self.assertEveryBodyRouteRefuses(NOT_JSON_BODIES)
+
     def test_body_that_is_json_but_not_an_object_is_400(self):
-        for (method, path, token), (what, raw) in product(self.body_routes(),
-                                                          NOT_OBJECT_BODIES.items()):
-            with self.subTest(method=method, path=path, body=what):
-                answer = self.request(method, path, raw=raw, token=token,
-                                      headers={"Content-Type": "application/json"})
-                self.assertError(answer, 400)
-        self.assertOwnerUnchanged()
+        self.assertEveryBodyRouteRefuses(NOT_OBJECT_BODIES)
 
     def test_body_without_content_type_is_read_as_json(self):
         def send(method, path, body, token=None):

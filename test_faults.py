@@ -34,6 +34,12 @@ class FaultTestCase(ReportClient, ServiceClient, unittest.TestCase):
         self.service = service
         return service
 
+    def start_service_on_rabbitmq(self):
+        """A service whose jobs go through a queue of this test alone on RabbitMQ."""
+        queue = unique_name("test-faults-")
+        self.addCleanup(delete_queue, queue)
+        return self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
+
     def assertNoServerErrors(self, *processes):
         for process in processes:
             self.assertNotIn("Traceback", process.output(), process.log_path)
@@ -129,9 +135,7 @@ class RestartTest(FaultTestCase):
 
     @require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
     def test_jobs_queued_on_rabbitmq_survive_a_server_restart(self):
-        queue = unique_name("test-faults-")
-        service = self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
-        self.addCleanup(delete_queue, queue)
+        service = self.start_service_on_rabbitmq()
         server = service.start_server()
         users = [self.sign_up() for _ in range(5)]
         for user, token in users:
@@ -192,9 +196,7 @@ def rabbitmqctl(*args):
 @require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
 class BrokerRestartTest(FaultTestCase):
     def test_server_and_worker_ride_out_a_broker_restart(self):
-        queue = unique_name("test-faults-")
-        service = self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
-        self.addCleanup(delete_queue, queue)
+        service = self.start_service_on_rabbitmq()
         server = service.start_server()
         users = [self.sign_up() for _ in range(6)]
         queued_before = users[:3]
@@ -223,9 +225,7 @@ class BrokerRestartTest(FaultTestCase):
         self.assertNoServerErrors(server, worker)
 
     def test_worker_reconnects_by_itself(self):
-        queue = unique_name("test-faults-")
-        service = self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
-        self.addCleanup(delete_queue, queue)
+        service = self.start_service_on_rabbitmq()
         service.start_server()
         worker = service.start_worker()
         wait_until(lambda: "consuming report jobs" in worker.output(), what="the worker")
@@ -240,15 +240,35 @@ class BrokerRestartTest(FaultTestCase):
         self.wait_for_report(user, token, timeout=60)
 
 
+class ThrottlingAcrossServersTest(FaultTestCase):
+    def test_guesses_spread_over_two_servers_still_get_ten_in_all(self):
+        service = self.start_service()
+        service.start_server(EMBEDDED_WORKER="0")
+        ports = [service.port]
+        service.start_server(EMBEDDED_WORKER="0")
+        ports.append(service.port)
+        user, _ = self.sign_up()
+
+        def guess(number):
+            return self.request("POST", "/login", {"username": user["username"],
+                                                   "password": "wrong"},
+                                port=ports[number % 2]).status
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(guess, range(40)))
+        self.assertEqual(sorted(statuses), [401] * 10 + [429] * 30)
+        for port in ports:
+            answer = self.request("POST", "/login", {"username": user["username"],
+                                                     "password": "secret-pw"}, port=port)
+            self.assertEqual(answer.status, 429, answer.body)
+
+
 @require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
 class SeveralMachinesTest(FaultTestCase):
     """Two servers and two workers sharing the database (PostgreSQL when
     TEST_DATABASE_URL is set, as in CI's second run) and RabbitMQ."""
 
     def test_jobs_posted_to_either_server_are_shared_and_survive_losing_one_of_each(self):
-        queue = unique_name("test-faults-")
-        service = self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
-        self.addCleanup(delete_queue, queue)
+        service = self.start_service_on_rabbitmq()
         first = service.start_server()
         first_port = service.port
         service.start_server()
@@ -277,26 +297,6 @@ class SeveralMachinesTest(FaultTestCase):
         for user, token in later:
             self.wait_for_report(user, token)
         self.assertNoServerErrors(first, service.server, *workers)
-
-    def test_guesses_spread_over_two_servers_still_get_ten_in_all(self):
-        service = self.start_service()
-        service.start_server(EMBEDDED_WORKER="0")
-        ports = [service.port]
-        service.start_server(EMBEDDED_WORKER="0")
-        ports.append(service.port)
-        user, _ = self.sign_up()
-
-        def guess(number):
-            return self.request("POST", "/login", {"username": user["username"],
-                                                   "password": "wrong"},
-                                port=ports[number % 2]).status
-        with ThreadPoolExecutor(16) as pool:
-            statuses = list(pool.map(guess, range(40)))
-        self.assertEqual(sorted(statuses), [401] * 10 + [429] * 30)
-        for port in ports:
-            answer = self.request("POST", "/login", {"username": user["username"],
-                                                     "password": "secret-pw"}, port=port)
-            self.assertEqual(answer.status, 429, answer.body)
 
     def served(self, user, token, port):
         answer = self.request("GET", f"/users/{user['id']}/pdf", token=token, port=port)
