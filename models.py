@@ -433,7 +433,10 @@ _by_user_newest_first = (select(*REPORT_SUMMARY).where(reports.c.user_id == bind
 NEWEST_REPORT = Statement(_by_user_newest_first)
 NEWEST_DONE_REPORT = Statement(_by_user_newest_first.where(reports.c.state == "done"))
 REPORT_BY_ID = Statement(select(*REPORT_SUMMARY).where(reports.c.id == bindparam("id")))
-REPORT_PDF = Statement(select(reports.c.pdf).where(reports.c.id == bindparam("id")))
+NEWEST_DONE_PDF = Statement(select(reports.c.id, reports.c.finished_at, reports.c.pdf)
+                            .where(reports.c.user_id == bindparam("user_id"),
+                                   reports.c.state == "done")
+                            .order_by(reports.c.id.desc()).limit(1))
 FINISH_REPORT = Statement(
     update(reports).where(reports.c.id == bindparam("id"), reports.c.state == "pending")
     .values(state=bindparam("state"), pdf=bindparam("pdf"), error=bindparam("error"),
@@ -477,8 +480,10 @@ def find_report(db, report_id):
     return REPORT_BY_ID.first(db, {"id": report_id})
 
 
-def report_pdf(db, report_id):
-    return REPORT_PDF.scalar(db, {"id": report_id})
+def newest_pdf(db, user_id):
+    """The user's newest done report with its PDF, read together: a report
+    that finishes deletes the one it replaces, so an id read earlier may be gone."""
+    return NEWEST_DONE_PDF.first(db, {"user_id": user_id})
 
 
 def finish_report(db, report, pdf, error):

@@ -235,16 +235,26 @@ def get_report(user_id):
             models.newest_report(db, user_id, state="done")
         if done is None:
             raise report_not_ready(latest, user_id)
-        headers = {"ETag": f'"report-{done.id}"',
-                   "Last-Modified": formatdate(done.finished_at, usegmt=True)}
-        if not_modified(headers["ETag"], done.finished_at):
-            raise bottle.HTTPResponse(status=304, headers=headers)
-        pdf = models.report_pdf(db, done.id)
+        if not_modified(report_etag(done), done.finished_at):
+            raise bottle.HTTPResponse(status=304, headers=report_headers(done))
+        # Read again with its PDF: a newer report may have replaced this one meanwhile.
+        done = models.newest_pdf(db, user_id)
+        if done is None:
+            raise no_such_user(user_id)  # deleted meanwhile, reports and all
     response.content_type = "application/pdf"
     response.set_header("Content-Disposition", f'inline; filename="{user.username}_stats.pdf"')
-    for name, value in headers.items():
+    for name, value in report_headers(done).items():
         response.set_header(name, value)
-    return pdf
+    return done.pdf
+
+
+def report_etag(report):
+    return f'"report-{report.id}"'
+
+
+def report_headers(report):
+    return {"ETag": report_etag(report),
+            "Last-Modified": formatdate(report.finished_at, usegmt=True)}
 
 
 def report_not_ready(latest, user_id):

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import unittest
 
 from kombu import Connection, Exchange, Queue
@@ -117,6 +118,35 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         self.assertEqual(again.status, 304)
         self.assertEqual(again.body, b"")
         self.assertEqual(again.header("ETag"), etag)
+
+    def test_fetches_while_new_reports_replace_old_ones_always_get_a_whole_pdf(self):
+        # A finished report deletes the one it replaces; a GET that chose the
+        # old one just before must still serve a PDF, never an empty 200.
+        user, token = self.new_user_with_stats(victory_count=3)
+        url = f"/users/{user['id']}/pdf"
+        self.post_report(user, token)
+        etag = self.wait_for_report(user, token).header("ETag")
+        replacing = True
+        wrong = []
+
+        def fetch_until_the_replacing_ends():
+            while replacing:
+                answer = self.request("GET", url, token=token)
+                if answer.status != 200 or not answer.body.startswith(b"%PDF-"):
+                    wrong.append((answer.status, answer.body[:40]))
+
+        fetchers = [threading.Thread(target=fetch_until_the_replacing_ends) for _ in range(3)]
+        for fetcher in fetchers:
+            fetcher.start()
+        try:
+            for _ in range(60):
+                self.post_report(user, token)
+                etag = self.wait_for_report(user, token, unlike_etag=etag).header("ETag")
+        finally:
+            replacing = False
+            for fetcher in fetchers:
+                fetcher.join()
+        self.assertEqual(wrong, [])
 
     def test_get_before_any_request_is_404(self):
         user, token = self.new_user_with_stats()
