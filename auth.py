@@ -158,11 +158,18 @@ def _unauthorized(message):
     return ApiError(401, message, WWW_Authenticate="Bearer")
 
 
+def token_no_longer_valid():
+    """For a token whose user is gone, or whose password changed since it was issued."""
+    return _unauthorized("The token is no longer valid; log in again.")
+
+
 USER_ID_KEY = "stats_api.user_id"  # where the request's environ keeps it, for the access log
 
 
-def current_user(db, request):
-    """The user whose valid token came with the request; 401 for anything else."""
+def current_user(db, request, lock=False):
+    """The user whose valid token came with the request; 401 for anything else.
+
+    lock=True (in a write) keeps the user as checked until the write commits."""
     # From the environ as sent (latin-1): Bottle's get_header fails on non-UTF-8 bytes.
     header = request.environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
@@ -179,8 +186,8 @@ def current_user(db, request):
     sub, version = claims["sub"], claims["ver"]
     if not (sub.isascii() and sub.isdigit()) or type(version) is not int:
         raise _unauthorized("The token is not valid; log in again.")
-    user = models.find_user(db, int(sub))
+    user = models.find_user(db, int(sub), lock)
     if user is None or user.token_version != version:
-        raise _unauthorized("The token is no longer valid; log in again.")
+        raise token_no_longer_valid()
     request.environ[USER_ID_KEY] = user.id
     return user

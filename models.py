@@ -246,6 +246,12 @@ def database_is_up():
 # Users
 
 USER_BY_ID = Statement(select(users).where(users.c.id == bindparam("id")))
+# PostgreSQL: the row stays locked until the transaction ends, so a deletion
+# or password change cannot commit between this check and the write after it
+# (SQLite has no row locks: BEGIN IMMEDIATE already serialises its writers).
+# NO KEY: inserting a report or stats row, which only key-shares it, need not wait.
+USER_BY_ID_LOCKED = Statement(select(users).where(users.c.id == bindparam("id"))
+                              .with_for_update(key_share=True))
 USER_BY_NAME = Statement(select(users).where(users.c.username == bindparam("username")))
 USER_COUNT = Statement(select(user_count.c.n))
 COUNT_SIGN_UP = Statement(update(user_count).values(n=user_count.c.n + 1))
@@ -287,8 +293,11 @@ def possible_id(number):
     return 0 < number <= MAX_ID
 
 
-def find_user(db, user_id):
-    return USER_BY_ID.first(db, {"id": user_id}) if possible_id(user_id) else None
+def find_user(db, user_id, lock=False):
+    """The user's row, or None; lock=True keeps it locked until the write commits."""
+    if not possible_id(user_id):
+        return None
+    return (USER_BY_ID_LOCKED if lock else USER_BY_ID).first(db, {"id": user_id})
 
 
 def user_json(db, user_id):

@@ -68,8 +68,10 @@ def user_or_404(db, user_id):
 
 
 def owned_user(db, user_id):
-    """The user at user_id, when the caller's token is theirs: else 401, 404 or 403."""
-    caller = auth.current_user(db, request)
+    """The user at user_id, when the caller's token is theirs: else 401, 404 or 403.
+
+    In a write, the user stays as checked until it commits (see models.find_user)."""
+    caller = auth.current_user(db, request, lock=True)
     if caller.id == user_id:
         return caller
     user_or_404(db, user_id)
@@ -122,7 +124,10 @@ def create_user():
 @app.get("/users/me")
 def get_me():
     with models.reading() as db:
-        return json_text_response(models.user_json(db, auth.current_user(db, request).id))
+        representation = models.user_json(db, auth.current_user(db, request).id)
+    if representation is None:  # deleted since its token was checked
+        raise auth.token_no_longer_valid()
+    return json_text_response(representation)
 
 
 @app.get("/users/<user_id:id>")

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from contextlib import contextmanager
@@ -1664,6 +1665,40 @@ class ConcurrencyTest(ApiTestCase):
             else:
                 self.assertEqual(self.fetch_user(user["id"])["gender"], f"g{index}")
                 self.assertEqual(self.stats(user["id"], token)["session_count"], index)
+
+    def test_requests_racing_their_users_deletion_get_a_whole_answer_or_401(self):
+        # Each route checks the token, then reads or writes: a deletion that
+        # commits in between must not turn the answer into an empty 200 or a 500.
+        def racing_requests(path):
+            return [("GET", "/users/me", None),
+                    ("PATCH", path, {"gender": "x"}),
+                    ("PATCH", path + "/stats", {"victory_count": 1}),
+                    ("POST", path + "/pdf", None)]
+
+        def until_gone(user, token, method, path, body, started):
+            wrong = []
+            while True:
+                answer = self.request(method, path, body, token=token)
+                started.set()
+                if answer.status in (401, 404):
+                    return wrong
+                if answer.status not in (200, 202) or not answer.body.startswith(b"{"):
+                    wrong.append(f"{method} {path}: {answer.status} {answer.body[:60]!r}")
+
+        wrong = []
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(30):
+                user, token = self.sign_up()
+                path = f"/users/{user['id']}"
+                started = [threading.Event() for _ in racing_requests(path)]
+                racers = [pool.submit(until_gone, user, token, *request, event)
+                          for request, event in zip(racing_requests(path), started)]
+                for event in started:
+                    event.wait(10)
+                self.assertNoContent(self.request("DELETE", path, token=token))
+                for racer in racers:
+                    wrong += racer.result(timeout=30)
+        self.assertEqual(wrong, [])
 
     def assertIdNotReused(self, restart):
         self.sign_up()
