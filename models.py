@@ -16,8 +16,8 @@ from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, Index,
                         Integer, LargeBinary, MetaData, String, Table, bindparam,
-                        cast, create_engine, delete, event, func, insert, literal, select, text,
-                        update)
+                        cast, create_engine, delete, event, func, insert, literal, or_, select,
+                        text, update)
 from sqlalchemy.engine import make_url
 
 import config
@@ -54,7 +54,8 @@ reports = Table(
     "reports", metadata,
     Column("id", Id, primary_key=True),
     Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
-    Column("state", String(16), nullable=False, server_default="pending"),  # or done, failed
+    # pending (queued), rendering (a worker took it and read the data), done or failed
+    Column("state", String(16), nullable=False, server_default="pending"),
     Column("published_at", Float, nullable=False),  # the last time its job was queued
     Column("finished_at", Float),
     Column("error", String(500)),
@@ -425,6 +426,10 @@ def record_login_failure(db, username, forget_before):
 
 # Reports
 
+UNFINISHED = ("pending", "rendering")
+# Spelt out, not IN (...): IN compiles to an expanding parameter that only
+# SQLAlchemy's own execute fills in, and Statement runs the SQL as it is.
+_unfinished = or_(*(reports.c.state == state for state in UNFINISHED))
 REPORT_SUMMARY = (reports.c.id, reports.c.user_id, reports.c.state, reports.c.finished_at,
                   reports.c.error)
 PENDING_REPORT = Statement(select(reports.c.id, reports.c.published_at)
@@ -446,8 +451,11 @@ NEWEST_DONE_PDF = Statement(select(reports.c.id, reports.c.finished_at, reports.
                             .where(reports.c.user_id == bindparam("user_id"),
                                    reports.c.state == "done")
                             .order_by(reports.c.id.desc()).limit(1))
+START_REPORT = Statement(update(reports).where(reports.c.id == bindparam("id"),
+                                                _unfinished)
+                         .values(state="rendering"))
 FINISH_REPORT = Statement(
-    update(reports).where(reports.c.id == bindparam("id"), reports.c.state == "pending")
+    update(reports).where(reports.c.id == bindparam("id"), reports.c.state == "rendering")
     .values(state=bindparam("state"), pdf=bindparam("pdf"), error=bindparam("error"),
             finished_at=bindparam("at")))
 DROP_REPLACED_REPORTS = Statement(
@@ -455,16 +463,16 @@ DROP_REPLACED_REPORTS = Statement(
                           reports.c.id < bindparam("id"), reports.c.state != "pending"))
 
 
-ALL_PENDING_REPORTS = Statement(select(reports.c.id, reports.c.user_id)
-                                .where(reports.c.state == "pending"))
+ALL_UNFINISHED_REPORTS = Statement(select(reports.c.id, reports.c.user_id)
+                                   .where(_unfinished))
 
 
 def pending_report(db, user_id):
     return PENDING_REPORT.first(db, {"user_id": user_id})
 
 
-def all_pending_reports(db):
-    return ALL_PENDING_REPORTS.rows(db)
+def all_unfinished_reports(db):
+    return ALL_UNFINISHED_REPORTS.rows(db)
 
 
 def queue_report(db, user_id, report_id=None):
@@ -495,8 +503,13 @@ def newest_pdf(db, user_id):
     return NEWEST_DONE_PDF.first(db, {"user_id": user_id})
 
 
+def start_report(db, report_id):
+    """Marks the report as taken by a worker: from now on a POST queues another."""
+    START_REPORT.run(db, {"id": report_id})
+
+
 def finish_report(db, report, pdf, error):
-    """Stores a pending report's outcome; a done one replaces the user's older reports."""
+    """Stores a started report's outcome; a done one replaces the user's older reports."""
     finished = FINISH_REPORT.run(db, {"id": report.id, "state": "done" if pdf else "failed",
                                       "pdf": pdf, "error": error, "at": time.time()})
     if finished.rowcount and pdf:

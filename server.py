@@ -214,7 +214,8 @@ def request_report(user_id):
             owned_user(db, user_id)
             pending = models.pending_report(db, user_id)
             if pending and pending.published_at > time.time() - REPUBLISH_AFTER:
-                return accepted  # already queued: one job per user at a time
+                # Already queued, and no worker has read the data yet: one job will do.
+                return accepted
             report_id = models.queue_report(db, user_id, pending and pending.id)
     except models.IntegrityError:
         return accepted  # a concurrent POST queued it first
@@ -266,7 +267,7 @@ def report_not_ready(latest, user_id):
     if latest is None:
         return ApiError(404, f"No report was ever requested for user {user_id}; "
                              f"POST /users/{user_id}/pdf to request one.")
-    if latest.state == "pending":
+    if latest.state in models.UNFINISHED:
         return bottle.HTTPResponse(json.dumps({"status": "pending"}), 202,
                                    {"Content-Type": "application/json", "Retry-After": "1"})
     return ApiError(409, f"The last report failed: {latest.error}. "
@@ -481,7 +482,7 @@ def main():
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     json_waitress_errors()
     if config.BROKER_URL.startswith("memory://"):
-        requeue_pending_reports()
+        requeue_unfinished_reports()
     embedded_worker = None
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib
@@ -492,14 +493,14 @@ def main():
     serve_until_signalled(server, embedded_worker)
 
 
-def requeue_pending_reports():
+def requeue_unfinished_reports():
     """The in-process broker lost its jobs with the last process: queue them again."""
     with models.reading() as db:
-        pending = models.all_pending_reports(db)
-    for report in pending:
+        unfinished = models.all_unfinished_reports(db)
+    for report in unfinished:
         jobs.publish(report.id, report.user_id)
-    if pending:
-        log.info("queued %d pending report(s) again", len(pending))
+    if unfinished:
+        log.info("queued %d unfinished report(s) again", len(unfinished))
 
 
 def serve_until_signalled(server, embedded_worker, drain_seconds=8):

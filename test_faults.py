@@ -131,7 +131,23 @@ class RestartTest(FaultTestCase):
         restarted = service.start_server()
         for user, token in users:
             self.wait_for_report(user, token)
-        self.assertIn("queued 10 pending report(s) again", restarted.output())
+        self.assertIn("queued 10 unfinished report(s) again", restarted.output())
+
+    def test_a_job_cut_off_mid_render_is_rendered_after_a_restart_on_the_memory_broker(self):
+        service = self.start_service()
+        server = service.start_server(EMBEDDED_WORKER="0")
+        user, token = self.new_user_with_stats(victory_count=100_007)
+        died = self.run_one_job(user, """
+            import os
+            def render(data): os._exit(9)  # the process dies with the job in hand
+        """)
+        self.assertEqual(died.returncode, 9, died.stderr)
+        self.assertEqual(self.request("GET", f"/users/{user['id']}/pdf", token=token).status, 202)
+        self.assertEqual(server.stop(signal.SIGTERM), 0)
+
+        restarted = service.start_server()
+        self.assertIn("100007", pdf_text(self.wait_for_report(user, token).body))
+        self.assertIn("queued 1 unfinished report(s) again", restarted.output())
 
     @require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
     def test_jobs_queued_on_rabbitmq_survive_a_server_restart(self):

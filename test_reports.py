@@ -60,6 +60,19 @@ class ReportClient:
             return None
         return wait_until(served, timeout, what=f"the report of user {user['id']}")
 
+    def run_one_job(self, user, renderer):
+        """Queues a report for user and runs its job in a worker process of
+        its own whose report.render is replaced by renderer (Python source)."""
+        script = textwrap.dedent(renderer) + textwrap.dedent(f"""
+            import report, worker, models
+            report.render = render
+            with models.writing() as db:
+                report_id = models.queue_report(db, {user['id']})
+            print(worker.run_job({{"report_id": report_id, "user_id": {user['id']}}}))
+        """)
+        return subprocess.run([sys.executable, "-c", script], env=self.service.env, cwd=PROJECT,
+                              capture_output=True, text=True, timeout=60)
+
 
 class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
     """The default set-up: memory:// broker, the worker in a server thread."""
@@ -177,17 +190,9 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
 
     def test_failed_render_is_a_clear_error_and_a_new_post_starts_over(self):
         user, token = self.new_user_with_stats()
-        # A worker whose renderer always fails, on the same database.
-        script = textwrap.dedent(f"""
-            import report, worker, models
-            def broken(data): raise RuntimeError("broken renderer")
-            report.render = broken
-            with models.writing() as db:
-                report_id = models.queue_report(db, {user['id']})
-            print(worker.run_job({{"report_id": report_id, "user_id": {user['id']}}}))
+        run = self.run_one_job(user, """
+            def render(data): raise RuntimeError("broken renderer")
         """)
-        run = subprocess.run([sys.executable, "-c", script], env=self.service.env, cwd=PROJECT,
-                             capture_output=True, text=True, timeout=60)
         self.assertIn("failed job", run.stdout, run.stderr)
         self.assertEqual(run.stderr.count("render attempt"), 3)  # bounded retries, logged
 
@@ -195,6 +200,32 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         self.assertError(failed, 409, mentions="could not be drawn")
         self.post_report(user, token)
         self.wait_for_report(user, token)
+
+    def test_a_post_while_a_job_renders_queues_another_with_the_new_stats(self):
+        # The contract: the report holds the data as it is when the job runs.
+        # A job already running has read it, so a POST then must not be absorbed.
+        user, token = self.new_user_with_stats(victory_count=100_001)
+        run = self.run_one_job(user, f"""
+            import json, urllib.request
+            from report import render as real_render
+            def call(method, path, body=None):
+                request = urllib.request.Request(
+                    "http://127.0.0.1:{self.service.port}" + path, method=method,
+                    data=body and json.dumps(body).encode(),
+                    headers={{"Authorization": "Bearer {token}",
+                              "Content-Type": "application/json"}})
+                urllib.request.urlopen(request).close()
+            def render(data):  # the user changes their stats and asks again meanwhile
+                call("PATCH", "/users/{user['id']}/stats", {{"victory_count": 100_002}})
+                call("POST", "/users/{user['id']}/pdf")
+                return real_render(data)
+        """)
+        self.assertIn("finished job", run.stdout, run.stderr)
+
+        def served_with_the_new_stats():
+            answer = self.wait_for_report(user, token)
+            return "100002" in pdf_text(answer.body)
+        wait_until(served_with_the_new_stats, timeout=20, what="a report with the new stats")
 
 
 def require_rabbitmq(test_class):

@@ -41,12 +41,17 @@ def run_job(body):
     if not (isinstance(body, dict) and type(body.get("report_id")) is int
             and type(body.get("user_id")) is int):
         return f"dropped malformed job {body!r:.200}"
-    with models.reading() as db:
+    with models.writing() as db:
         job = models.find_report(db, body["report_id"])
         if job is None or job.user_id != body["user_id"]:
             return f"dropped job {body['report_id']}: no such report (its user was deleted?)"
-        if job.state != "pending":
+        if job.state not in models.UNFINISHED:
             return f"dropped job {job.id}: already {job.state}"
+        models.start_report(db, job.id)
+    # The data is read only after that commit. A POST that still found the job
+    # pending came before it, so its stats change is read here; a POST after it
+    # finds the job rendering and queues another.
+    with models.reading() as db:
         data = report_data(db, job.user_id)
     if data is None:
         return f"dropped job {job.id}: its user was deleted"
