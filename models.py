@@ -254,7 +254,6 @@ USER_BY_ID = Statement(select(users).where(users.c.id == bindparam("id")))
 USER_BY_ID_LOCKED = Statement(select(users).where(users.c.id == bindparam("id"))
                               .with_for_update(key_share=True))
 USER_BY_NAME = Statement(select(users).where(users.c.username == bindparam("username")))
-USER_COUNT = Statement(select(user_count.c.n))
 COUNT_SIGN_UP = Statement(update(user_count).values(n=user_count.c.n + 1))
 COUNT_DELETION = Statement(update(user_count).values(n=user_count.c.n - 1))
 RECOUNT_USERS = Statement(update(user_count).values(
@@ -280,7 +279,10 @@ if SQLITE:  # it aggregates rows in the subquery's order
 else:  # PostgreSQL must be told; its dialect is imported only here (2 MiB)
     from sqlalchemy.dialects.postgresql import aggregate_order_by
     _page_json = func.json_agg(aggregate_order_by(_user_json(_page), _page.c.id))
-USERS_PAGE_JSON = Statement(select(func.coalesce(cast(_page_json, String), "[]")))
+# With the count, in one statement: one snapshot, so X-Total-Count and the
+# next link always agree with the page, whatever sign-ups commit meanwhile.
+COUNT_AND_PAGE_JSON = Statement(select(select(user_count.c.n).scalar_subquery(),
+                                       func.coalesce(cast(_page_json, String), "[]")))
 INSERT_USER = Statement(insert(users).values(
     {name: bindparam(name) for name in ("username", "password_hash", "email", "gender",
                                         "profile_pic")})
@@ -312,8 +314,7 @@ def find_user_by_name(db, username):
 
 def page_of_users(db, limit, offset):
     """(number of users in all, the page as a JSON array ordered by id)."""
-    page = USERS_PAGE_JSON.scalar(db, {"limit": limit, "offset": offset})
-    return USER_COUNT.scalar(db), page
+    return tuple(COUNT_AND_PAGE_JSON.run(db, {"limit": limit, "offset": offset}).fetchone())
 
 
 def create_user(db, fields):

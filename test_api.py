@@ -1700,6 +1700,30 @@ class ConcurrencyTest(ApiTestCase):
                     wrong += racer.result(timeout=30)
         self.assertEqual(wrong, [])
 
+    def test_the_total_count_always_matches_the_page_during_sign_ups_and_deletions(self):
+        changing = True
+
+        def sign_up_and_delete():
+            while changing:
+                user, token = self.sign_up()
+                self.assertNoContent(self.request("DELETE", f"/users/{user['id']}",
+                                                  token=token))
+
+        with ThreadPoolExecutor(2) as pool:
+            changers = [pool.submit(sign_up_and_delete) for _ in range(2)]
+            try:
+                mismatches = []
+                for _ in range(300):
+                    answer = self.request("GET", "/users?limit=1000")
+                    total = int(answer.header("X-Total-Count"))
+                    if len(answer.json) != total:  # fewer than 1000 users: one page
+                        mismatches.append((total, len(answer.json)))
+            finally:
+                changing = False
+            for changer in changers:
+                changer.result()
+        self.assertEqual(mismatches, [])
+
     def assertIdNotReused(self, restart):
         self.sign_up()
         doomed, doomed_token = self.sign_up()
