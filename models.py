@@ -54,7 +54,7 @@ reports = Table(
     "reports", metadata,
     Column("id", Id, primary_key=True),
     Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
-    # pending (queued), rendering (a worker took it and read the data), done or failed
+    # pending (queued), rendering (a worker took it: it reads the data after this), done, failed
     Column("state", String(16), nullable=False, server_default="pending"),
     Column("published_at", Float, nullable=False),  # the last time its job was queued
     Column("finished_at", Float),
@@ -246,13 +246,13 @@ def database_is_up():
 
 # Users
 
-USER_BY_ID = Statement(select(users).where(users.c.id == bindparam("id")))
+_user_by_id = select(users).where(users.c.id == bindparam("id"))
+USER_BY_ID = Statement(_user_by_id)
 # PostgreSQL: the row stays locked until the transaction ends, so a deletion
 # or password change cannot commit between this check and the write after it
 # (SQLite has no row locks: BEGIN IMMEDIATE already serialises its writers).
 # NO KEY: inserting a report or stats row, which only key-shares it, need not wait.
-USER_BY_ID_LOCKED = Statement(select(users).where(users.c.id == bindparam("id"))
-                              .with_for_update(key_share=True))
+USER_BY_ID_LOCKED = Statement(_user_by_id.with_for_update(key_share=True))
 USER_BY_NAME = Statement(select(users).where(users.c.username == bindparam("username")))
 COUNT_SIGN_UP = Statement(update(user_count).values(n=user_count.c.n + 1))
 COUNT_DELETION = Statement(update(user_count).values(n=user_count.c.n - 1))
@@ -439,19 +439,18 @@ PENDING_REPORT = Statement(select(reports.c.id, reports.c.published_at)
 INSERT_REPORT = Statement(insert(reports).values(user_id=bindparam("user_id"),
                                                  published_at=bindparam("at"))
                           .returning(reports.c.id))
-REPUBLISHED = Statement(update(reports).where(reports.c.id == bindparam("id"))
+REPUBLISHED = Statement(update(reports).where(reports.c.id == bindparam("id"),
+                                               reports.c.state == "pending")
                         .values(published_at=bindparam("at")))
 FORGET_PENDING = Statement(delete(reports).where(reports.c.id == bindparam("id"),
                                                  reports.c.state == "pending"))
 _by_user_newest_first = (select(*REPORT_SUMMARY).where(reports.c.user_id == bindparam("user_id"))
                          .order_by(reports.c.id.desc()).limit(1))
 NEWEST_REPORT = Statement(_by_user_newest_first)
-NEWEST_DONE_REPORT = Statement(_by_user_newest_first.where(reports.c.state == "done"))
+_newest_done = _by_user_newest_first.where(reports.c.state == "done")
+NEWEST_DONE_REPORT = Statement(_newest_done)
+NEWEST_DONE_PDF = Statement(_newest_done.add_columns(reports.c.pdf))
 REPORT_BY_ID = Statement(select(*REPORT_SUMMARY).where(reports.c.id == bindparam("id")))
-NEWEST_DONE_PDF = Statement(select(reports.c.id, reports.c.finished_at, reports.c.pdf)
-                            .where(reports.c.user_id == bindparam("user_id"),
-                                   reports.c.state == "done")
-                            .order_by(reports.c.id.desc()).limit(1))
 START_REPORT = Statement(update(reports).where(reports.c.id == bindparam("id"),
                                                 _unfinished)
                          .values(state="rendering"))
@@ -477,11 +476,11 @@ def all_unfinished_reports(db):
 
 
 def queue_report(db, user_id, report_id=None):
-    """A new pending report (or report_id again), marked as published now; its id."""
-    if report_id is None:
-        return INSERT_REPORT.scalar(db, {"user_id": user_id, "at": time.time()})
-    REPUBLISHED.run(db, {"id": report_id, "at": time.time()})
-    return report_id
+    """Report report_id again if it is still pending, else a new pending one,
+    marked as published now; its id."""
+    if report_id is not None and REPUBLISHED.run(db, {"id": report_id, "at": time.time()}).rowcount:
+        return report_id
+    return INSERT_REPORT.scalar(db, {"user_id": user_id, "at": time.time()})
 
 
 def forget_pending_report(db, report_id):
@@ -505,12 +504,17 @@ def newest_pdf(db, user_id):
 
 
 def start_report(db, report_id):
-    """Marks the report as taken by a worker: from now on a POST queues another."""
-    START_REPORT.run(db, {"id": report_id})
+    """Marks the report as taken by a worker (from now on a POST queues another);
+    False when it was finished or deleted meanwhile."""
+    return START_REPORT.run(db, {"id": report_id}).rowcount == 1
 
 
 def finish_report(db, report, pdf, error):
     """Stores a started report's outcome; a done one replaces the user's older reports."""
+    # PostgreSQL: the user row first, as a deletion of the user takes it: two
+    # jobs of one user finishing at once would otherwise lock each other's rows.
+    if find_user(db, report.user_id, lock=True) is None:
+        return  # deleted meanwhile, reports and all
     finished = FINISH_REPORT.run(db, {"id": report.id, "state": "done" if pdf else "failed",
                                       "pdf": pdf, "error": error, "at": time.time()})
     if finished.rowcount and pdf:

@@ -67,11 +67,12 @@ def user_or_404(db, user_id):
     return user
 
 
-def owned_user(db, user_id):
+def owned_user(db, user_id, lock=True):
     """The user at user_id, when the caller's token is theirs: else 401, 404 or 403.
 
-    In a write, the user stays as checked until it commits (see models.find_user)."""
-    caller = auth.current_user(db, request, lock=True)
+    With lock (in a write), the user stays as checked until it commits
+    (see models.find_user)."""
+    caller = auth.current_user(db, request, lock)
     if caller.id == user_id:
         return caller
     user_or_404(db, user_id)
@@ -142,7 +143,7 @@ def get_user(user_id):
 @app.route("/users/<user_id:id>", method=["PUT", "PATCH"])
 def update_user(user_id):
     with models.reading() as db:
-        stored_hash = owned_user(db, user_id).password_hash
+        stored_hash = owned_user(db, user_id, lock=False).password_hash
     fields = checked_fields(json_object(), USER_FIELDS | PASSWORD_CHANGE_FIELDS,
                             ignored=READ_ONLY_USER_FIELDS)
     if "password" in fields:
@@ -201,7 +202,8 @@ def update_stats(user_id):
 # PDF reports: POST queues a job for a worker; GET serves the newest finished one.
 
 # A job still pending after this long was probably lost between commit and
-# publish (a crash): the next POST queues it again. Workers drop duplicates.
+# publish (a crash): the next POST queues it again. Workers drop a duplicate
+# of a finished job; one of a job in hand is rendered again, as a redelivery is.
 REPUBLISH_AFTER = 60  # seconds
 
 
@@ -209,16 +211,15 @@ REPUBLISH_AFTER = 60  # seconds
 def request_report(user_id):
     url = f"/users/{user_id}/pdf"
     accepted = json_response({"url": url, "status": "pending"}, 202, {"Location": url})
-    try:
-        with models.writing() as db:
-            owned_user(db, user_id)
-            pending = models.pending_report(db, user_id)
-            if pending and pending.published_at > time.time() - REPUBLISH_AFTER:
-                # Already queued, and no worker has read the data yet: one job will do.
-                return accepted
-            report_id = models.queue_report(db, user_id, pending and pending.id)
-    except models.IntegrityError:
-        return accepted  # a concurrent POST queued it first
+    # The owner's row is locked (PostgreSQL) or the write is alone (SQLite):
+    # the user's POSTs come one at a time here.
+    with models.writing() as db:
+        owned_user(db, user_id)
+        pending = models.pending_report(db, user_id)
+        if pending and pending.published_at > time.time() - REPUBLISH_AFTER:
+            # Already queued, and no worker has read the data yet: one job will do.
+            return accepted
+        report_id = models.queue_report(db, user_id, pending and pending.id)
     try:
         jobs.publish(report_id, user_id)
     except jobs.BrokerUnavailable:

@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 
 from kombu import Connection, Exchange, Queue
 from pypdf import PdfReader
@@ -148,17 +148,16 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
                 if answer.status != 200 or not answer.body.startswith(b"%PDF-"):
                     wrong.append((answer.status, answer.body[:40]))
 
-        fetchers = [threading.Thread(target=fetch_until_the_replacing_ends) for _ in range(3)]
-        for fetcher in fetchers:
-            fetcher.start()
-        try:
-            for _ in range(60):
-                self.post_report(user, token)
-                etag = self.wait_for_report(user, token, unlike_etag=etag).header("ETag")
-        finally:
-            replacing = False
+        with ThreadPoolExecutor(3) as pool:
+            fetchers = [pool.submit(fetch_until_the_replacing_ends) for _ in range(3)]
+            try:
+                for _ in range(60):
+                    self.post_report(user, token)
+                    etag = self.wait_for_report(user, token, unlike_etag=etag).header("ETag")
+            finally:
+                replacing = False
             for fetcher in fetchers:
-                fetcher.join()
+                fetcher.result()  # a fetcher's own failure fails the test too
         self.assertEqual(wrong, [])
 
     def test_get_before_any_request_is_404(self):
@@ -298,7 +297,7 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
 
         worker = self.service.start_worker()
         self.wait_for_report(user, token)
-        wait_until(lambda: "already done" in worker.output(), what="the duplicate dropped")
+        wait_until(lambda: "already finished" in worker.output(), what="the duplicate dropped")
         self.assertEqual(self.ready_jobs(), 0)
 
     def test_worker_killed_mid_job_leaves_it_to_another_worker(self):
