@@ -183,7 +183,9 @@ PATHS = {
         "parameters": [ID_PARAMETER],
         "post": {"summary": "Queue a new report of the user's stats", "security": BEARER,
                  "responses": {
-                     "202": answer("Queued (or already queued)", ref("ReportQueued"), ["Location"]),
+                     "202": answer("Queued, or already queued and not yet started (a job "
+                                   "being drawn has read the data: a new one is queued)",
+                                   ref("ReportQueued"), ["Location"]),
                      "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND, "413": TOO_LARGE,
                      "503": answer("The broker cannot take the job; nothing was queued",
                                    ERROR, ["Retry-After"])}},
