@@ -45,7 +45,7 @@ def run_job(body):
         job = models.find_report(db, body["report_id"])
         if job is None or job.user_id != body["user_id"]:
             return f"dropped job {body['report_id']}: no such report (its user was deleted?)"
-        if job.state not in models.UNFINISHED or not models.start_report(db, job.id):
+        if not models.start_report(db, job.id):  # it starts only a pending or rendering one
             return f"dropped job {job.id}: already finished"
     # The data is read only after that commit. A POST that still found the job
     # pending came before it, so its stats change is read here; a POST after it
