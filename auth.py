@@ -1,16 +1,19 @@
 """Who is calling: password hashes, login throttling, JWTs, the current user."""
+
 import base64
 import hashlib
 import hmac
 import os
 import time
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import jwt
 
 import config
+import database
 import models
-from errors import ApiError
+from responses import ApiError
+from serving import USER_ID_KEY
 
 # OWASP's minimum for scrypt, in the variant that needs 16 MiB per hash
 # (128 * N * r bytes): eight logins at once stay well inside a small machine.
@@ -23,8 +26,15 @@ def _b64(raw):
 
 def _scrypt(password, salt, n, r, p):
     # surrogatepass: a JSON string may hold a lone surrogate; hash it, never crash.
-    return hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=salt,
-                          n=n, r=r, p=p, maxmem=256 * n * r, dklen=32)
+    return hashlib.scrypt(
+        password.encode("utf-8", "surrogatepass"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        maxmem=256 * n * r,
+        dklen=32,
+    )
 
 
 def hash_password(password):
@@ -95,15 +105,16 @@ def start_login_attempt(username):
     """
     deadline = time.monotonic() + SETTLE_WAIT
     while True:
-        with models.reading() as db:  # a flood of throttled logins writes nothing
+        with database.reading() as db:  # a flood of throttled logins writes nothing
             wait = _login_room(db, username)
         if wait == 0:
-            with models.writing() as db:
+            with database.writing() as db:
                 models.lock_logins_of(db, username)
                 wait = _login_room(db, username)
                 if wait == 0:
                     return 0, models.begin_login_attempt(
-                        db, username, forget_before=time.time() - ATTEMPT_TIMEOUT)
+                        db, username, forget_before=time.time() - ATTEMPT_TIMEOUT
+                    )
         if wait is not None:
             return wait, None
         if time.monotonic() > deadline:
@@ -113,19 +124,21 @@ def start_login_attempt(username):
 
 def end_login_attempt(username, attempt, failed):
     """Settles an attempt: a failure, or nothing."""
-    with models.writing() as db:
+    with database.writing() as db:
         # Locked like the count: _login_room reads failures and attempts in two
         # statements, and on PostgreSQL each sees the latest commit.
         models.lock_logins_of(db, username)
         models.end_login_attempt(db, attempt)
         if failed:
-            models.record_login_failure(db, username,
-                                        forget_before=time.time() - FAILURE_WINDOW)
+            models.record_login_failure(db, username, forget_before=time.time() - FAILURE_WINDOW)
 
 
 # Tokens
 
-def _read_or_create_secret():
+
+@cache
+def secret():
+    """JWT_SECRET, or the one generated into the data folder the first time it is needed."""
     if config.JWT_SECRET:
         return config.JWT_SECRET
     path = config.DATA_DIR / "jwt_secret"
@@ -144,14 +157,15 @@ def _read_or_create_secret():
     return path.read_text().strip()
 
 
-SECRET = _read_or_create_secret()
-
-
 def issue_token(user):
     now = int(time.time())
-    claims = {"sub": str(user.id), "iat": now, "exp": now + config.JWT_TTL,
-              "ver": user.token_version}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
+    claims = {
+        "sub": str(user.id),
+        "iat": now,
+        "exp": now + config.JWT_TTL,
+        "ver": user.token_version,
+    }
+    return jwt.encode(claims, secret(), algorithm="HS256")
 
 
 def _unauthorized(message):
@@ -163,9 +177,6 @@ def token_no_longer_valid():
     return _unauthorized("The token is no longer valid; log in again.")
 
 
-USER_ID_KEY = "stats_api.user_id"  # where the request's environ keeps it, for the access log
-
-
 def current_user(db, request, lock=False):
     """The user whose valid token came with the request; 401 for anything else.
 
@@ -174,15 +185,20 @@ def current_user(db, request, lock=False):
     header = request.environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("This needs an Authorization: Bearer <token> header; "
-                            "get a token from POST /login.")
+        raise _unauthorized(
+            "This needs an Authorization: Bearer <token> header; get a token from POST /login."
+        )
     try:
-        claims = jwt.decode(token.strip(), SECRET, algorithms=["HS256"],
-                            options={"require": ["exp", "iat", "sub", "ver"]})
+        claims = jwt.decode(
+            token.strip(),
+            secret(),
+            algorithms=["HS256"],
+            options={"require": ["exp", "iat", "sub", "ver"]},
+        )
     except jwt.ExpiredSignatureError:
-        raise _unauthorized("The token has expired; log in again.")
+        raise _unauthorized("The token has expired; log in again.") from None
     except jwt.InvalidTokenError:
-        raise _unauthorized("The token is not valid; log in again.")
+        raise _unauthorized("The token is not valid; log in again.") from None
     sub, version = claims["sub"], claims["ver"]
     if not (sub.isascii() and sub.isdigit()) or type(version) is not int:
         raise _unauthorized("The token is not valid; log in again.")

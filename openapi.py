@@ -3,9 +3,15 @@
 Request schemas are built from the same rules that validation.py enforces,
 so the document cannot drift from the server.
 """
+
 from models import MAX_ID
-from validation import (PASSWORD_CHANGE_FIELDS, READ_ONLY_USER_FIELDS, STATS_FIELDS,
-                        USER_FIELDS, object_schema)
+from validation import (
+    PASSWORD_CHANGE_FIELDS,
+    READ_ONLY_USER_FIELDS,
+    STATS_FIELDS,
+    USER_FIELDS,
+    object_schema,
+)
 
 
 def ref(name):
@@ -33,9 +39,13 @@ UNAUTHORIZED = answer("Missing, invalid or expired token", ERROR, ["WWW-Authenti
 FORBIDDEN = answer("The token belongs to another user", ERROR)
 NOT_FOUND = answer("No such user", ERROR)
 BEARER = [{"bearer": []}]
-ID_PARAMETER = {"name": "id", "in": "path", "required": True,
-                "description": "A positive integer below 2**63; any other id is a 404",
-                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
+ID_PARAMETER = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "A positive integer below 2**63; any other id is a 404",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+}
 # What the server writes, exactly.
 USER_PATH = "/users/[1-9][0-9]{0,18}"
 JWT = {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"}
@@ -49,75 +59,127 @@ read_only = {name: {"readOnly": True} for name in sorted(READ_ONLY_USER_FIELDS)}
 user_writable = {name: rule for name, rule in USER_FIELDS.items() if name != "password"}
 user_schema = {
     "type": "object",
-    "properties": {"id": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "readOnly": True},
-                   **{name: rule.schema() for name, rule in user_writable.items()},
-                   "self": {**path_string(), "readOnly": True},
-                   "stats": {**path_string("/stats"), "readOnly": True},
-                   "pdf": {**path_string("/pdf"), "readOnly": True}},
+    "properties": {
+        "id": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "readOnly": True},
+        **{name: rule.schema() for name, rule in user_writable.items()},
+        "self": {**path_string(), "readOnly": True},
+        "stats": {**path_string("/stats"), "readOnly": True},
+        "pdf": {**path_string("/pdf"), "readOnly": True},
+    },
     "required": ["id", *user_writable, "self", "stats", "pdf"],
     "additionalProperties": False,
 }
 user_update = object_schema(USER_FIELDS | PASSWORD_CHANGE_FIELDS, extra=read_only)
-user_update["dependentRequired"] = {"password": ["current_password"],
-                                    "current_password": ["password"]}
+user_update["dependentRequired"] = {
+    "password": ["current_password"],
+    "current_password": ["password"],
+}
 stats_schema = object_schema(STATS_FIELDS, required=list(STATS_FIELDS))
 
 SCHEMAS = {
-    "Error": {"type": "object", "required": ["success", "message"], "additionalProperties": False,
-              "properties": {"success": {"const": False},
-                             "message": {"type": "string", "minLength": 1}}},
+    "Error": {
+        "type": "object",
+        "required": ["success", "message"],
+        "additionalProperties": False,
+        "properties": {"success": {"const": False}, "message": {"type": "string", "minLength": 1}},
+    },
     "User": user_schema,
     "UserCreate": object_schema(USER_FIELDS, required=["username", "password"], extra=read_only),
     "UserUpdate": user_update,
-    "UserCreated": {"type": "object", "required": ["user", "token"],
-                    "additionalProperties": False,
-                    "properties": {"user": ref("User"), "token": JWT}},
+    "UserCreated": {
+        "type": "object",
+        "required": ["user", "token"],
+        "additionalProperties": False,
+        "properties": {"user": ref("User"), "token": JWT},
+    },
     "Stats": stats_schema,
     "StatsUpdate": object_schema(STATS_FIELDS),
     # Any non-empty strings are accepted here (a name no user can have is a 401, as
     # a wrong password is): only sign-up and changes hold them to the field rules.
-    "Login": {"type": "object", "required": ["username", "password"],
-              "additionalProperties": False,
-              "properties": {"username": {"type": "string", "minLength": 1},
-                             "password": {"type": "string", "minLength": 1}}},
-    "LoginOk": {"type": "object", "required": ["success", "token", "user"],
-                "additionalProperties": False,
-                "properties": {"success": {"const": True}, "token": JWT,
-                               "user": path_string()}},
-    "Health": {"type": "object", "required": ["status", "database", "broker"],
-               "additionalProperties": False,
-               "properties": {"status": {"enum": ["ok", "down"]},
-                              "database": {"enum": ["ok", "down"]},
-                              "broker": {"enum": ["ok", "down"]}}},
-    "ReportQueued": {"type": "object", "required": ["url", "status"],
-                     "additionalProperties": False,
-                     "properties": {"url": path_string("/pdf"), "status": {"const": "pending"}}},
-    "ReportPending": {"type": "object", "required": ["status"], "additionalProperties": False,
-                      "properties": {"status": {"const": "pending"}}},
+    "Login": {
+        "type": "object",
+        "required": ["username", "password"],
+        "additionalProperties": False,
+        "properties": {
+            "username": {"type": "string", "minLength": 1},
+            "password": {"type": "string", "minLength": 1},
+        },
+    },
+    "LoginOk": {
+        "type": "object",
+        "required": ["success", "token", "user"],
+        "additionalProperties": False,
+        "properties": {"success": {"const": True}, "token": JWT, "user": path_string()},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "database", "broker"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"enum": ["ok", "down"]},
+            "database": {"enum": ["ok", "down"]},
+            "broker": {"enum": ["ok", "down"]},
+        },
+    },
+    "ReportQueued": {
+        "type": "object",
+        "required": ["url", "status"],
+        "additionalProperties": False,
+        "properties": {"url": path_string("/pdf"), "status": {"const": "pending"}},
+    },
+    "ReportPending": {
+        "type": "object",
+        "required": ["status"],
+        "additionalProperties": False,
+        "properties": {"status": {"const": "pending"}},
+    },
 }
 
 # Each is sent on every response that lists it, except Link (only when more users follow).
 HEADERS = {
-    "Location": {"schema": {"type": "string", "pattern": f"^{USER_PATH}(/pdf)?$"},
-                 "required": True, "description": "Where the resource is"},
-    "Link": {"schema": {"type": "string",
-                        "pattern": r'^</users\?limit=[0-9]+&offset=[0-9]+>; rel="next"$'},
-             "description": 'The next page, rel="next", when more users follow'},
-    "X-Total-Count": {"schema": {"type": "integer", "minimum": 0}, "required": True,
-                      "description": "Number of users in all"},
-    "WWW-Authenticate": {"schema": {"const": "Bearer"}, "required": True,
-                         "description": "Bearer"},
-    "Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": True,
-                    "description": "Seconds to wait"},
-    "Cache-Control": {"schema": {"const": "no-store"}, "required": True,
-                      "description": "no-store: carries a token"},
-    "ETag": {"schema": {"type": "string", "pattern": '^"report-[1-9][0-9]*"$'},
-             "required": True, "description": "Identifies this report"},
-    "Last-Modified": {"schema": {"type": "string"}, "required": True,
-                      "description": "When it was made (an HTTP date)"},
+    "Location": {
+        "schema": {"type": "string", "pattern": f"^{USER_PATH}(/pdf)?$"},
+        "required": True,
+        "description": "Where the resource is",
+    },
+    "Link": {
+        "schema": {
+            "type": "string",
+            "pattern": r'^</users\?limit=[0-9]+&offset=[0-9]+>; rel="next"$',
+        },
+        "description": 'The next page, rel="next", when more users follow',
+    },
+    "X-Total-Count": {
+        "schema": {"type": "integer", "minimum": 0},
+        "required": True,
+        "description": "Number of users in all",
+    },
+    "WWW-Authenticate": {"schema": {"const": "Bearer"}, "required": True, "description": "Bearer"},
+    "Retry-After": {
+        "schema": {"type": "integer", "minimum": 1},
+        "required": True,
+        "description": "Seconds to wait",
+    },
+    "Cache-Control": {
+        "schema": {"const": "no-store"},
+        "required": True,
+        "description": "no-store: carries a token",
+    },
+    "ETag": {
+        "schema": {"type": "string", "pattern": '^"report-[1-9][0-9]*"$'},
+        "required": True,
+        "description": "Identifies this report",
+    },
+    "Last-Modified": {
+        "schema": {"type": "string"},
+        "required": True,
+        "description": "When it was made (an HTTP date)",
+    },
     "Content-Disposition": {
         "schema": {"type": "string", "pattern": r'^inline; filename="[A-Za-z0-9_.-]+_stats\.pdf"$'},
-        "required": True, "description": 'inline; filename="<username>_stats.pdf"'},
+        "required": True,
+        "description": 'inline; filename="<username>_stats.pdf"',
+    },
 }
 
 PATHS = {
@@ -125,91 +187,163 @@ PATHS = {
         "get": {
             "summary": "List users, ordered by id",
             "parameters": [
-                {"name": "limit", "in": "query",
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-                {"name": "offset", "in": "query",
-                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID, "default": 0}}],
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                },
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID, "default": 0},
+                },
+            ],
             "responses": {
-                "200": answer("A page of users", {"type": "array", "items": ref("User")},
-                              ["X-Total-Count", "Link"]),
-                "400": answer("Bad limit or offset", ERROR)}},
+                "200": answer(
+                    "A page of users",
+                    {"type": "array", "items": ref("User")},
+                    ["X-Total-Count", "Link"],
+                ),
+                "400": answer("Bad limit or offset", ERROR),
+            },
+        },
         "post": {
             "summary": "Sign up",
             "requestBody": {"required": True, "content": json_content(ref("UserCreate"))},
             "responses": {
-                "201": answer("Created, with a token", ref("UserCreated"),
-                              ["Location", "Cache-Control"]),
-                "400": BAD_REQUEST, "409": answer("Username taken", ERROR),
-                "413": TOO_LARGE}},
+                "201": answer(
+                    "Created, with a token", ref("UserCreated"), ["Location", "Cache-Control"]
+                ),
+                "400": BAD_REQUEST,
+                "409": answer("Username taken", ERROR),
+                "413": TOO_LARGE,
+            },
+        },
     },
     "/users/me": {
-        "get": {"summary": "The token's user", "security": BEARER,
-                "responses": {"200": answer("The user", ref("User")),
-                              "401": UNAUTHORIZED}},
+        "get": {
+            "summary": "The token's user",
+            "security": BEARER,
+            "responses": {"200": answer("The user", ref("User")), "401": UNAUTHORIZED},
+        },
     },
     "/users/{id}": {
         "parameters": [ID_PARAMETER],
-        "get": {"summary": "One user",
-                "responses": {"200": answer("The user", ref("User")), "404": NOT_FOUND}},
-        **{verb: {"summary": "Change the fields sent (a password change needs "
-                             "current_password and revokes older tokens)",
-                  "security": BEARER,
-                  "requestBody": {"required": True, "content": json_content(ref("UserUpdate"))},
-                  "responses": {"200": answer("The updated user", ref("User")),
-                                "400": BAD_REQUEST, "401": UNAUTHORIZED,
-                                "403": answer("Another user's token, or a wrong "
-                                              "current_password", ERROR),
-                                "404": NOT_FOUND, "409": answer("Username taken", ERROR),
-                                "413": TOO_LARGE}}
-           for verb in ("put", "patch")},
-        "delete": {"summary": "Delete the user, their stats and reports",
-                   "security": BEARER,
-                   "responses": {"204": {"description": "Deleted"}, "401": UNAUTHORIZED,
-                                 "403": FORBIDDEN, "404": NOT_FOUND}},
+        "get": {
+            "summary": "One user",
+            "responses": {"200": answer("The user", ref("User")), "404": NOT_FOUND},
+        },
+        **{
+            verb: {
+                "summary": "Change the fields sent (a password change needs "
+                "current_password and revokes older tokens)",
+                "security": BEARER,
+                "requestBody": {"required": True, "content": json_content(ref("UserUpdate"))},
+                "responses": {
+                    "200": answer("The updated user", ref("User")),
+                    "400": BAD_REQUEST,
+                    "401": UNAUTHORIZED,
+                    "403": answer("Another user's token, or a wrong current_password", ERROR),
+                    "404": NOT_FOUND,
+                    "409": answer("Username taken", ERROR),
+                    "413": TOO_LARGE,
+                },
+            }
+            for verb in ("put", "patch")
+        },
+        "delete": {
+            "summary": "Delete the user, their stats and reports",
+            "security": BEARER,
+            "responses": {
+                "204": {"description": "Deleted"},
+                "401": UNAUTHORIZED,
+                "403": FORBIDDEN,
+                "404": NOT_FOUND,
+            },
+        },
     },
     "/users/{id}/stats": {
         "parameters": [ID_PARAMETER],
-        "get": {"summary": "A user's stats", "security": BEARER,
-                "responses": {"200": answer("The stats", ref("Stats")),
-                              "401": UNAUTHORIZED, "404": NOT_FOUND}},
-        **{verb: {"summary": "Change the stats sent", "security": BEARER,
-                  "requestBody": {"required": True, "content": json_content(ref("StatsUpdate"))},
-                  "responses": {"200": answer("The updated stats", ref("Stats")),
-                                "400": BAD_REQUEST, "401": UNAUTHORIZED, "403": FORBIDDEN,
-                                "404": NOT_FOUND, "413": TOO_LARGE}}
-           for verb in ("put", "patch")},
+        "get": {
+            "summary": "A user's stats",
+            "security": BEARER,
+            "responses": {
+                "200": answer("The stats", ref("Stats")),
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+            },
+        },
+        **{
+            verb: {
+                "summary": "Change the stats sent",
+                "security": BEARER,
+                "requestBody": {"required": True, "content": json_content(ref("StatsUpdate"))},
+                "responses": {
+                    "200": answer("The updated stats", ref("Stats")),
+                    "400": BAD_REQUEST,
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN,
+                    "404": NOT_FOUND,
+                    "413": TOO_LARGE,
+                },
+            }
+            for verb in ("put", "patch")
+        },
     },
     "/users/{id}/pdf": {
         "parameters": [ID_PARAMETER],
-        "post": {"summary": "Queue a new report of the user's stats", "security": BEARER,
-                 "responses": {
-                     "202": answer("Queued, or already queued and not yet started (a job "
-                                   "being drawn has read the data: a new one is queued)",
-                                   ref("ReportQueued"), ["Location"]),
-                     "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND, "413": TOO_LARGE,
-                     "503": answer("The broker cannot take the job; nothing was queued",
-                                   ERROR, ["Retry-After"])}},
-        "get": {"summary": "The newest finished report", "security": BEARER,
-                "parameters": [{"name": "If-None-Match", "in": "header",
-                                "schema": {"type": "string"}},
-                               {"name": "If-Modified-Since", "in": "header",
-                                "schema": {"type": "string"}}],
-                "responses": {
-                    "200": {"description": "The report",
-                            "content": {"application/pdf": {"schema": {
-                                "type": "string", "contentMediaType": "application/pdf"}}},
-                            "headers": {name: {"$ref": f"#/components/headers/{name}"}
-                                        for name in ("ETag", "Last-Modified",
-                                                     "Content-Disposition")}},
-                    "202": answer("The first report is still being made",
-                                  ref("ReportPending"), ["Retry-After"]),
-                    # Bottle drops Last-Modified from a 304.
-                    "304": {"description": "Unchanged since the ETag or date given",
-                            "headers": {"ETag": {"$ref": "#/components/headers/ETag"}}},
-                    "401": UNAUTHORIZED,
-                    "404": answer("No such user, or no report was ever requested", ERROR),
-                    "409": answer("The last report failed and none exists; POST again",
-                                  ERROR)}},
+        "post": {
+            "summary": "Queue a new report of the user's stats",
+            "security": BEARER,
+            "responses": {
+                "202": answer(
+                    "Queued, or already queued and not yet started (a job "
+                    "being drawn has read the data: a new one is queued)",
+                    ref("ReportQueued"),
+                    ["Location"],
+                ),
+                "401": UNAUTHORIZED,
+                "403": FORBIDDEN,
+                "404": NOT_FOUND,
+                "413": TOO_LARGE,
+                "503": answer(
+                    "The broker cannot take the job; nothing was queued", ERROR, ["Retry-After"]
+                ),
+            },
+        },
+        "get": {
+            "summary": "The newest finished report",
+            "security": BEARER,
+            "parameters": [
+                {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                {"name": "If-Modified-Since", "in": "header", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "The report",
+                    "content": {
+                        "application/pdf": {
+                            "schema": {"type": "string", "contentMediaType": "application/pdf"}
+                        }
+                    },
+                    "headers": {
+                        name: {"$ref": f"#/components/headers/{name}"}
+                        for name in ("ETag", "Last-Modified", "Content-Disposition")
+                    },
+                },
+                "202": answer(
+                    "The first report is still being made", ref("ReportPending"), ["Retry-After"]
+                ),
+                # Bottle drops Last-Modified from a 304.
+                "304": {
+                    "description": "Unchanged since the ETag or date given",
+                    "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
+                },
+                "401": UNAUTHORIZED,
+                "404": answer("No such user, or no report was ever requested", ERROR),
+                "409": answer("The last report failed and none exists; POST again", ERROR),
+            },
+        },
     },
     "/login": {
         "post": {
@@ -217,21 +351,29 @@ PATHS = {
             "requestBody": {"required": True, "content": json_content(ref("Login"))},
             "responses": {
                 "200": answer("Logged in", ref("LoginOk"), ["Cache-Control"]),
-                "400": answer("Bad username or password (missing or not a non-empty string)",
-                              ERROR),
+                "400": answer(
+                    "Bad username or password (missing or not a non-empty string)", ERROR
+                ),
                 "401": answer("Bad username or password", ERROR, ["WWW-Authenticate"]),
                 "413": TOO_LARGE,
-                "429": answer("Too many failed logins for this username", ERROR,
-                              ["Retry-After"])}},
+                "429": answer("Too many failed logins for this username", ERROR, ["Retry-After"]),
+            },
+        },
     },
     "/healthz": {
-        "get": {"summary": "Is the service and what it needs up",
-                "responses": {"200": answer("All up", ref("Health")),
-                              "503": answer("A part is down", ref("Health"))}},
+        "get": {
+            "summary": "Is the service and what it needs up",
+            "responses": {
+                "200": answer("All up", ref("Health")),
+                "503": answer("A part is down", ref("Health")),
+            },
+        },
     },
     "/openapi.json": {
-        "get": {"summary": "This document",
-                "responses": {"200": answer("OpenAPI 3.1", {"type": "object"})}},
+        "get": {
+            "summary": "This document",
+            "responses": {"200": answer("OpenAPI 3.1", {"type": "object"})},
+        },
     },
 }
 
@@ -242,17 +384,19 @@ for _operations in PATHS.values():
 
 DOCUMENT = {
     "openapi": "3.1.0",
-    "info": {"title": "Game stats API", "version": "1.0.0",
-             "description": "Users, their game statistics, and PDF reports of them. "
-                            "Besides the operations below: OPTIONS on any of these paths "
-                            "is 204 with Allow, HEAD is GET without the body, and any "
-                            "other method is 405 with Allow. Request bodies are read as "
-                            "JSON whatever their Content-Type."},
+    "info": {
+        "title": "Game stats API",
+        "version": "1.0.0",
+        "description": "Users, their game statistics, and PDF reports of them. "
+        "Besides the operations below: OPTIONS on any of these paths "
+        "is 204 with Allow, HEAD is GET without the body, and any "
+        "other method is 405 with Allow. Request bodies are read as "
+        "JSON whatever their Content-Type.",
+    },
     "paths": PATHS,
     "components": {
         "schemas": SCHEMAS,
         "headers": HEADERS,
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                       "bearerFormat": "JWT"}},
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
     },
 }

@@ -3,11 +3,12 @@
 Only matplotlib's object API is used (never pyplot, which keeps global state
 and is not thread-safe), so reports can be drawn in any thread.
 """
+
 import io
 import logging
 from dataclasses import astuple, dataclass
-from functools import lru_cache
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from functools import cache, lru_cache
 
 import matplotlib
 from matplotlib import _afm
@@ -21,14 +22,21 @@ from matplotlib.patches import FancyBboxPatch, Rectangle, Wedge
 # The PDF core fonts are built into every reader: nothing to embed, and the
 # text stays text. They cover Latin-1 (cp1252) only: a report with other
 # characters embeds DejaVu Sans instead (see render).
-CORE_FONTS = {"pdf.use14corefonts": True, "font.family": "sans-serif",
-              "font.sans-serif": ["Helvetica"]}
-EMBEDDED_FONTS = {"pdf.use14corefonts": False, "pdf.fonttype": 42,
-                  "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"]}
+CORE_FONTS = {
+    "pdf.use14corefonts": True,
+    "font.family": "sans-serif",
+    "font.sans-serif": ["Helvetica"],
+}
+EMBEDDED_FONTS = {
+    "pdf.use14corefonts": False,
+    "pdf.fonttype": 42,
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans"],
+}
 matplotlib.rcParams.update(CORE_FONTS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parse_afm(path):
     with open(path, "rb") as file:
         return _afm.AFM(file)
@@ -36,6 +44,7 @@ def _parse_afm(path):
 
 # The PDF backend parses a core font's whole metrics file on every save, only
 # to read its name: a third of a report's time. Parse each file once.
+# (test_reports.ReportLibraryTest fails if a matplotlib upgrade makes this dead.)
 backend_pdf.AFM = lambda file: _parse_afm(file.name)
 # Helvetica has no "normal" weight entry in matplotlib's list; say it once, not per text.
 logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
@@ -83,7 +92,7 @@ def render(data, now=None):
 
 
 def _render(data, now):
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     figure = Figure(figsize=A4_INCHES)
     _header(figure, data)
     _cards(figure, data)
@@ -91,9 +100,14 @@ def _render(data, now):
     _win_share(figure, data)
     _text(figure, 0.08, 0.04, f"Generated {now:%Y-%m-%d %H:%M:%S} UTC", 9, color=MUTED)
     buffer = io.BytesIO()
-    FigureCanvasPdf(figure).print_pdf(buffer, metadata={
-        "Title": f"Game statistics of {data.username}", "Creator": "stats-api",
-        "CreationDate": now})
+    FigureCanvasPdf(figure).print_pdf(
+        buffer,
+        metadata={
+            "Title": f"Game statistics of {data.username}",
+            "Creator": "stats-api",
+            "CreationDate": now,
+        },
+    )
     return buffer.getvalue()
 
 
@@ -104,8 +118,15 @@ def _text(figure, x, y, content, size, width=None, bold=False, **style):
     """
     if width is not None:
         size = min(size, width * A4_INCHES[0] * 72 / _em_width(content, bold))
-    return figure.text(x, y, content, fontsize=size, fontweight="bold" if bold else "normal",
-                       parse_math=False, **style)
+    return figure.text(
+        x,
+        y,
+        content,
+        fontsize=size,
+        fontweight="bold" if bold else "normal",
+        parse_math=False,
+        **style,
+    )
 
 
 def _em_width(content, bold):
@@ -127,32 +148,41 @@ def _helvetica(bold):
 
 
 def _header(figure, data):
-    figure.add_artist(Rectangle((0, 0.87), 1, 0.13, transform=figure.transFigure,
-                                facecolor=INK, edgecolor="none"))
+    figure.add_artist(
+        Rectangle((0, 0.87), 1, 0.13, transform=figure.transFigure, facecolor=INK, edgecolor="none")
+    )
     _text(figure, 0.08, 0.925, data.username, 28, width=0.84, bold=True, color="white")
     _text(figure, 0.08, 0.895, "Game statistics report", 12, color="#cbd2d9")
     _text(figure, 0.08, 0.83, f"Email: {data.email or 'not given'}", 11, width=0.84, color=INK)
-    _text(figure, 0.08, 0.805, f"Gender: {data.gender or 'not given'}", 11, width=0.84,
-          color=INK)
+    _text(figure, 0.08, 0.805, f"Gender: {data.gender or 'not given'}", 11, width=0.84, color=INK)
 
 
 def _cards(figure, data):
     rate = win_rate(data.victory_count, data.loss_count)
-    cards = [("Victories", f"{data.victory_count}", WIN),
-             ("Losses", f"{data.loss_count}", LOSS),
-             ("Sessions", f"{data.session_count}", INK),
-             (f"Total time ({data.total_time} s)", hours_and_minutes(data.total_time), INK),
-             ("Games played", f"{data.victory_count + data.loss_count}", INK),
-             ("Win rate", "no games yet" if rate is None else f"{rate:.1%}", INK)]
+    cards = [
+        ("Victories", f"{data.victory_count}", WIN),
+        ("Losses", f"{data.loss_count}", LOSS),
+        ("Sessions", f"{data.session_count}", INK),
+        (f"Total time ({data.total_time} s)", hours_and_minutes(data.total_time), INK),
+        ("Games played", f"{data.victory_count + data.loss_count}", INK),
+        ("Win rate", "no games yet" if rate is None else f"{rate:.1%}", INK),
+    ]
     width, gap, height = 0.84, 0.012, 0.085
     card_width = (width - gap * 2) / 3
     for index, (label, value, color) in enumerate(cards):
         row, column = divmod(index, 3)
         x, y = 0.08 + column * (card_width + gap), 0.66 - row * (height + gap)
-        figure.add_artist(FancyBboxPatch((x, y), card_width, height,
-                                         boxstyle="round,pad=0,rounding_size=0.008",
-                                         transform=figure.transFigure,
-                                         facecolor=PANEL, edgecolor="none"))
+        figure.add_artist(
+            FancyBboxPatch(
+                (x, y),
+                card_width,
+                height,
+                boxstyle="round,pad=0,rounding_size=0.008",
+                transform=figure.transFigure,
+                facecolor=PANEL,
+                edgecolor="none",
+            )
+        )
         inside = card_width - 0.04
         _text(figure, x + 0.02, y + 0.055, label, 10, width=inside, color=MUTED)
         _text(figure, x + 0.02, y + 0.018, value, 17, width=inside, bold=True, color=color)
@@ -160,6 +190,7 @@ def _cards(figure, data):
 
 # The charts are drawn with patches in inches on the page rather than in
 # Axes: an Axes costs more than the rest of the page (ticks, locators, layout).
+
 
 def _bar_chart(figure, data):
     _text(figure, 0.08, 0.47, "Victories against losses", 13, color=INK)
@@ -170,15 +201,33 @@ def _bar_chart(figure, data):
     for index, (count, label, color) in enumerate(counts):
         x = left + 0.1 + index * (bar_width + gap)
         height = (top - base) * count / tallest
-        figure.add_artist(Rectangle((x, base), bar_width, height, transform=inches,
-                                    facecolor=color, edgecolor="none"))
+        figure.add_artist(
+            Rectangle(
+                (x, base), bar_width, height, transform=inches, facecolor=color, edgecolor="none"
+            )
+        )
         center = x + bar_width / 2
-        _text(figure, center, base + height + 0.08, f"{count}", 11,
-              width=(bar_width + gap) / A4_INCHES[0], transform=inches, ha="center", color=INK)
-        _text(figure, center, base - 0.22, label, 11, transform=inches, ha="center",
-              color=MUTED)
-    figure.add_artist(Line2D([left, left + 0.2 + 2 * bar_width + gap], [base, base],
-                             transform=inches, color=INK, linewidth=0.8))
+        _text(
+            figure,
+            center,
+            base + height + 0.08,
+            f"{count}",
+            11,
+            width=(bar_width + gap) / A4_INCHES[0],
+            transform=inches,
+            ha="center",
+            color=INK,
+        )
+        _text(figure, center, base - 0.22, label, 11, transform=inches, ha="center", color=MUTED)
+    figure.add_artist(
+        Line2D(
+            [left, left + 0.2 + 2 * bar_width + gap],
+            [base, base],
+            transform=inches,
+            color=INK,
+            linewidth=0.8,
+        )
+    )
 
 
 def _win_share(figure, data):
@@ -191,12 +240,41 @@ def _win_share(figure, data):
         # Clockwise from the top: victories first, then losses.
         for start, end, color in ((90 - won, 90, WIN), (-270, 90 - won, LOSS)):
             if end > start:
-                figure.add_artist(Wedge(center, radius, start, end, width=0.42,
-                                        transform=inches, facecolor=color,
-                                        edgecolor="white", linewidth=1.5))
+                figure.add_artist(
+                    Wedge(
+                        center,
+                        radius,
+                        start,
+                        end,
+                        width=0.42,
+                        transform=inches,
+                        facecolor=color,
+                        edgecolor="white",
+                        linewidth=1.5,
+                    )
+                )
     else:
-        figure.add_artist(Wedge(center, radius, 0, 360, width=0.42, transform=inches,
-                                facecolor=PANEL, edgecolor="none"))
+        figure.add_artist(
+            Wedge(
+                center,
+                radius,
+                0,
+                360,
+                width=0.42,
+                transform=inches,
+                facecolor=PANEL,
+                edgecolor="none",
+            )
+        )
     rate = win_rate(data.victory_count, data.loss_count)
-    _text(figure, *center, "-" if rate is None else f"{rate:.0%}", 20, bold=True,
-          transform=inches, ha="center", va="center", color=INK)
+    _text(
+        figure,
+        *center,
+        "-" if rate is None else f"{rate:.0%}",
+        20,
+        bold=True,
+        transform=inches,
+        ha="center",
+        va="center",
+        color=INK,
+    )

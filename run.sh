@@ -2,8 +2,9 @@
 # ./run.sh          serve the API on $HOST:$PORT (127.0.0.1:5000)
 # ./run.sh worker   run a PDF worker (for BROKER_URL=amqp://...)
 # ./run.sh test     run every test
-# ./run.sh bench    run the benchmark (bench.py; --quick for a smoke run), write BENCHMARKS.md
-# ./run.sh soak [SECONDS]  mixed load on server and two workers on RabbitMQ (soak.py; 60 s)
+# ./run.sh lint     check the code with ruff (lint rules and formatting)
+# ./run.sh bench    run the benchmark (tools/bench.py; --quick for a smoke run), write BENCHMARKS.md
+# ./run.sh soak [SECONDS]  mixed load on server and two workers on RabbitMQ (tools/soak.py; 60 s)
 # Each first makes .venv and installs the requirements when they changed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,6 +13,19 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "Python 3.11 or newer is needed (set PYTHON=...)" >&2; exit 1; }
 
+make_venv() {  # a .venv made by this very interpreter, with pip; else start it over
+  local made_by=".venv/.made-by-$("$PYTHON" -c 'import sys; print(sys.executable)' | sha256sum | cut -c1-16)"
+  [ -e "$made_by" ] && [ -x .venv/bin/python ] && return
+  rm -rf .venv
+  if ! "$PYTHON" -m venv .venv || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    rm -rf .venv  # half made: the next run must not take it for a working one
+    echo "Could not make a virtual environment with pip in .venv using $PYTHON." >&2
+    echo "On Debian or Ubuntu: apt-get install python3-venv (or set PYTHON=...)." >&2
+    exit 1
+  fi
+  touch "$made_by"
+}
+
 install() {  # install requirement files into .venv unless already done for this content
   local stamp=".venv/.installed-$(cat "$@" | sha256sum | cut -c1-16)"
   [ -e "$stamp" ] && return
@@ -19,16 +33,18 @@ install() {  # install requirement files into .venv unless already done for this
   touch "$stamp"
 }
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+make_venv
 command=${1:-serve}
 case "$command" in
   serve)  install requirements.txt; exec .venv/bin/python server.py ;;
   worker) install requirements.txt; exec .venv/bin/python worker.py ;;
   test)   install requirements.txt requirements-dev.txt
           shift; exec .venv/bin/python -m unittest "${@:-discover}" ;;
+  lint)   install requirements.txt requirements-dev.txt
+          .venv/bin/ruff check . && exec .venv/bin/ruff format --check . ;;
   bench)  install requirements.txt requirements-dev.txt
-          shift; exec .venv/bin/python bench.py "$@" ;;
+          shift; exec .venv/bin/python tools/bench.py "$@" ;;
   soak)   install requirements.txt requirements-dev.txt
-          shift; exec .venv/bin/python soak.py "$@" ;;
-  *) echo "usage: ./run.sh [serve|worker|test|bench|soak]" >&2; exit 2 ;;
+          shift; exec .venv/bin/python tools/soak.py "$@" ;;
+  *) echo "usage: ./run.sh [serve|worker|test|lint|bench|soak]" >&2; exit 2 ;;
 esac

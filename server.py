@@ -1,38 +1,37 @@
-"""The HTTP API of CONTRACT.md: a Bottle app served by Waitress.
+"""The HTTP API of CONTRACT.md, route by route: a Bottle app.
 
 A request flows route -> body validation -> model -> (queue) -> response.
-Every answer is JSON (errors included); the few headers that every response
-carries, and its access-log line, come from `with_common_headers`, around
-the Bottle app; `main()` serves it until SIGTERM and then stops gracefully.
+Every answer is JSON (errors included), in one style (responses.py).
+serving.py serves the app on Waitress, adds the headers every response
+carries and its access-log line, and stops gracefully; main() starts it all.
 """
-import ctypes
-import json
+
 import logging
-import os
-import signal
-import sys
-import threading
-import time
 from email.utils import formatdate
-from urllib.parse import quote
 
 import bottle
-import waitress
-import waitress.utilities
-from waitress import wasyncore
 from bottle import HTTPError, request, response
-
 
 import auth
 import config
+import database
 import jobs
 import models
 import openapi
-from errors import ApiError, error_body
+import reports
+import serving
 from models import MAX_ID
-from validation import (MAX_BODY, PASSWORD_CHANGE_FIELDS, READ_ONLY_USER_FIELDS,
-                        STATS_FIELDS, USER_FIELDS, checked_fields, json_object,
-                        reject_unknown_fields)
+from responses import ApiError, error_body, json_response, json_text_response, to_json
+from validation import (
+    MAX_BODY,
+    PASSWORD_CHANGE_FIELDS,
+    READ_ONLY_USER_FIELDS,
+    STATS_FIELDS,
+    USER_FIELDS,
+    checked_fields,
+    json_object,
+    reject_unknown_fields,
+)
 
 log = logging.getLogger("server")
 
@@ -42,18 +41,6 @@ bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
 # Ids are positive and fit a signed 64-bit column (checked in models.find_user);
 # anything else is simply not a route, hence a 404.
 app.router.add_filter("id", lambda _conf: (r"[1-9][0-9]{0,18}", int, str))
-
-
-def json_response(data, status=200, headers=None):
-    return json_text_response(json.dumps(data), status, headers)
-
-
-def json_text_response(text, status=200, headers=None):
-    response.status = status
-    response.content_type = "application/json"
-    for name, value in (headers or {}).items():
-        response.set_header(name, str(value))
-    return text
 
 
 def no_such_user(user_id):
@@ -85,11 +72,12 @@ def username_taken(username):
 
 # Users
 
+
 @app.get("/users")
 def list_users():
     limit = query_int("limit", default=100, minimum=1, maximum=1000)
     offset = query_int("offset", default=0, minimum=0, maximum=MAX_ID)
-    with models.reading() as db:
+    with database.reading() as db:
         total, page = models.page_of_users(db, limit, offset)
     headers = {"X-Total-Count": total}
     if offset + limit < total:
@@ -108,23 +96,25 @@ def query_int(name, default, minimum, maximum):
 
 @app.post("/users")
 def create_user():
-    fields = checked_fields(json_object(), USER_FIELDS, ignored=READ_ONLY_USER_FIELDS,
-                            required=("username", "password"))
+    fields = checked_fields(
+        json_object(), USER_FIELDS, ignored=READ_ONLY_USER_FIELDS, required=("username", "password")
+    )
     fields["password_hash"] = auth.hash_password(fields.pop("password"))
     try:
-        with models.writing() as db:
+        with database.writing() as db:
             user_id = models.create_user(db, fields)
             user, representation = models.find_user(db, user_id), models.user_json(db, user_id)
-    except models.IntegrityError:
-        raise username_taken(fields["username"])
-    body = f'{{"user": {representation}, "token": {json.dumps(auth.issue_token(user))}}}'
-    return json_text_response(body, 201, {"Location": f"/users/{user_id}",
-                                          "Cache-Control": "no-store"})
+    except database.IntegrityError:
+        raise username_taken(fields["username"]) from None
+    body = f'{{"user":{representation},"token":{to_json(auth.issue_token(user))}}}'
+    return json_text_response(
+        body, 201, {"Location": f"/users/{user_id}", "Cache-Control": "no-store"}
+    )
 
 
 @app.get("/users/me")
 def get_me():
-    with models.reading() as db:
+    with database.reading() as db:
         representation = models.user_json(db, auth.current_user(db, request).id)
     if representation is None:  # deleted since its token was checked
         raise auth.token_no_longer_valid()
@@ -133,7 +123,7 @@ def get_me():
 
 @app.get("/users/<user_id:id>")
 def get_user(user_id):
-    with models.reading() as db:
+    with database.reading() as db:
         representation = models.user_json(db, user_id)
     if representation is None:
         raise no_such_user(user_id)
@@ -142,22 +132,23 @@ def get_user(user_id):
 
 @app.route("/users/<user_id:id>", method=["PUT", "PATCH"])
 def update_user(user_id):
-    with models.reading() as db:
+    with database.reading() as db:
         stored_hash = owned_user(db, user_id, lock=False).password_hash
-    fields = checked_fields(json_object(), USER_FIELDS | PASSWORD_CHANGE_FIELDS,
-                            ignored=READ_ONLY_USER_FIELDS)
+    fields = checked_fields(
+        json_object(), USER_FIELDS | PASSWORD_CHANGE_FIELDS, ignored=READ_ONLY_USER_FIELDS
+    )
     if "password" in fields:
         # Hash outside the write transaction: scrypt is slow on purpose.
         fields["password_hash"] = new_password_hash(fields, stored_hash)
     elif "current_password" in fields:
         raise ApiError(400, "'current_password' is accepted only beside 'password'.")
     try:
-        with models.writing() as db:
+        with database.writing() as db:
             owned_user(db, user_id)  # again: a password change meanwhile revoked the token
             models.update_user(db, user_id, fields)
             representation = models.user_json(db, user_id)
-    except models.IntegrityError:
-        raise username_taken(fields["username"])
+    except database.IntegrityError:
+        raise username_taken(fields["username"]) from None
     return json_text_response(representation)
 
 
@@ -172,7 +163,7 @@ def new_password_hash(fields, stored_hash):
 
 @app.delete("/users/<user_id:id>")
 def delete_user(user_id):
-    with models.writing() as db:
+    with database.writing() as db:
         owned_user(db, user_id)
         models.delete_user(db, user_id)
     response.status = 204
@@ -181,9 +172,10 @@ def delete_user(user_id):
 
 # Stats
 
+
 @app.get("/users/<user_id:id>/stats")
 def get_stats(user_id):
-    with models.reading() as db:
+    with database.reading() as db:
         auth.current_user(db, request)
         stats = models.find_stats(db, user_id)
     if stats is None:
@@ -193,18 +185,14 @@ def get_stats(user_id):
 
 @app.route("/users/<user_id:id>/stats", method=["PUT", "PATCH"])
 def update_stats(user_id):
-    with models.writing() as db:
+    with database.writing() as db:
         owned_user(db, user_id)
         fields = checked_fields(json_object(), STATS_FIELDS)
         return json_response(models.stats_json(models.update_stats(db, user_id, fields)))
 
 
-# PDF reports: POST queues a job for a worker; GET serves the newest finished one.
-
-# A job still pending after this long was probably lost between commit and
-# publish (a crash): the next POST queues it again. Workers drop a duplicate
-# of a finished job; one of a job in hand is rendered again, as a redelivery is.
-REPUBLISH_AFTER = 60  # seconds
+# PDF reports: POST queues a job for a worker; GET serves the newest finished
+# one. A report's states, and who moves it between them: reports.py.
 
 
 @app.post("/users/<user_id:id>/pdf")
@@ -213,39 +201,34 @@ def request_report(user_id):
     accepted = json_response({"url": url, "status": "pending"}, 202, {"Location": url})
     # The owner's row is locked (PostgreSQL) or the write is alone (SQLite):
     # the user's POSTs come one at a time here.
-    with models.writing() as db:
+    with database.writing() as db:
         owned_user(db, user_id)
-        pending = models.pending_report(db, user_id)
-        if pending and pending.published_at > time.time() - REPUBLISH_AFTER:
-            # Already queued, and no worker has read the data yet: one job will do.
-            return accepted
-        report_id = models.queue_report(db, user_id, pending and pending.id)
+        report_id = reports.queue(db, user_id)
+    if report_id is None:
+        return accepted  # its job is queued, and has not read the data yet
     try:
         jobs.publish(report_id, user_id)
     except jobs.BrokerUnavailable:
-        with models.writing() as db:
-            models.forget_pending_report(db, report_id)
-        raise ApiError(503, "The report queue is unavailable right now; try again shortly.",
-                       Retry_After=5)
+        with database.writing() as db:
+            reports.forget(db, report_id)
+        raise ApiError(
+            503, "The report queue is unavailable right now; try again shortly.", Retry_After=5
+        ) from None
     return accepted
 
 
 @app.get("/users/<user_id:id>/pdf")
 def get_report(user_id):
-    with models.reading() as db:
+    with database.reading() as db:
         auth.current_user(db, request)
         user = user_or_404(db, user_id)
-        # Newest first, then the newest done: a report finishing between the two
-        # queries (each sees the latest commit) is then simply served.
-        latest = models.newest_report(db, user_id)
-        done = latest if latest and latest.state == "done" else \
-            models.newest_report(db, user_id, state="done")
+        latest, done = reports.newest_and_newest_done(db, user_id)
         if done is None:
-            raise report_not_ready(latest, user_id)
+            return report_not_ready(latest, user_id)
         if not_modified(report_etag(done), done.finished_at):
-            raise bottle.HTTPResponse(status=304, headers=report_headers(done))
+            return bottle.HTTPResponse(status=304, headers=report_headers(done))
         # Read again with its PDF: a newer report may have replaced this one meanwhile.
-        done = models.newest_pdf(db, user_id)
+        done = reports.newest_pdf(db, user_id)
         if done is None:
             raise no_such_user(user_id)  # deleted meanwhile, reports and all
     response.content_type = "application/pdf"
@@ -260,19 +243,28 @@ def report_etag(report):
 
 
 def report_headers(report):
-    return {"ETag": report_etag(report),
-            "Last-Modified": formatdate(report.finished_at, usegmt=True)}
+    return {
+        "ETag": report_etag(report),
+        "Last-Modified": formatdate(report.finished_at, usegmt=True),
+    }
 
 
 def report_not_ready(latest, user_id):
     if latest is None:
-        return ApiError(404, f"No report was ever requested for user {user_id}; "
-                             f"POST /users/{user_id}/pdf to request one.")
-    if latest.state in models.UNFINISHED:
-        return bottle.HTTPResponse(json.dumps({"status": "pending"}), 202,
-                                   {"Content-Type": "application/json", "Retry-After": "1"})
-    return ApiError(409, f"The last report failed: {latest.error}. "
-                         f"POST /users/{user_id}/pdf to try again.")
+        return ApiError(
+            404,
+            f"No report was ever requested for user {user_id}; "
+            f"POST /users/{user_id}/pdf to request one.",
+        )
+    if latest.state in reports.UNFINISHED:
+        return bottle.HTTPResponse(
+            to_json({"status": "pending"}),
+            202,
+            {"Content-Type": "application/json", "Retry-After": "1"},
+        )
+    return ApiError(
+        409, f"The last report failed: {latest.error}. POST /users/{user_id}/pdf to try again."
+    )
 
 
 def not_modified(etag, finished_at):
@@ -302,26 +294,33 @@ def login():
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
     wait, attempt = auth.start_login_attempt(username)
     if wait:
-        raise ApiError(429, f"Too many failed logins for '{username}'; "
-                            f"try again in {wait} seconds.", Retry_After=wait)
+        raise ApiError(
+            429,
+            f"Too many failed logins for '{username}'; try again in {wait} seconds.",
+            Retry_After=wait,
+        )
     # Should this fail (the database), the attempt is left in flight, and
     # stops counting after auth.ATTEMPT_TIMEOUT: it is never taken for a failure.
-    with models.reading() as db:
+    with database.reading() as db:
         user = auth.check_login(db, username, password)
     auth.end_login_attempt(username, attempt, failed=user is None)
     if user is None:
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
-    return json_response({"success": True, "token": auth.issue_token(user),
-                          "user": f"/users/{user.id}"},
-                         headers={"Cache-Control": "no-store"})
+    return json_response(
+        {"success": True, "token": auth.issue_token(user), "user": f"/users/{user.id}"},
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 # Service
 
+
 @app.get("/healthz")
 def healthz():
-    parts = {"database": "ok" if models.database_is_up() else "down",
-             "broker": "ok" if jobs.broker_is_up() else "down"}
+    parts = {
+        "database": "ok" if models.database_is_up() else "down",
+        "broker": "ok" if jobs.broker_is_up() else "down",
+    }
     up = all(state == "ok" for state in parts.values())
     return json_response({"status": "ok" if up else "down", **parts}, 200 if up else 503)
 
@@ -374,8 +373,7 @@ def json_error_page(error):
     if error.status_code == 405:
         response.set_header("Allow", allowed_methods(request.path))
     if error.status_code == 500:
-        log.error("Unhandled error on %s %s\n%s", request.method, request.path,
-                  error.traceback)
+        log.error("Unhandled error on %s %s\n%s", request.method, request.path, error.traceback)
     response.content_type = "application/json"
     return error_body(ERROR_MESSAGES.get(error.status_code, error.status_line))
 
@@ -384,157 +382,30 @@ app.default_error_handler = json_error_page
 app.catchall = True
 
 
-EXPOSED_HEADERS = "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After"
-
-
-# Characters a path keeps as they are in the log; any other is percent-encoded.
-PATH_AS_IS = "/!$&'()*+,;=:@"
-ACCESS_PATH_LIMIT = 1024  # characters: a long path cannot push the line's end out
-
-
-def log_access(method, path, status, milliseconds, user_id):
-    """One line per request on stderr: "<epoch> access GET /users/1 200 0.4ms user=1".
-
-    The path (without its query, so never a token) is percent-encoded again
-    from the bytes that came: a space or a newline in it cannot forge a field
-    or a line. Written straight to the file descriptor, not through logging: a
-    log record cost 15% of a GET /users/{id} (py-spy). A line is one write(),
-    under 4 KiB, which a pipe never mixes with another thread's.
-    """
-    # PEP 3333: PATH_INFO holds the request's bytes, decoded as latin-1.
-    path = quote(path[:ACCESS_PATH_LIMIT].encode("latin-1", "replace"), safe=PATH_AS_IS)
-    line = f"{time.time():.3f} access {method} {path} {status} {milliseconds:.1f}ms user={user_id}\n"
-    try:
-        os.write(2, line.encode("ascii", "replace"))
-    except OSError:
-        pass  # a log that cannot be written must not fail a request that succeeded
-
-
-def with_common_headers(wsgi_app):
-    """Adds nosniff everywhere and CORS headers for the allowed origins; logs each request."""
-    def wrapped(environ, start_response):
-        started = time.perf_counter()
-        answered = []
-
-        def start(status, headers, exc_info=None):
-            answered.append(status[:3])
-            headers.append(("X-Content-Type-Options", "nosniff"))
-            if status.startswith(("204", "304")):
-                headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-            origin = environ.get("HTTP_ORIGIN", "").rstrip("/")
-            if config.CORS_ORIGINS:
-                headers.append(("Vary", "Origin"))
-            if origin and origin in config.CORS_ORIGINS:
-                headers += cors_headers(origin, environ, headers)
-            return start_response(status, headers, exc_info)
-        body = wsgi_app(environ, start)  # Bottle has the whole body ready by now
-        log_access(environ["REQUEST_METHOD"][:16], environ.get("PATH_INFO", ""),
-                   answered[0] if answered else "-",
-                   (time.perf_counter() - started) * 1000, environ.get(auth.USER_ID_KEY, "-"))
-        return body
-    return wrapped
-
-
-def cors_headers(origin, environ, headers):
-    extra = [("Access-Control-Allow-Origin", origin),
-             ("Access-Control-Expose-Headers", EXPOSED_HEADERS)]
-    if environ["REQUEST_METHOD"] == "OPTIONS":
-        allow = dict((k.lower(), v) for k, v in headers).get("allow")
-        if allow:
-            extra += [("Access-Control-Allow-Methods", allow),
-                      ("Access-Control-Allow-Headers",
-                       "Authorization, Content-Type, If-None-Match"),
-                      ("Access-Control-Max-Age", "600")]
-    return extra
-
-
-def json_waitress_errors():
-    """Waitress answers malformed HTTP itself, in plain text; make that JSON too."""
-    def to_response(self, ident=None):
-        body = error_body(f"{self.reason}: {self.body}").encode("utf-8")
-        return (f"{self.code} {self.reason}",
-                [("Content-Type", "application/json"),
-                 ("X-Content-Type-Options", "nosniff")], body)
-    waitress.utilities.Error.to_response = to_response
-
-
-application = with_common_headers(app)
-
-
-def limit_malloc_arenas():
-    """glibc gives each thread its own malloc arena; with 8+ threads that is
-    megabytes of mostly empty memory. Two arenas serve a GIL-bound process."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to limit
-
-
 def main():
-    limit_malloc_arenas()
-    # Every SQLite call lets go of the GIL, and taking it back waits out the
-    # switch interval of whichever thread holds it (5 ms by default): with 8
-    # threads that convoy cut throughput sevenfold. Hand the GIL over sooner.
-    sys.setswitchinterval(0.00002)
+    serving.tune_process()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # "Task queue depth is N" on every request while all threads are busy: load, not news.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     models.create_tables()
+    auth.secret()  # made now, if it must be generated: not on the first request
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
-    json_waitress_errors()
     if config.BROKER_URL.startswith("memory://"):
         requeue_unfinished_reports()
     embedded_worker = None
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib
+
         embedded_worker = worker.start_in_thread()
-    server = waitress.create_server(application, host=config.HOST, port=config.PORT,
-                                    threads=config.WEB_THREADS, ident="")
-    log.info("serving on http://%s:%s", config.HOST, config.PORT)
-    serve_until_signalled(server, embedded_worker)
+    serving.serve(app, on_stop=embedded_worker and embedded_worker.stop)
 
 
 def requeue_unfinished_reports():
     """The in-process broker lost its jobs with the last process: queue them again."""
-    with models.reading() as db:
-        unfinished = models.all_unfinished_reports(db)
+    with database.reading() as db:
+        unfinished = reports.all_unfinished(db)
     for report in unfinished:
         jobs.publish(report.id, report.user_id)
     if unfinished:
         log.info("queued %d unfinished report(s) again", len(unfinished))
-
-
-def serve_until_signalled(server, embedded_worker, drain_seconds=8):
-    """Serve until SIGTERM or SIGINT; then stop accepting, finish what is in
-    flight (at most drain_seconds), and stop the embedded worker."""
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    # waitress.serve() has no graceful stop: run its event loop ourselves.
-    # (server._map, its channels, is what that loop serves.)
-    while not stopping.is_set():
-        wasyncore.loop(timeout=0.2, map=server._map, count=1)
-    log.info("stopping: no new connections, finishing requests in flight")
-    server.del_channel()
-    server.socket.close()
-    deadline = time.monotonic() + drain_seconds
-    # Until two polls in a row find nothing in flight: a request whose bytes
-    # had arrived but were not read yet shows up only after a poll.
-    quiet_polls = 0
-    while quiet_polls < 2 and time.monotonic() < deadline:
-        wasyncore.loop(timeout=0.05, map=server._map, count=1)
-        quiet_polls = 0 if requests_in_flight(server) else quiet_polls + 1
-    server.task_dispatcher.shutdown(timeout=1)
-    if embedded_worker:
-        embedded_worker.stop(wait=deadline - time.monotonic())
-    log.info("stopped")
-
-
-def requests_in_flight(server):
-    dispatcher = server.task_dispatcher
-    return (dispatcher.active_count or dispatcher.queue
-            or any(getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0)
-                   for channel in list(server._map.values())))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Each test class starts `server.py` as a process on a free port, with a real
 SQLite file in a temporary folder, and talks to it with http.client.
 """
+
 import base64
 import http.client
 import json
@@ -17,15 +18,14 @@ import tempfile
 import threading
 import time
 import unittest
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from itertools import count, product
 from pathlib import Path
-
-from sqlalchemy import create_engine
 from urllib.parse import quote
 
 import jwt
+from sqlalchemy import create_engine
 
 PROJECT = Path(__file__).resolve().parent
 
@@ -67,8 +67,13 @@ class Process:
     def __init__(self, script, env, log_path):
         self.log_path = log_path
         self.log = open(log_path, "ab")
-        self.popen = subprocess.Popen([sys.executable, str(PROJECT / script)], env=env,
-                                      cwd=PROJECT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(
+            [sys.executable, str(PROJECT / script)],
+            env=env,
+            cwd=PROJECT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.popen.poll() is None:
@@ -193,8 +198,10 @@ def raw_exchange(port, data):
             received += chunk
     head, _, body = received.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.strip().lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in lines)}
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines)
+    }
     return int(status_line.split()[1]), headers, body
 
 
@@ -232,6 +239,7 @@ class ServiceClient:
 
 class ServiceTestCase(ServiceClient, unittest.TestCase):
     """One server for the whole class; each test makes the users it needs."""
+
     service_env = {}
 
     @classmethod
@@ -259,14 +267,19 @@ class ServiceTestCase(ServiceClient, unittest.TestCase):
     def assertJson(self, answer, status):
         """The JSON body of an answer that must have this status."""
         self.assertEqual(answer.status, status, answer.body)
-        self.assertTrue((answer.header("Content-Type") or "").startswith("application/json"),
-                        answer.header("Content-Type"))
+        self.assertTrue(
+            (answer.header("Content-Type") or "").startswith("application/json"),
+            answer.header("Content-Type"),
+        )
         return answer.json
 
     def assertUnauthorized(self, answer):
         self.assertError(answer, 401)
-        self.assertEqual((answer.header("WWW-Authenticate") or "").split(" ")[0], "Bearer",
-                         answer.header("WWW-Authenticate"))
+        self.assertEqual(
+            (answer.header("WWW-Authenticate") or "").split(" ")[0],
+            "Bearer",
+            answer.header("WWW-Authenticate"),
+        )
 
     def assertNoContent(self, answer):
         self.assertEqual(answer.status, 204, answer.body)
@@ -286,8 +299,9 @@ class ServiceTestCase(ServiceClient, unittest.TestCase):
         return self.assertJson(self.log_in(username, password), 200)["token"]
 
     def set_stats(self, user, token, **values):
-        return self.assertJson(self.request("PATCH", f"/users/{user['id']}/stats", values,
-                                            token=token), 200)
+        return self.assertJson(
+            self.request("PATCH", f"/users/{user['id']}/stats", values, token=token), 200
+        )
 
 
 class ApiTestCase(ServiceTestCase):
@@ -297,14 +311,17 @@ class ApiTestCase(ServiceTestCase):
     locked": an unexpected exception is a bug even when the client got an
     answer that looked fine.
     """
+
     # These tests make no reports: without the embedded PDF worker (and the
     # matplotlib it loads) a server starts twice as fast.
     service_env = {"EMBEDDED_WORKER": "off"}
     log_must_stay_clean = True
 
     def setUp(self):
-        self._log_marks = {process.log_path: Path(process.log_path).stat().st_size
-                           for process in self.service.processes}
+        self._log_marks = {
+            process.log_path: Path(process.log_path).stat().st_size
+            for process in self.service.processes
+        }
 
     def tearDown(self):
         if not self.log_must_stay_clean:
@@ -354,9 +371,14 @@ class ConventionsTest(ApiTestCase):
     def body_routes(self):
         """Every route that reads a JSON body, with what it needs to get that far."""
         mine = f"/users/{self.owner['id']}"
-        return [("POST", "/users", None), ("POST", "/login", None),
-                ("PUT", mine, self.token), ("PATCH", mine, self.token),
-                ("PUT", mine + "/stats", self.token), ("PATCH", mine + "/stats", self.token)]
+        return [
+            ("POST", "/users", None),
+            ("POST", "/login", None),
+            ("PUT", mine, self.token),
+            ("PATCH", mine, self.token),
+            ("PUT", mine + "/stats", self.token),
+            ("PATCH", mine + "/stats", self.token),
+        ]
 
     def assertOwnerUnchanged(self):
         self.assertEqual(self.fetch_user(self.owner["id"]), self.owner)
@@ -366,8 +388,9 @@ class ConventionsTest(ApiTestCase):
         """Each raw body, sent as JSON to each route that reads one: 400, and nothing changed."""
         for (method, path, token), (what, raw) in product(self.body_routes(), bodies.items()):
             with self.subTest(method=method, path=path, body=what):
-                answer = self.request(method, path, raw=raw, token=token,
-                                      headers={"Content-Type": "application/json"})
+                answer = self.request(
+                    method, path, raw=raw, token=token, headers={"Content-Type": "application/json"}
+                )
                 self.assertError(answer, 400)
         self.assertOwnerUnchanged()
 
@@ -382,29 +405,44 @@ class ConventionsTest(ApiTestCase):
             return self.request(method, path, raw=json.dumps(body).encode(), token=token)
 
         name = unique_name()
-        created = self.assertJson(send("POST", "/users", {"username": name, "password": "pw"}),
-                                  201)
+        created = self.assertJson(send("POST", "/users", {"username": name, "password": "pw"}), 201)
         self.assertEqual(created["user"]["username"], name)
         self.assertJson(send("POST", "/login", {"username": name, "password": "pw"}), 200)
         mine = f"/users/{self.owner['id']}"
-        self.assertEqual(self.assertJson(send("PATCH", mine, {"gender": "after"}, self.token),
-                                         200)["gender"], "after")
-        self.assertEqual(self.assertJson(send("PUT", mine + "/stats", {"loss_count": 3},
-                                              self.token), 200)["loss_count"], 3)
+        self.assertEqual(
+            self.assertJson(send("PATCH", mine, {"gender": "after"}, self.token), 200)["gender"],
+            "after",
+        )
+        self.assertEqual(
+            self.assertJson(send("PUT", mine + "/stats", {"loss_count": 3}, self.token), 200)[
+                "loss_count"
+            ],
+            3,
+        )
 
     def test_body_over_1_mib_is_413_json(self):
         too_big = b'{"gender": "' + b"a" * MAX_BODY + b'"}'
         for method, path, token in self.body_routes():
             with self.subTest(method=method, path=path):
-                answer = self.request(method, path, raw=too_big, token=token,
-                                      headers={"Content-Type": "application/json"})
+                answer = self.request(
+                    method,
+                    path,
+                    raw=too_big,
+                    token=token,
+                    headers={"Content-Type": "application/json"},
+                )
                 self.assertError(answer, 413)
         self.assertOwnerUnchanged()
 
     def test_chunked_body_over_1_mib_is_413_json(self):
         chunks = iter([b'{"gender": "'] + [b"a" * 65536] * 17 + [b'"}'])
-        answer = self.request("PATCH", f"/users/{self.owner['id']}", raw=chunks,
-                              token=self.token, headers={"Content-Type": "application/json"})
+        answer = self.request(
+            "PATCH",
+            f"/users/{self.owner['id']}",
+            raw=chunks,
+            token=self.token,
+            headers={"Content-Type": "application/json"},
+        )
         self.assertError(answer, 413)
         self.assertOwnerUnchanged()
 
@@ -413,14 +451,21 @@ class ConventionsTest(ApiTestCase):
         start = json.dumps({"username": name, "password": "pw"}).encode()[:-1]
         raw = start + b" " * (MAX_BODY - len(start) - 1) + b"}"
         self.assertEqual(len(raw), MAX_BODY)
-        answer = self.request("POST", "/users", raw=raw,
-                              headers={"Content-Type": "application/json"})
+        answer = self.request(
+            "POST", "/users", raw=raw, headers={"Content-Type": "application/json"}
+        )
         self.assertEqual(self.assertJson(answer, 201)["user"]["username"], name)
 
     def test_ids_that_are_not_positive_integers_are_404_json(self):
-        routes = [("GET", "/users/{}"), ("PUT", "/users/{}"), ("PATCH", "/users/{}"),
-                  ("DELETE", "/users/{}"), ("GET", "/users/{}/stats"),
-                  ("PUT", "/users/{}/stats"), ("PATCH", "/users/{}/stats")]
+        routes = [
+            ("GET", "/users/{}"),
+            ("PUT", "/users/{}"),
+            ("PATCH", "/users/{}"),
+            ("DELETE", "/users/{}"),
+            ("GET", "/users/{}/stats"),
+            ("PUT", "/users/{}/stats"),
+            ("PATCH", "/users/{}/stats"),
+        ]
         for bad_id, (method, template) in product(BAD_IDS, routes):
             with self.subTest(method=method, id=bad_id):
                 body = {} if method in ("PUT", "PATCH") else None
@@ -431,21 +476,31 @@ class ConventionsTest(ApiTestCase):
         for user_id in (NO_SUCH_ID, 2**63 - 1):
             with self.subTest(id=user_id):
                 self.assertError(self.request("GET", f"/users/{user_id}"), 404)
-                self.assertError(self.request("GET", f"/users/{user_id}/stats",
-                                              token=self.token), 404)
+                self.assertError(
+                    self.request("GET", f"/users/{user_id}/stats", token=self.token), 404
+                )
 
     def test_unknown_fields_are_400_naming_them(self):
         mine = f"/users/{self.owner['id']}"
         cases = [
-            ("POST", "/users", {"username": unique_name(), "password": "pw",
-                                "admin": True, "role": "root"}, None, ["admin", "role"]),
-            ("POST", "/login", {"username": self.owner["username"], "password": "secret-pw",
-                                "remember_me": True}, None, ["remember_me"]),
+            (
+                "POST",
+                "/users",
+                {"username": unique_name(), "password": "pw", "admin": True, "role": "root"},
+                None,
+                ["admin", "role"],
+            ),
+            (
+                "POST",
+                "/login",
+                {"username": self.owner["username"], "password": "secret-pw", "remember_me": True},
+                None,
+                ["remember_me"],
+            ),
             ("PUT", mine, {"gender": "x", "is_admin": True}, self.token, ["is_admin"]),
             ("PATCH", mine, {"password_hash": "x"}, self.token, ["password_hash"]),
             ("PUT", mine + "/stats", {"wins": 1}, self.token, ["wins"]),
-            ("PATCH", mine + "/stats", {"loss_count": 1, "user_id": 2}, self.token,
-             ["user_id"]),
+            ("PATCH", mine + "/stats", {"loss_count": 1, "user_id": 2}, self.token, ["user_id"]),
         ]
         for method, path, body, token, unknown in cases:
             with self.subTest(method=method, path=path):
@@ -457,9 +512,21 @@ class ConventionsTest(ApiTestCase):
 
     def test_read_only_fields_are_ignored(self):
         name = unique_name()
-        created = self.assertJson(self.request("POST", "/users", {
-            "username": name, "password": "pw", "id": NO_SUCH_ID,
-            "self": f"/users/{NO_SUCH_ID}", "stats": "x", "pdf": "y"}), 201)["user"]
+        created = self.assertJson(
+            self.request(
+                "POST",
+                "/users",
+                {
+                    "username": name,
+                    "password": "pw",
+                    "id": NO_SUCH_ID,
+                    "self": f"/users/{NO_SUCH_ID}",
+                    "stats": "x",
+                    "pdf": "y",
+                },
+            ),
+            201,
+        )["user"]
         self.assertNotEqual(created["id"], NO_SUCH_ID)
         self.assertEqual(created["self"], f"/users/{created['id']}")
         # A client may send back what it read, with a change.
@@ -468,22 +535,24 @@ class ConventionsTest(ApiTestCase):
             with self.subTest(verb=verb):
                 sent = {**read, "gender": verb, "id": NO_SUCH_ID, "stats": "/elsewhere"}
                 updated = self.assertJson(
-                    self.request(verb, f"/users/{self.owner['id']}", sent, token=self.token),
-                    200)
+                    self.request(verb, f"/users/{self.owner['id']}", sent, token=self.token), 200
+                )
                 self.assertEqual(updated, {**read, "gender": verb})
 
     def test_unknown_method_on_known_path_is_405_with_allow(self):
         mine = f"/users/{self.owner['id']}"
-        cases = [("DELETE", "/users", {"GET", "POST"}),
-                 ("PUT", "/users", {"GET", "POST"}),
-                 ("POST", mine, {"GET", "PUT", "PATCH", "DELETE"}),
-                 ("DELETE", "/users/me", {"GET"}),
-                 ("POST", mine + "/stats", {"GET", "PUT", "PATCH"}),
-                 ("DELETE", mine + "/stats", {"GET", "PUT", "PATCH"}),
-                 ("GET", "/login", {"POST"}),
-                 ("POST", "/healthz", {"GET"}),
-                 ("DELETE", "/openapi.json", {"GET"}),
-                 ("BREW", "/users", {"GET", "POST"})]
+        cases = [
+            ("DELETE", "/users", {"GET", "POST"}),
+            ("PUT", "/users", {"GET", "POST"}),
+            ("POST", mine, {"GET", "PUT", "PATCH", "DELETE"}),
+            ("DELETE", "/users/me", {"GET"}),
+            ("POST", mine + "/stats", {"GET", "PUT", "PATCH"}),
+            ("DELETE", mine + "/stats", {"GET", "PUT", "PATCH"}),
+            ("GET", "/login", {"POST"}),
+            ("POST", "/healthz", {"GET"}),
+            ("DELETE", "/openapi.json", {"GET"}),
+            ("BREW", "/users", {"GET", "POST"}),
+        ]
         for method, path, expected in cases:
             with self.subTest(method=method, path=path):
                 answer = self.request(method, path, token=self.token)
@@ -494,9 +563,14 @@ class ConventionsTest(ApiTestCase):
         self.assertOwnerUnchanged()
 
     def test_unknown_path_is_404_json(self):
-        for method, path in [("GET", "/"), ("GET", "/nope"), ("POST", "/nope"),
-                             ("GET", f"/users/{self.owner['id']}/nope"),
-                             ("GET", "/users/me/stats"), ("POST", "/login/extra")]:
+        for method, path in [
+            ("GET", "/"),
+            ("GET", "/nope"),
+            ("POST", "/nope"),
+            ("GET", f"/users/{self.owner['id']}/nope"),
+            ("GET", "/users/me/stats"),
+            ("POST", "/login/extra"),
+        ]:
             with self.subTest(method=method, path=path):
                 self.assertError(self.request(method, path, token=self.token), 404)
 
@@ -506,10 +580,12 @@ class ConventionsTest(ApiTestCase):
             "request line with extra words": b"GET /users HTTP/1.1 extra\r\n\r\n",
             "control bytes": b"\x00\x01\x02\r\n\r\n",
             "header without colon": b"GET /users HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-            "bad Content-Length": (b"POST /users HTTP/1.1\r\nHost: x\r\n"
-                                   b"Content-Length: abc\r\n\r\n"),
-            "bad chunk size": (b"POST /users HTTP/1.1\r\nHost: x\r\n"
-                               b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            "bad Content-Length": (
+                b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+            ),
+            "bad chunk size": (
+                b"POST /users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+            ),
         }
         for what, data in requests.items():
             with self.subTest(what):
@@ -524,41 +600,52 @@ class ConventionsTest(ApiTestCase):
         for token in (b"\xc3\x28", b"\xe9t\xe9"):
             with self.subTest(token=token):
                 status, headers, body = raw_exchange(
-                    self.service.port, b"GET /users/me HTTP/1.1\r\nHost: x\r\n"
-                    b"Authorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n")
+                    self.service.port,
+                    b"GET /users/me HTTP/1.1\r\nHost: x\r\n"
+                    b"Authorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n",
+                )
                 self.assertEqual(status, 401, body)
                 self.assertEqual(headers.get("www-authenticate"), "Bearer")
 
     def test_body_over_1_mib_is_413_even_where_no_body_is_read(self):
         user, token = self.sign_up()
-        answer = self.request("POST", f"/users/{user['id']}/pdf", token=token,
-                              raw=b"x" * (MAX_BODY + 1))
+        answer = self.request(
+            "POST", f"/users/{user['id']}/pdf", token=token, raw=b"x" * (MAX_BODY + 1)
+        )
         self.assertError(answer, 413)
 
     def test_routes_without_token_are_open(self):
         other, _ = self.sign_up()
         for method, path, body, status in [
-                ("GET", "/users", None, 200), ("GET", f"/users/{other['id']}", None, 200),
-                ("POST", "/users", {"username": unique_name(), "password": "pw"}, 201),
-                ("POST", "/login", {"username": other["username"], "password": "secret-pw"}, 200),
-                ("GET", "/healthz", None, 200), ("GET", "/openapi.json", None, 200),
-                ("OPTIONS", f"/users/{other['id']}/stats", None, 204)]:
+            ("GET", "/users", None, 200),
+            ("GET", f"/users/{other['id']}", None, 200),
+            ("POST", "/users", {"username": unique_name(), "password": "pw"}, 201),
+            ("POST", "/login", {"username": other["username"], "password": "secret-pw"}, 200),
+            ("GET", "/healthz", None, 200),
+            ("GET", "/openapi.json", None, 200),
+            ("OPTIONS", f"/users/{other['id']}/stats", None, 204),
+        ]:
             with self.subTest(method=method, path=path):
                 self.assertEqual(self.request(method, path, body).status, status)
 
     def test_routes_needing_a_token_are_401_without_one_and_change_nothing(self):
         mine = f"/users/{self.owner['id']}"
-        for method, path, body in [("GET", "/users/me", None), ("GET", mine + "/stats", None),
-                                   ("PUT", mine, {"gender": "x"}),
-                                   ("PATCH", mine, {"gender": "x"}), ("DELETE", mine, None),
-                                   ("PUT", mine + "/stats", {"loss_count": 1}),
-                                   ("PATCH", mine + "/stats", {"loss_count": 1})]:
+        for method, path, body in [
+            ("GET", "/users/me", None),
+            ("GET", mine + "/stats", None),
+            ("PUT", mine, {"gender": "x"}),
+            ("PATCH", mine, {"gender": "x"}),
+            ("DELETE", mine, None),
+            ("PUT", mine + "/stats", {"loss_count": 1}),
+            ("PATCH", mine + "/stats", {"loss_count": 1}),
+        ]:
             with self.subTest(method=method, path=path):
                 self.assertUnauthorized(self.request(method, path, body))
         self.assertOwnerUnchanged()
 
 
 # Users
+
 
 def email_of_length(length):
     """A plausible address of exactly `length` characters (labels <= 63, local part 64)."""
@@ -572,16 +659,35 @@ def email_of_length(length):
 
 # Each a field and a value that the contract's rules refuse.
 INVALID_USER_FIELDS = [
-    ("username", ""), ("username", "a" * 33), ("username", "with space"),
-    ("username", "sl/ash"), ("username", "ümlaut"), ("username", "nul\x00"),
-    ("username", 5), ("username", None), ("username", ["a"]),
-    ("password", ""), ("password", "p" * 257), ("password", 5), ("password", None),
-    ("email", "not-an-email"), ("email", "a@"), ("email", "two@@example.com"),
-    ("email", email_of_length(255)), ("email", 5), ("email", "a\x00@example.com"),
-    ("gender", "g" * 33), ("gender", 5), ("gender", "a\x00b"), ("gender", ["male"]),
-    ("profile_pic", "ftp://example.com/p.png"), ("profile_pic", "not a url"),
-    ("profile_pic", "javascript:alert(1)"), ("profile_pic", "https://"),
-    ("profile_pic", "https://example.com/" + "p" * 2029), ("profile_pic", 5),
+    ("username", ""),
+    ("username", "a" * 33),
+    ("username", "with space"),
+    ("username", "sl/ash"),
+    ("username", "ümlaut"),
+    ("username", "nul\x00"),
+    ("username", 5),
+    ("username", None),
+    ("username", ["a"]),
+    ("password", ""),
+    ("password", "p" * 257),
+    ("password", 5),
+    ("password", None),
+    ("email", "not-an-email"),
+    ("email", "a@"),
+    ("email", "two@@example.com"),
+    ("email", email_of_length(255)),
+    ("email", 5),
+    ("email", "a\x00@example.com"),
+    ("gender", "g" * 33),
+    ("gender", 5),
+    ("gender", "a\x00b"),
+    ("gender", ["male"]),
+    ("profile_pic", "ftp://example.com/p.png"),
+    ("profile_pic", "not a url"),
+    ("profile_pic", "javascript:alert(1)"),
+    ("profile_pic", "https://"),
+    ("profile_pic", "https://example.com/" + "p" * 2029),
+    ("profile_pic", 5),
 ]
 LONE_SURROGATE = "\ud800"
 
@@ -589,37 +695,54 @@ LONE_SURROGATE = "\ud800"
 class UsersTest(ApiTestCase):
     def test_sign_up_returns_user_token_and_location(self):
         name = unique_name()
-        answer = self.request("POST", "/users", {"username": name, "password": "pw",
-                                                 "email": "a@example.com"})
+        answer = self.request(
+            "POST", "/users", {"username": name, "password": "pw", "email": "a@example.com"}
+        )
         self.assertEqual(answer.status, 201)
         user = answer.json["user"]
         self.assertEqual(answer.header("Location"), f"/users/{user['id']}")
         self.assertEqual(answer.header("Cache-Control"), "no-store")
-        self.assertEqual(user, {"id": user["id"], "username": name, "email": "a@example.com",
-                                "gender": None, "profile_pic": None,
-                                "self": f"/users/{user['id']}",
-                                "stats": f"/users/{user['id']}/stats",
-                                "pdf": f"/users/{user['id']}/pdf"})
+        self.assertEqual(
+            user,
+            {
+                "id": user["id"],
+                "username": name,
+                "email": "a@example.com",
+                "gender": None,
+                "profile_pic": None,
+                "self": f"/users/{user['id']}",
+                "stats": f"/users/{user['id']}/stats",
+                "pdf": f"/users/{user['id']}/pdf",
+            },
+        )
         me = self.request("GET", "/users/me", token=answer.json["token"])
         self.assertEqual(me.json, user)
 
     def test_sign_up_accepts_every_field_at_its_limit(self):
         name = unique_name("Az09_.-")
-        fields = {"username": name + "x" * (32 - len(name)), "password": "p" * 256,
-                  "email": email_of_length(254), "gender": "é😀" + "g" * 30,
-                  "profile_pic": "https://example.com/" + "p" * 2028}
+        fields = {
+            "username": name + "x" * (32 - len(name)),
+            "password": "p" * 256,
+            "email": email_of_length(254),
+            "gender": "é😀" + "g" * 30,
+            "profile_pic": "https://example.com/" + "p" * 2028,
+        }
         self.assertEqual(len(fields["profile_pic"]), 2048)
         self.assertEqual(len(fields["email"]), 254)
         answer = self.assertJson(self.request("POST", "/users", fields), 201)
         user = answer["user"]
-        self.assertEqual({name: user[name] for name in fields if name != "password"},
-                         {name: value for name, value in fields.items() if name != "password"})
+        self.assertEqual(
+            {name: user[name] for name in fields if name != "password"},
+            {name: value for name, value in fields.items() if name != "password"},
+        )
         self.assertJson(self.log_in(fields["username"], "p" * 256), 200)
 
     def test_sign_up_accepts_nulls_and_plain_http(self):
         user, _ = self.sign_up(email=None, gender=None, profile_pic="http://example.com/a.png")
-        self.assertEqual((user["email"], user["gender"], user["profile_pic"]),
-                         (None, None, "http://example.com/a.png"))
+        self.assertEqual(
+            (user["email"], user["gender"], user["profile_pic"]),
+            (None, None, "http://example.com/a.png"),
+        )
 
     def test_sign_up_without_username_or_password_is_400_naming_it(self):
         for missing in ("username", "password"):
@@ -640,8 +763,9 @@ class UsersTest(ApiTestCase):
         for field in ("username", "password", "email", "gender"):
             value = {"email": LONE_SURROGATE + "@example.com"}.get(field, "a" + LONE_SURROGATE)
             with self.subTest(field=field):
-                answer = self.request("POST", "/users", {"username": unique_name(),
-                                                         "password": "pw", field: value})
+                answer = self.request(
+                    "POST", "/users", {"username": unique_name(), "password": "pw", field: value}
+                )
                 if answer.status == 400:
                     self.assertError(answer, 400, mentions=field)
                 else:
@@ -649,15 +773,19 @@ class UsersTest(ApiTestCase):
         user, token = self.sign_up()
         for field in ("username", "email", "gender"):
             with self.subTest(update=field):
-                answer = self.request("PATCH", f"/users/{user['id']}",
-                                      {field: "a" + LONE_SURROGATE}, token=token)
+                answer = self.request(
+                    "PATCH", f"/users/{user['id']}", {field: "a" + LONE_SURROGATE}, token=token
+                )
                 self.assertIn(answer.status, (200, 400), answer.body)
                 self.assertIsInstance(answer.json, dict)
 
     def test_taken_username_is_409_and_changes_nothing(self):
         first, token = self.sign_up(email="first@example.com")
-        answer = self.request("POST", "/users", {"username": first["username"],
-                                                 "password": "other", "email": "b@example.com"})
+        answer = self.request(
+            "POST",
+            "/users",
+            {"username": first["username"], "password": "other", "email": "b@example.com"},
+        )
         self.assertError(answer, 409, mentions=first["username"])
         self.assertEqual(self.fetch_user(first["id"]), first)
         self.assertJson(self.log_in(first["username"]), 200)
@@ -665,11 +793,12 @@ class UsersTest(ApiTestCase):
     def test_password_is_never_returned(self):
         password = "very-secret-" + unique_name()
         user, token = self.sign_up(password=password)
-        for answer in [self.request("GET", f"/users/{user['id']}"),
-                       self.request("GET", "/users/me", token=token),
-                       self.request("GET", "/users?limit=1000"),
-                       self.request("PATCH", f"/users/{user['id']}", {"gender": "x"},
-                                    token=token)]:
+        for answer in [
+            self.request("GET", f"/users/{user['id']}"),
+            self.request("GET", "/users/me", token=token),
+            self.request("GET", "/users?limit=1000"),
+            self.request("PATCH", f"/users/{user['id']}", {"gender": "x"}, token=token),
+        ]:
             self.assertNotIn(password.encode(), answer.body)
             self.assertNotIn(b"password", answer.body)
             self.assertNotIn(b"scrypt", answer.body)
@@ -680,8 +809,7 @@ class UsersTest(ApiTestCase):
 
     def test_get_me_returns_the_tokens_user(self):
         user, token = self.sign_up()
-        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=token), 200),
-                         user)
+        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=token), 200), user)
         self.assertUnauthorized(self.request("GET", "/users/me"))
 
     def test_list_is_ordered_by_id_and_counts_every_user(self):
@@ -729,8 +857,10 @@ class UsersTest(ApiTestCase):
         answer = self.request("GET", "/users")
         self.assertEqual(len(self.assertJson(answer, 200)), 100)
         self.assertEqual(answer.header("Link"), '</users?limit=100&offset=100>; rel="next"')
-        self.assertEqual(len(self.assertJson(self.request("GET", "/users?limit=1000"), 200)),
-                         int(answer.header("X-Total-Count")))
+        self.assertEqual(
+            len(self.assertJson(self.request("GET", "/users?limit=1000"), 200)),
+            int(answer.header("X-Total-Count")),
+        )
 
     def test_limit_and_offset_at_their_bounds_are_accepted(self):
         self.sign_up()
@@ -740,9 +870,22 @@ class UsersTest(ApiTestCase):
         self.assertEqual(len(self.request("GET", "/users?limit=1").json), 1)
 
     def test_bad_limit_or_offset_is_400_naming_it(self):
-        bad = {"limit": ["0", "1001", "-1", "abc", "1.5", "", "1e2", "0x10", "+5",
-                         quote(" 5"), quote("５")],
-               "offset": ["-1", "abc", "1.5", "", "1e2", "+5", quote("５")]}
+        bad = {
+            "limit": [
+                "0",
+                "1001",
+                "-1",
+                "abc",
+                "1.5",
+                "",
+                "1e2",
+                "0x10",
+                "+5",
+                quote(" 5"),
+                quote("５"),
+            ],
+            "offset": ["-1", "abc", "1.5", "", "1e2", "+5", quote("５")],
+        }
         for name, values in bad.items():
             for value in values:
                 with self.subTest(name=name, value=value):
@@ -759,14 +902,17 @@ class UsersTest(ApiTestCase):
             with self.subTest(verb=verb):
                 user, token = self.sign_up(email="me@example.com", gender="female")
                 path = f"/users/{user['id']}"
-                changed = self.assertJson(self.request(verb, path, {"gender": "male"},
-                                                       token=token), 200)
+                changed = self.assertJson(
+                    self.request(verb, path, {"gender": "male"}, token=token), 200
+                )
                 self.assertEqual(changed, {**user, "gender": "male"})
-                cleared = self.assertJson(self.request(verb, path, {"email": None},
-                                                       token=token), 200)
+                cleared = self.assertJson(
+                    self.request(verb, path, {"email": None}, token=token), 200
+                )
                 self.assertEqual(cleared, {**user, "gender": "male", "email": None})
-                self.assertEqual(self.assertJson(self.request(verb, path, {}, token=token), 200),
-                                 cleared)
+                self.assertEqual(
+                    self.assertJson(self.request(verb, path, {}, token=token), 200), cleared
+                )
                 self.assertEqual(self.fetch_user(user["id"]), cleared)
                 self.assertJson(self.log_in(user["username"]), 200)  # password untouched
 
@@ -774,11 +920,13 @@ class UsersTest(ApiTestCase):
         user, token = self.sign_up()
         new_name = unique_name("renamed")
         path = f"/users/{user['id']}"
-        same = self.assertJson(self.request("PATCH", path, {"username": user["username"]},
-                                            token=token), 200)
+        same = self.assertJson(
+            self.request("PATCH", path, {"username": user["username"]}, token=token), 200
+        )
         self.assertEqual(same, user)
-        renamed = self.assertJson(self.request("PUT", path, {"username": new_name},
-                                               token=token), 200)
+        renamed = self.assertJson(
+            self.request("PUT", path, {"username": new_name}, token=token), 200
+        )
         self.assertEqual(renamed["username"], new_name)
         self.assertJson(self.log_in(new_name), 200)
         self.assertEqual(self.log_in(user["username"]).status, 401)
@@ -789,9 +937,12 @@ class UsersTest(ApiTestCase):
         user, token = self.sign_up(gender="before")
         for verb in ("PUT", "PATCH"):
             with self.subTest(verb=verb):
-                answer = self.request(verb, f"/users/{user['id']}",
-                                      {"username": other["username"], "gender": "after"},
-                                      token=token)
+                answer = self.request(
+                    verb,
+                    f"/users/{user['id']}",
+                    {"username": other["username"], "gender": "after"},
+                    token=token,
+                )
                 self.assertError(answer, 409, mentions=other["username"])
                 self.assertEqual(self.fetch_user(user["id"]), user)
 
@@ -802,17 +953,21 @@ class UsersTest(ApiTestCase):
                 if field == "password":
                     continue  # see PasswordChangeTest
                 with self.subTest(verb=verb, field=field, value=value):
-                    answer = self.request(verb, f"/users/{user['id']}",
-                                          {"gender": "after", field: value}, token=token)
+                    answer = self.request(
+                        verb, f"/users/{user['id']}", {"gender": "after", field: value}, token=token
+                    )
                     self.assertError(answer, 400, mentions=field)
         self.assertEqual(self.fetch_user(user["id"]), user)
 
     def test_update_of_another_user_is_403_and_changes_nothing(self):
         victim, victim_token = self.sign_up(gender="before")
         _, intruder_token = self.sign_up()
-        for verb, body in [("PUT", {"gender": "hacked"}), ("PATCH", {"gender": "hacked"}),
-                           ("PATCH", {"username": unique_name("stolen")}),
-                           ("PATCH", {"password": "new", "current_password": "secret-pw"})]:
+        for verb, body in [
+            ("PUT", {"gender": "hacked"}),
+            ("PATCH", {"gender": "hacked"}),
+            ("PATCH", {"username": unique_name("stolen")}),
+            ("PATCH", {"password": "new", "current_password": "secret-pw"}),
+        ]:
             with self.subTest(verb=verb, body=body):
                 answer = self.request(verb, f"/users/{victim['id']}", body, token=intruder_token)
                 self.assertError(answer, 403)
@@ -825,8 +980,9 @@ class UsersTest(ApiTestCase):
         for verb in ("PUT", "PATCH"):
             for token in (None, "not-a-token"):
                 with self.subTest(verb=verb, token=token):
-                    self.assertUnauthorized(self.request(verb, f"/users/{user['id']}",
-                                                         {"gender": "x"}, token=token))
+                    self.assertUnauthorized(
+                        self.request(verb, f"/users/{user['id']}", {"gender": "x"}, token=token)
+                    )
         self.assertEqual(self.fetch_user(user["id"]), user)
 
     def test_update_or_delete_of_a_missing_user_is_404(self):
@@ -834,8 +990,9 @@ class UsersTest(ApiTestCase):
         for method in ("PUT", "PATCH", "DELETE"):
             with self.subTest(method=method):
                 body = {"gender": "x"} if method != "DELETE" else None
-                self.assertError(self.request(method, f"/users/{NO_SUCH_ID}", body,
-                                              token=token), 404)
+                self.assertError(
+                    self.request(method, f"/users/{NO_SUCH_ID}", body, token=token), 404
+                )
 
     def test_delete_removes_the_user_their_stats_and_their_tokens(self):
         user, token = self.sign_up()
@@ -847,8 +1004,7 @@ class UsersTest(ApiTestCase):
         self.assertNoContent(self.request("DELETE", f"/users/{user['id']}", token=token))
 
         self.assertError(self.request("GET", f"/users/{user['id']}"), 404)
-        self.assertError(self.request("GET", f"/users/{user['id']}/stats",
-                                      token=reader_token), 404)
+        self.assertError(self.request("GET", f"/users/{user['id']}/stats", token=reader_token), 404)
         for old in (token, login_token):
             self.assertUnauthorized(self.request("GET", "/users/me", token=old))
             self.assertUnauthorized(self.request("DELETE", f"/users/{user['id']}", token=old))
@@ -864,8 +1020,9 @@ class UsersTest(ApiTestCase):
         victim, victim_token = self.sign_up()
         self.set_stats(victim, victim_token, victory_count=8)
         _, intruder_token = self.sign_up()
-        self.assertError(self.request("DELETE", f"/users/{victim['id']}",
-                                      token=intruder_token), 403)
+        self.assertError(
+            self.request("DELETE", f"/users/{victim['id']}", token=intruder_token), 403
+        )
         self.assertEqual(self.fetch_user(victim["id"]), victim)
         self.assertEqual(self.stats(victim["id"], victim_token)["victory_count"], 8)
         self.assertJson(self.request("GET", "/users/me", token=victim_token), 200)
@@ -874,8 +1031,7 @@ class UsersTest(ApiTestCase):
         user, _ = self.sign_up()
         for token in (None, "not-a-token"):
             with self.subTest(token=token):
-                self.assertUnauthorized(self.request("DELETE", f"/users/{user['id']}",
-                                                     token=token))
+                self.assertUnauthorized(self.request("DELETE", f"/users/{user['id']}", token=token))
         self.assertEqual(self.fetch_user(user["id"]), user)
 
 
@@ -904,44 +1060,54 @@ class PasswordChangeTest(ApiTestCase):
     def test_wrong_current_password_is_403_and_changes_nothing(self):
         for verb in ("PUT", "PATCH"):
             with self.subTest(verb=verb):
-                answer = self.change({"password": "new-pw", "current_password": "wrong",
-                                      "gender": "after"}, verb=verb)
+                answer = self.change(
+                    {"password": "new-pw", "current_password": "wrong", "gender": "after"},
+                    verb=verb,
+                )
                 self.assertError(answer, 403, mentions="current_password")
         self.assertNothingChanged()
 
     def test_current_password_alone_is_400(self):
-        for body in ({"current_password": "old-pw"},
-                     {"current_password": "old-pw", "gender": "after"}):
+        for body in (
+            {"current_password": "old-pw"},
+            {"current_password": "old-pw", "gender": "after"},
+        ):
             with self.subTest(body=body):
                 self.assertError(self.change(body), 400, mentions="current_password")
         self.assertNothingChanged()
 
     def test_invalid_new_or_current_password_is_400_naming_it(self):
-        for body, field in [({"password": "", "current_password": "old-pw"}, "password"),
-                            ({"password": "p" * 257, "current_password": "old-pw"}, "password"),
-                            ({"password": 5, "current_password": "old-pw"}, "password"),
-                            ({"password": None, "current_password": "old-pw"}, "password"),
-                            ({"password": "new-pw", "current_password": 5}, "current_password")]:
+        for body, field in [
+            ({"password": "", "current_password": "old-pw"}, "password"),
+            ({"password": "p" * 257, "current_password": "old-pw"}, "password"),
+            ({"password": 5, "current_password": "old-pw"}, "password"),
+            ({"password": None, "current_password": "old-pw"}, "password"),
+            ({"password": "new-pw", "current_password": 5}, "current_password"),
+        ]:
             with self.subTest(body=body):
                 self.assertError(self.change(body), 400, mentions=field)
         self.assertNothingChanged()
 
     def test_change_by_another_user_is_403_and_changes_nothing(self):
         _, intruder_token = self.sign_up()
-        answer = self.change({"password": "new-pw", "current_password": "old-pw"},
-                             token=intruder_token)
+        answer = self.change(
+            {"password": "new-pw", "current_password": "old-pw"}, token=intruder_token
+        )
         self.assertError(answer, 403)
         self.assertNothingChanged()
 
     def test_change_revokes_every_earlier_token_including_the_one_used(self):
         login_token = self.token_of(self.user["username"], "old-pw")
-        answer = self.change({"password": "new-pw", "current_password": "old-pw",
-                              "gender": "after"}, token=login_token)
+        answer = self.change(
+            {"password": "new-pw", "current_password": "old-pw", "gender": "after"},
+            token=login_token,
+        )
         self.assertEqual(self.assertJson(answer, 200), {**self.user, "gender": "after"})
         for old in (self.token, login_token):
             self.assertUnauthorized(self.request("GET", "/users/me", token=old))
-            self.assertUnauthorized(self.request("PATCH", self.path + "/stats",
-                                                 {"loss_count": 1}, token=old))
+            self.assertUnauthorized(
+                self.request("PATCH", self.path + "/stats", {"loss_count": 1}, token=old)
+            )
         self.assertEqual(self.log_in(self.user["username"], "old-pw").status, 401)
         self.assertJson(self.log_in(self.user["username"], "new-pw"), 200)
 
@@ -953,8 +1119,12 @@ class PasswordChangeTest(ApiTestCase):
                 with self.subTest(round=round_, verb=verb):
                     new = f"pw-{round_}-{verb}"
                     before = self.token_of(self.user["username"], password)
-                    self.assertJson(self.change({"password": new, "current_password": password},
-                                                token=before, verb=verb), 200)
+                    self.assertJson(
+                        self.change(
+                            {"password": new, "current_password": password}, token=before, verb=verb
+                        ),
+                        200,
+                    )
                     fresh = self.token_of(self.user["username"], new)
                     self.assertJson(self.request("GET", "/users/me", token=fresh), 200)
                     self.set_stats(self.user, fresh, session_count=round_)
@@ -980,8 +1150,9 @@ class StatsTest(ApiTestCase):
     def test_any_valid_token_may_read_stats(self):
         _, reader_token = self.sign_up()
         self.set_stats(self.user, self.token, total_time=5000)
-        self.assertEqual(self.stats(self.user["id"], reader_token),
-                         {**ZERO_STATS, "total_time": 5000})
+        self.assertEqual(
+            self.stats(self.user["id"], reader_token), {**ZERO_STATS, "total_time": 5000}
+        )
 
     def test_reading_stats_without_a_valid_token_is_401(self):
         for token in (None, "not-a-token"):
@@ -992,16 +1163,19 @@ class StatsTest(ApiTestCase):
         for method in ("GET", "PUT", "PATCH"):
             with self.subTest(method=method):
                 body = {"loss_count": 1} if method != "GET" else None
-                self.assertError(self.request(method, f"/users/{NO_SUCH_ID}/stats", body,
-                                              token=self.token), 404)
+                self.assertError(
+                    self.request(method, f"/users/{NO_SUCH_ID}/stats", body, token=self.token), 404
+                )
 
     def test_put_and_patch_change_only_the_fields_sent(self):
         expected = dict(ZERO_STATS)
-        for verb, body in [("PATCH", {"loss_count": 4}),
-                           ("PUT", {"session_count": 12, "total_time": 5000}),
-                           ("PATCH", {"victory_count": 8}),
-                           ("PUT", {}),
-                           ("PUT", {"total_time": 2**63 - 1, "loss_count": 0})]:
+        for verb, body in [
+            ("PATCH", {"loss_count": 4}),
+            ("PUT", {"session_count": 12, "total_time": 5000}),
+            ("PATCH", {"victory_count": 8}),
+            ("PUT", {}),
+            ("PUT", {"total_time": 2**63 - 1, "loss_count": 0}),
+        ]:
             with self.subTest(verb=verb, body=body):
                 expected.update(body)
                 answer = self.request(verb, self.path, body, token=self.token)
@@ -1016,16 +1190,22 @@ class StatsTest(ApiTestCase):
                     with self.subTest(verb=verb, field=name, value=value):
                         # A valid field beside it must not be applied either.
                         other = "session_count" if name != "session_count" else "total_time"
-                        answer = self.request(verb, self.path, {other: 99, name: value},
-                                              token=self.token)
+                        answer = self.request(
+                            verb, self.path, {other: 99, name: value}, token=self.token
+                        )
                         self.assertError(answer, 400, mentions=name)
         self.assertEqual(self.stats(self.user["id"], self.token), before)
 
     def test_float_spellings_of_integers_are_400(self):
         for raw in (b'{"loss_count": 1e2}', b'{"loss_count": 1.0}', b'{"loss_count": -0.0}'):
             with self.subTest(raw=raw):
-                answer = self.request("PATCH", self.path, raw=raw, token=self.token,
-                                      headers={"Content-Type": "application/json"})
+                answer = self.request(
+                    "PATCH",
+                    self.path,
+                    raw=raw,
+                    token=self.token,
+                    headers={"Content-Type": "application/json"},
+                )
                 self.assertError(answer, 400, mentions="loss_count")
         self.assertEqual(self.stats(self.user["id"], self.token), ZERO_STATS)
 
@@ -1033,20 +1213,23 @@ class StatsTest(ApiTestCase):
         _, intruder_token = self.sign_up()
         for verb in ("PUT", "PATCH"):
             with self.subTest(verb=verb):
-                self.assertError(self.request(verb, self.path, {"victory_count": 999},
-                                              token=intruder_token), 403)
+                self.assertError(
+                    self.request(verb, self.path, {"victory_count": 999}, token=intruder_token), 403
+                )
         self.assertEqual(self.stats(self.user["id"], self.token), ZERO_STATS)
 
     def test_writing_stats_without_a_valid_token_is_401_and_changes_nothing(self):
         for verb in ("PUT", "PATCH"):
             for token in (None, "not-a-token"):
                 with self.subTest(verb=verb, token=token):
-                    self.assertUnauthorized(self.request(verb, self.path, {"loss_count": 1},
-                                                         token=token))
+                    self.assertUnauthorized(
+                        self.request(verb, self.path, {"loss_count": 1}, token=token)
+                    )
         self.assertEqual(self.stats(self.user["id"], self.token), ZERO_STATS)
 
 
 # Login
+
 
 class LoginTest(ApiTestCase):
     def fail_logins(self, username, times):
@@ -1060,40 +1243,53 @@ class LoginTest(ApiTestCase):
         self.assertEqual(set(body), {"success", "token", "user"})
         self.assertIs(body["success"], True)
         self.assertEqual(body["user"], f"/users/{user['id']}")
-        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=body["token"]),
-                                         200), user)
+        self.assertEqual(
+            self.assertJson(self.request("GET", "/users/me", token=body["token"]), 200), user
+        )
 
     def test_missing_empty_or_non_string_fields_are_400_bad_username_or_password(self):
         name = self.sign_up()[0]["username"]
-        bodies = [{}, {"username": name}, {"password": "secret-pw"},
-                  {"username": "", "password": "secret-pw"}, {"username": name, "password": ""},
-                  {"username": None, "password": "secret-pw"},
-                  {"username": name, "password": None},
-                  {"username": 5, "password": "secret-pw"}, {"username": name, "password": 5},
-                  {"username": [name], "password": "secret-pw"},
-                  {"username": name, "password": {"value": "secret-pw"}},
-                  {"username": name, "password": True}]
+        bodies = [
+            {},
+            {"username": name},
+            {"password": "secret-pw"},
+            {"username": "", "password": "secret-pw"},
+            {"username": name, "password": ""},
+            {"username": None, "password": "secret-pw"},
+            {"username": name, "password": None},
+            {"username": 5, "password": "secret-pw"},
+            {"username": name, "password": 5},
+            {"username": [name], "password": "secret-pw"},
+            {"username": name, "password": {"value": "secret-pw"}},
+            {"username": name, "password": True},
+        ]
         for body in bodies:
             with self.subTest(body=body):
-                self.assertEqual(self.assertJson(self.request("POST", "/login", body), 400),
-                                 BAD_LOGIN)
+                self.assertEqual(
+                    self.assertJson(self.request("POST", "/login", body), 400), BAD_LOGIN
+                )
 
     def test_unknown_username_and_wrong_password_get_the_same_401(self):
         user, _ = self.sign_up()
         wrong_password = self.log_in(user["username"], "wrong")
-        for what, answer in [("unknown username", self.log_in(unique_name("nobody"), "wrong")),
-                             ("impossible username", self.log_in("no such/user!", "wrong"))]:
+        for what, answer in [
+            ("unknown username", self.log_in(unique_name("nobody"), "wrong")),
+            ("impossible username", self.log_in("no such/user!", "wrong")),
+        ]:
             with self.subTest(what):
                 self.assertEqual(self.assertJson(answer, 401), BAD_LOGIN)
                 self.assertEqual(answer.body, wrong_password.body)
-                self.assertEqual(answer.header("WWW-Authenticate"),
-                                 wrong_password.header("WWW-Authenticate"))
+                self.assertEqual(
+                    answer.header("WWW-Authenticate"), wrong_password.header("WWW-Authenticate")
+                )
         self.assertEqual(self.assertJson(wrong_password, 401), BAD_LOGIN)
 
     def test_lone_surrogates_in_login_are_refused_never_500(self):
         name = self.sign_up()[0]["username"]
-        for body in ({"username": "a" + LONE_SURROGATE, "password": "pw"},
-                     {"username": name, "password": "a" + LONE_SURROGATE}):
+        for body in (
+            {"username": "a" + LONE_SURROGATE, "password": "pw"},
+            {"username": name, "password": "a" + LONE_SURROGATE},
+        ):
             with self.subTest(body=body):
                 answer = self.request("POST", "/login", body)
                 self.assertIn(answer.status, (400, 401), answer.body)
@@ -1130,8 +1326,9 @@ class LoginTest(ApiTestCase):
     def test_concurrent_logins_get_ten_guesses_not_ten_per_thread(self):
         user, _ = self.sign_up()
         with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(lambda _: self.log_in(user["username"], "wrong").status,
-                                     range(24)))
+            statuses = list(
+                pool.map(lambda _: self.log_in(user["username"], "wrong").status, range(24))
+            )
         self.assertEqual(sorted(statuses), [401] * 10 + [429] * 14)
         self.assertError(self.log_in(user["username"]), 429)
 
@@ -1151,9 +1348,13 @@ class LoginTest(ApiTestCase):
 
 # Headers on every response
 
+
 def cors_headers(answer):
-    return {name.lower(): value for name, value in answer.headers.items()
-            if name.lower().startswith("access-control-")}
+    return {
+        name.lower(): value
+        for name, value in answer.headers.items()
+        if name.lower().startswith("access-control-")
+    }
 
 
 def header_words(value):
@@ -1174,8 +1375,9 @@ class HeadersTest(ApiTestCase):
             "200 user": self.request("GET", mine),
             "200 stats": self.request("GET", mine + "/stats", token=token),
             "200 login": self.log_in(user["username"]),
-            "201 sign-up": self.request("POST", "/users", {"username": unique_name(),
-                                                          "password": "pw"}),
+            "201 sign-up": self.request(
+                "POST", "/users", {"username": unique_name(), "password": "pw"}
+            ),
             "204 options": self.request("OPTIONS", "/users"),
             "204 delete": self.request("DELETE", f"/users/{doomed['id']}", token=doomed_token),
             "400": self.request("PATCH", mine, raw=b"not json", token=token),
@@ -1183,8 +1385,7 @@ class HeadersTest(ApiTestCase):
             "403": self.request("PATCH", mine, {"gender": "x"}, token=other_token),
             "404": self.request("GET", "/nope"),
             "405": self.request("DELETE", "/users"),
-            "409": self.request("POST", "/users", {"username": user["username"],
-                                                   "password": "pw"}),
+            "409": self.request("POST", "/users", {"username": user["username"], "password": "pw"}),
             "413": self.request("POST", "/users", raw=b" " * (MAX_BODY + 1)),
             "healthz": self.request("GET", "/healthz"),
             "openapi": self.request("GET", "/openapi.json"),
@@ -1198,8 +1399,9 @@ class HeadersTest(ApiTestCase):
     def test_responses_carrying_a_token_are_no_store(self):
         name = unique_name()
         for what, answer in [
-                ("sign-up", self.request("POST", "/users", {"username": name, "password": "pw"})),
-                ("login", self.log_in(name, "pw"))]:
+            ("sign-up", self.request("POST", "/users", {"username": name, "password": "pw"})),
+            ("login", self.log_in(name, "pw")),
+        ]:
             with self.subTest(what):
                 self.assertIn("token", answer.json)
                 self.assertIn("no-store", header_words(answer.header("Cache-Control")))
@@ -1207,24 +1409,32 @@ class HeadersTest(ApiTestCase):
     def test_options_on_known_paths_is_204_with_allow_and_needs_no_token(self):
         user, _ = self.sign_up()
         mine = f"/users/{user['id']}"
-        expected = {"/users": {"GET", "POST"}, mine: {"GET", "PUT", "PATCH", "DELETE"},
-                    "/users/me": {"GET"}, mine + "/stats": {"GET", "PUT", "PATCH"},
-                    "/login": {"POST"}, "/healthz": {"GET"}, "/openapi.json": {"GET"}}
+        expected = {
+            "/users": {"GET", "POST"},
+            mine: {"GET", "PUT", "PATCH", "DELETE"},
+            "/users/me": {"GET"},
+            mine + "/stats": {"GET", "PUT", "PATCH"},
+            "/login": {"POST"},
+            "/healthz": {"GET"},
+            "/openapi.json": {"GET"},
+        }
         for path, methods in expected.items():
             for headers in ({}, {"Authorization": "Bearer not-a-token"}):
                 with self.subTest(path=path, headers=headers):
                     answer = self.request("OPTIONS", path, headers=headers)
                     self.assertNoContent(answer)
-                    self.assertEqual(method_set(answer.header("Allow")) - {"HEAD", "OPTIONS"},
-                                     methods)
+                    self.assertEqual(
+                        method_set(answer.header("Allow")) - {"HEAD", "OPTIONS"}, methods
+                    )
 
     def test_no_cors_headers_without_cors_origins(self):
         origin = {"Origin": "https://app.example"}
-        for method, headers in [("GET", origin),
-                                ("OPTIONS", {**origin, "Access-Control-Request-Method": "POST"})]:
+        for method, headers in [
+            ("GET", origin),
+            ("OPTIONS", {**origin, "Access-Control-Request-Method": "POST"}),
+        ]:
             with self.subTest(method=method):
-                self.assertEqual(cors_headers(self.request(method, "/users", headers=headers)),
-                                 {})
+                self.assertEqual(cors_headers(self.request(method, "/users", headers=headers)), {})
 
 
 ALLOWED_ORIGINS = ("https://app.example", "https://admin.example")
@@ -1237,53 +1447,72 @@ class CorsTest(ApiTestCase):
         user, token = self.sign_up()
         for origin in ALLOWED_ORIGINS:
             for what, method, path, body, bearer in [
-                    ("list", "GET", "/users", None, None),
-                    ("sign-up", "POST", "/users", {"username": unique_name(), "password": "pw"},
-                     None),
-                    ("stats", "GET", f"/users/{user['id']}/stats", None, token),
-                    ("401", "GET", "/users/me", None, None),
-                    ("404", "GET", "/nope", None, None)]:
+                ("list", "GET", "/users", None, None),
+                ("sign-up", "POST", "/users", {"username": unique_name(), "password": "pw"}, None),
+                ("stats", "GET", f"/users/{user['id']}/stats", None, token),
+                ("401", "GET", "/users/me", None, None),
+                ("404", "GET", "/nope", None, None),
+            ]:
                 with self.subTest(origin=origin, request=what):
-                    answer = self.request(method, path, body, token=bearer,
-                                          headers={"Origin": origin})
+                    answer = self.request(
+                        method, path, body, token=bearer, headers={"Origin": origin}
+                    )
                     self.assertEqual(answer.header("Access-Control-Allow-Origin"), origin)
                     self.assertLessEqual(
-                        EXPOSED, header_words(answer.header("Access-Control-Expose-Headers")))
+                        EXPOSED, header_words(answer.header("Access-Control-Expose-Headers"))
+                    )
 
     def test_preflight_of_allowed_origin_gets_methods_and_headers(self):
         user, _ = self.sign_up()
         mine = f"/users/{user['id']}"
         for origin in ALLOWED_ORIGINS:
-            for path, method, methods in [("/users", "POST", {"GET", "POST"}),
-                                          (mine, "PATCH", {"GET", "PUT", "PATCH", "DELETE"}),
-                                          (mine + "/stats", "PUT", {"GET", "PUT", "PATCH"}),
-                                          ("/login", "POST", {"POST"})]:
+            for path, method, methods in [
+                ("/users", "POST", {"GET", "POST"}),
+                (mine, "PATCH", {"GET", "PUT", "PATCH", "DELETE"}),
+                (mine + "/stats", "PUT", {"GET", "PUT", "PATCH"}),
+                ("/login", "POST", {"POST"}),
+            ]:
                 with self.subTest(origin=origin, path=path):
-                    answer = self.request("OPTIONS", path, headers={
-                        "Origin": origin, "Access-Control-Request-Method": method,
-                        "Access-Control-Request-Headers": "authorization, content-type"})
+                    answer = self.request(
+                        "OPTIONS",
+                        path,
+                        headers={
+                            "Origin": origin,
+                            "Access-Control-Request-Method": method,
+                            "Access-Control-Request-Headers": "authorization, content-type",
+                        },
+                    )
                     self.assertNoContent(answer)
                     self.assertEqual(answer.header("Access-Control-Allow-Origin"), origin)
                     self.assertLessEqual(
-                        methods, method_set(answer.header("Access-Control-Allow-Methods")))
+                        methods, method_set(answer.header("Access-Control-Allow-Methods"))
+                    )
                     self.assertLessEqual(
                         {"authorization", "content-type"},
-                        header_words(answer.header("Access-Control-Allow-Headers")))
+                        header_words(answer.header("Access-Control-Allow-Headers")),
+                    )
 
     def test_other_origins_get_no_cors_headers(self):
-        preflight = {"Access-Control-Request-Method": "POST",
-                     "Access-Control-Request-Headers": "authorization, content-type"}
-        for origin in ("https://evil.example", "http://app.example",
-                       "https://app.example.evil.com", "https://app.example:8443", "null"):
+        preflight = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        }
+        for origin in (
+            "https://evil.example",
+            "http://app.example",
+            "https://app.example.evil.com",
+            "https://app.example:8443",
+            "null",
+        ):
             for method, headers in [("GET", {}), ("OPTIONS", preflight)]:
                 with self.subTest(origin=origin, method=method):
-                    answer = self.request(method, "/users",
-                                          headers={"Origin": origin, **headers})
+                    answer = self.request(method, "/users", headers={"Origin": origin, **headers})
                     self.assertEqual(cors_headers(answer), {})
         self.assertEqual(cors_headers(self.request("GET", "/users")), {})
 
 
 # Tokens
+
 
 def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -1298,8 +1527,9 @@ class TokensTest(ApiTestCase):
 
     def forge(self, key=None, algorithm="HS256", drop=(), **changes):
         """self.user's token with some claims changed or dropped, signed as told."""
-        claims = {name: value for name, value in {**self.claims, **changes}.items()
-                  if name not in drop}
+        claims = {
+            name: value for name, value in {**self.claims, **changes}.items() if name not in drop
+        }
         return jwt.encode(claims, self.secret if key is None else key, algorithm=algorithm)
 
     def bad_tokens(self):
@@ -1308,10 +1538,18 @@ class TokensTest(ApiTestCase):
         header, payload, signature = self.token.split(".")
         none_header = b64url(b'{"alg":"none","typ":"JWT"}')
         other_payload = b64url(json.dumps({**self.claims, "sub": str(other["id"])}).encode())
-        subs = {"int": self.user["id"], "of no user": str(NO_SUCH_ID), "not a number": "abc",
-                "zero": "0", "negative": "-1", "20 digits": "99999999999999999999",
-                "2**63": str(2**63), "padded": f" {self.user['id']} ",
-                "decimal": f"{self.user['id']}.0", "empty": ""}
+        subs = {
+            "int": self.user["id"],
+            "of no user": str(NO_SUCH_ID),
+            "not a number": "abc",
+            "zero": "0",
+            "negative": "-1",
+            "20 digits": "99999999999999999999",
+            "2**63": str(2**63),
+            "padded": f" {self.user['id']} ",
+            "decimal": f"{self.user['id']}.0",
+            "empty": "",
+        }
         return {
             "alg none": jwt.encode(self.claims, None, algorithm="none"),
             "alg none, real signature": f"{none_header}.{payload}.{signature}",
@@ -1333,8 +1571,10 @@ class TokensTest(ApiTestCase):
         }
 
     def test_issued_tokens_are_hs256_with_string_sub_iat_and_exp(self):
-        for what, token in [("sign-up", self.token),
-                            ("login", self.token_of(self.user["username"]))]:
+        for what, token in [
+            ("sign-up", self.token),
+            ("login", self.token_of(self.user["username"])),
+        ]:
             with self.subTest(what):
                 self.assertEqual(jwt.get_unverified_header(token)["alg"], "HS256")
                 claims = jwt.decode(token, self.secret, algorithms=["HS256"])
@@ -1346,21 +1586,29 @@ class TokensTest(ApiTestCase):
         # The forgeries below fail only for what each one changes.
         now = int(time.time())
         token = self.forge(iat=now, exp=now + 600)
-        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=token), 200),
-                         self.user)
+        self.assertEqual(
+            self.assertJson(self.request("GET", "/users/me", token=token), 200), self.user
+        )
 
     def test_bad_tokens_are_401_with_www_authenticate_bearer(self):
         headers = {what: f"Bearer {token}" for what, token in self.bad_tokens().items()}
-        headers.update({"Bearer without a token": "Bearer", "Basic scheme": "Basic dXNlcjpwdw==",
-                        "token without a scheme": self.token, "Token scheme": f"Token {self.token}",
-                        "two tokens": f"Bearer {self.token} {self.token}"})
+        headers.update(
+            {
+                "Bearer without a token": "Bearer",
+                "Basic scheme": "Basic dXNlcjpwdw==",
+                "token without a scheme": self.token,
+                "Token scheme": f"Token {self.token}",
+                "two tokens": f"Bearer {self.token} {self.token}",
+            }
+        )
         stats = f"/users/{self.user['id']}/stats"
         for what, header in headers.items():
             with self.subTest(what):
                 authorization = {"Authorization": header}
                 self.assertUnauthorized(self.request("GET", "/users/me", headers=authorization))
-                self.assertUnauthorized(self.request("PATCH", stats, {"loss_count": 1},
-                                                     headers=authorization))
+                self.assertUnauthorized(
+                    self.request("PATCH", stats, {"loss_count": 1}, headers=authorization)
+                )
         self.assertEqual(self.stats(self.user["id"], self.token), ZERO_STATS)
 
     def test_tokens_of_a_deleted_user_are_401(self):
@@ -1372,8 +1620,9 @@ class TokensTest(ApiTestCase):
         for what, token in [("issued", doomed_token), ("freshly signed", fresh)]:
             with self.subTest(what):
                 self.assertUnauthorized(self.request("GET", "/users/me", token=token))
-                self.assertUnauthorized(self.request("GET", f"/users/{self.user['id']}/stats",
-                                                     token=token))
+                self.assertUnauthorized(
+                    self.request("GET", f"/users/{self.user['id']}/stats", token=token)
+                )
 
 
 class TokenTtlTest(ApiTestCase):
@@ -1381,13 +1630,14 @@ class TokenTtlTest(ApiTestCase):
 
     def test_tokens_expire_jwt_ttl_seconds_after_issue(self):
         user, token = self.sign_up()
-        for token in (token, self.token_of(user["username"])):
-            claims = jwt.decode(token, self.service.env["JWT_SECRET"], algorithms=["HS256"])
+        for issued in (token, self.token_of(user["username"])):
+            claims = jwt.decode(issued, self.service.env["JWT_SECRET"], algorithms=["HS256"])
             self.assertEqual(claims["exp"] - claims["iat"], 120)
 
 
 class GeneratedSecretTest(ApiTestCase):
     """Without JWT_SECRET: a secret made once and kept in the data folder, mode 0600."""
+
     service_env = {**ApiTestCase.service_env, "JWT_SECRET": ""}
 
     def key_files(self, token):
@@ -1415,8 +1665,7 @@ class GeneratedSecretTest(ApiTestCase):
         user, token = self.sign_up()
         self.service.server.stop()
         self.service.start_server()
-        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=token), 200),
-                         user)
+        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=token), 200), user)
 
     def test_there_is_no_built_in_default_secret(self):
         self.sign_up()  # user 1 exists here, as it will there
@@ -1431,11 +1680,16 @@ class GeneratedSecretTest(ApiTestCase):
 
 # Service
 
-ROUTES = {"/users": {"get", "post"}, "/users/me": {"get"},
-          "/users/{id}": {"get", "put", "patch", "delete"},
-          "/users/{id}/stats": {"get", "put", "patch"}, "/users/{id}/pdf": {"get", "post"},
-          "/login": {"post"},
-          "/healthz": {"get"}, "/openapi.json": {"get"}}
+ROUTES = {
+    "/users": {"get", "post"},
+    "/users/me": {"get"},
+    "/users/{id}": {"get", "put", "patch", "delete"},
+    "/users/{id}/stats": {"get", "put", "patch"},
+    "/users/{id}/pdf": {"get", "post"},
+    "/login": {"post"},
+    "/healthz": {"get"},
+    "/openapi.json": {"get"},
+}
 CONTRACT_STATUSES = {
     ("/users", "get"): {"200", "400"},
     ("/users", "post"): {"201", "400", "409"},
@@ -1453,20 +1707,36 @@ CONTRACT_STATUSES = {
     ("/healthz", "get"): {"200", "503"},
     ("/openapi.json", "get"): {"200"},
 }
-PROTECTED = {("/users/me", "get"), ("/users/{id}", "put"), ("/users/{id}", "patch"),
-             ("/users/{id}", "delete"), ("/users/{id}/stats", "get"),
-             ("/users/{id}/stats", "put"), ("/users/{id}/stats", "patch"),
-             ("/users/{id}/pdf", "post"), ("/users/{id}/pdf", "get")}
-WITH_BODY = {("/users", "post"), ("/users/{id}", "put"), ("/users/{id}", "patch"),
-             ("/users/{id}/stats", "put"), ("/users/{id}/stats", "patch"), ("/login", "post")}
+PROTECTED = {
+    ("/users/me", "get"),
+    ("/users/{id}", "put"),
+    ("/users/{id}", "patch"),
+    ("/users/{id}", "delete"),
+    ("/users/{id}/stats", "get"),
+    ("/users/{id}/stats", "put"),
+    ("/users/{id}/stats", "patch"),
+    ("/users/{id}/pdf", "post"),
+    ("/users/{id}/pdf", "get"),
+}
+WITH_BODY = {
+    ("/users", "post"),
+    ("/users/{id}", "put"),
+    ("/users/{id}", "patch"),
+    ("/users/{id}/stats", "put"),
+    ("/users/{id}/stats", "patch"),
+    ("/login", "post"),
+}
 VERBS = {"get", "put", "post", "patch", "delete", "options", "head"}
 
 
 def allows_null(schema):
     kinds = schema.get("type")
     options = schema.get("anyOf", []) + schema.get("oneOf", [])
-    return (kinds == "null" or (isinstance(kinds, list) and "null" in kinds)
-            or any(allows_null(option) for option in options))
+    return (
+        kinds == "null"
+        or (isinstance(kinds, list) and "null" in kinds)
+        or any(allows_null(option) for option in options)
+    )
 
 
 class ServiceTest(ApiTestCase):
@@ -1484,9 +1754,12 @@ class ServiceTest(ApiTestCase):
 
     def operations(self):
         """{(path with its parameter spelt {id}, verb): operation}"""
-        return {(re.sub(r"\{[^}]*\}", "{id}", path), verb): self.resolve(operation)
-                for path, item in self.document["paths"].items()
-                for verb, operation in self.resolve(item).items() if verb in VERBS}
+        return {
+            (re.sub(r"\{[^}]*\}", "{id}", path), verb): self.resolve(operation)
+            for path, item in self.document["paths"].items()
+            for verb, operation in self.resolve(item).items()
+            if verb in VERBS
+        }
 
     def json_schema(self, holder):
         return self.resolve(self.resolve(holder)["content"]["application/json"]["schema"])
@@ -1520,8 +1793,11 @@ class ServiceTest(ApiTestCase):
 
     def test_openapi_has_the_bearer_scheme_on_exactly_the_protected_routes(self):
         schemes = self.document["components"]["securitySchemes"]
-        bearer = {name for name, scheme in schemes.items()
-                  if scheme.get("type") == "http" and scheme.get("scheme", "").lower() == "bearer"}
+        bearer = {
+            name
+            for name, scheme in schemes.items()
+            if scheme.get("type") == "http" and scheme.get("scheme", "").lower() == "bearer"
+        }
         self.assertTrue(bearer)
         for route, operation in self.operations().items():
             with self.subTest(route=route):
@@ -1543,25 +1819,30 @@ class ServiceTest(ApiTestCase):
                 self.assertEqual((username["minLength"], username["maxLength"]), (1, 32))
                 self.assertRegex("a.b-c_1", username["pattern"])
                 self.assertNotRegex("a b", username["pattern"])
-                self.assertEqual((fields["password"]["minLength"], fields["password"]["maxLength"]),
-                                 (1, 256))
+                self.assertEqual(
+                    (fields["password"]["minLength"], fields["password"]["maxLength"]), (1, 256)
+                )
                 for name, length in [("email", 254), ("gender", 32), ("profile_pic", 2048)]:
                     self.assertEqual(fields[name]["maxLength"], length, name)
                     self.assertTrue(allows_null(fields[name]), name)
-        self.assertLessEqual({"username", "password"},
-                             set(self.json_schema(operations[("/users", "post")]["requestBody"])
-                                 ["required"]))
+        self.assertLessEqual(
+            {"username", "password"},
+            set(self.json_schema(operations[("/users", "post")]["requestBody"])["required"]),
+        )
         for verb in ("put", "patch"):
             schema = self.json_schema(operations[("/users/{id}/stats", verb)]["requestBody"])
             for name in STAT_NAMES:
                 with self.subTest(verb=verb, field=name):
                     rule = self.resolve(schema["properties"][name])
                     self.assertEqual((rule["type"], rule["minimum"]), ("integer", 0))
-                    self.assertTrue(rule.get("maximum") == 2**63 - 1
-                                    or rule.get("exclusiveMaximum") == 2**63, rule)
+                    self.assertTrue(
+                        rule.get("maximum") == 2**63 - 1 or rule.get("exclusiveMaximum") == 2**63,
+                        rule,
+                    )
         listing = operations[("/users", "get")]["parameters"]
-        parameters = {parameter["name"]: parameter["schema"]
-                      for parameter in map(self.resolve, listing)}
+        parameters = {
+            parameter["name"]: parameter["schema"] for parameter in map(self.resolve, listing)
+        }
         limit = parameters["limit"]
         self.assertEqual((limit["minimum"], limit["maximum"]), (1, 1000))
         self.assertEqual(parameters["offset"]["minimum"], 0)
@@ -1583,6 +1864,7 @@ class BrokenDatabaseTest(ApiTestCase):
 
 # Concurrency: 8 Waitress threads at once, no 500 and no "database is locked" (see tearDown)
 
+
 class ConcurrencyTest(ApiTestCase):
     @staticmethod
     def in_parallel(function, items):
@@ -1592,8 +1874,8 @@ class ConcurrencyTest(ApiTestCase):
     def test_concurrent_sign_ups_of_one_name_give_one_201_and_409s(self):
         name = unique_name()
         answers = self.in_parallel(
-            lambda _: self.request("POST", "/users", {"username": name, "password": "pw"}),
-            range(8))
+            lambda _: self.request("POST", "/users", {"username": name, "password": "pw"}), range(8)
+        )
         statuses = sorted(answer.status for answer in answers)
         self.assertEqual(statuses, [201] + [409] * 7)
         for answer in answers:
@@ -1603,12 +1885,14 @@ class ConcurrencyTest(ApiTestCase):
     def test_concurrent_sign_ups_all_succeed_with_distinct_ids(self):
         answers = self.in_parallel(
             lambda _: self.request("POST", "/users", {"username": unique_name(), "password": "pw"}),
-            range(40))
+            range(40),
+        )
         self.assertEqual([answer.status for answer in answers], [201] * 40)
         ids = {answer.json["user"]["id"] for answer in answers}
         self.assertEqual(len(ids), 40)
-        mes = self.in_parallel(lambda answer: self.request("GET", "/users/me",
-                                                           token=answer.json["token"]), answers)
+        mes = self.in_parallel(
+            lambda answer: self.request("GET", "/users/me", token=answer.json["token"]), answers
+        )
         self.assertEqual({me.json["id"] for me in mes}, ids)
 
     def test_eight_users_writing_their_stats_at_once_never_fail(self):
@@ -1620,24 +1904,28 @@ class ConcurrencyTest(ApiTestCase):
             statuses = []
             for round_ in range(1, 16):
                 verb = "PUT" if round_ % 2 else "PATCH"
-                statuses.append(self.request(verb, path, {"loss_count": round_,
-                                                          "total_time": round_ * 10},
-                                             token=token).status)
+                statuses.append(
+                    self.request(
+                        verb, path, {"loss_count": round_, "total_time": round_ * 10}, token=token
+                    ).status
+                )
                 statuses.append(self.request("GET", path, token=token).status)
             return statuses
 
         for statuses in self.in_parallel(play, users):
             self.assertEqual(set(statuses), {200})
         for user, token in users:
-            self.assertEqual(self.stats(user["id"], token),
-                             {**ZERO_STATS, "loss_count": 15, "total_time": 150})
+            self.assertEqual(
+                self.stats(user["id"], token), {**ZERO_STATS, "loss_count": 15, "total_time": 150}
+            )
 
     def test_eight_threads_writing_one_users_stats_at_once_never_fail(self):
         user, token = self.sign_up()
         path = f"/users/{user['id']}/stats"
         answers = self.in_parallel(
             lambda value: self.request("PATCH", path, {"victory_count": value}, token=token),
-            range(64))
+            range(64),
+        )
         self.assertEqual({answer.status for answer in answers}, {200})
         self.assertIn(self.stats(user["id"], token)["victory_count"], range(64))
 
@@ -1647,12 +1935,13 @@ class ConcurrencyTest(ApiTestCase):
         def work(index):
             user, token = users[index]
             path = f"/users/{user['id']}"
-            answers = [self.log_in(user["username"]),
-                       self.request("PATCH", path, {"gender": f"g{index}"}, token=token),
-                       self.request("PUT", path + "/stats", {"session_count": index}, token=token),
-                       self.request("POST", "/users", {"username": unique_name(),
-                                                       "password": "pw"}),
-                       self.request("GET", "/users?limit=1000")]
+            answers = [
+                self.log_in(user["username"]),
+                self.request("PATCH", path, {"gender": f"g{index}"}, token=token),
+                self.request("PUT", path + "/stats", {"session_count": index}, token=token),
+                self.request("POST", "/users", {"username": unique_name(), "password": "pw"}),
+                self.request("GET", "/users?limit=1000"),
+            ]
             if index % 2:
                 answers.append(self.request("DELETE", path, token=token))
             return [answer.status for answer in answers]
@@ -1670,10 +1959,12 @@ class ConcurrencyTest(ApiTestCase):
         # Each route checks the token, then reads or writes: a deletion that
         # commits in between must not turn the answer into an empty 200 or a 500.
         def racing_requests(path):
-            return [("GET", "/users/me", None),
-                    ("PATCH", path, {"gender": "x"}),
-                    ("PATCH", path + "/stats", {"victory_count": 1}),
-                    ("POST", path + "/pdf", None)]
+            return [
+                ("GET", "/users/me", None),
+                ("PATCH", path, {"gender": "x"}),
+                ("PATCH", path + "/stats", {"victory_count": 1}),
+                ("POST", path + "/pdf", None),
+            ]
 
         def until_gone(user, token, method, path, body, started):
             wrong = []
@@ -1691,8 +1982,10 @@ class ConcurrencyTest(ApiTestCase):
                 user, token = self.sign_up()
                 path = f"/users/{user['id']}"
                 started = [threading.Event() for _ in racing_requests(path)]
-                racers = [pool.submit(until_gone, user, token, *request, event)
-                          for request, event in zip(racing_requests(path), started)]
+                racers = [
+                    pool.submit(until_gone, user, token, *request, event)
+                    for request, event in zip(racing_requests(path), started, strict=True)
+                ]
                 for event in started:
                     self.assertTrue(event.wait(10), "a racing request got no answer")
                 self.assertNoContent(self.request("DELETE", path, token=token))
@@ -1706,8 +1999,7 @@ class ConcurrencyTest(ApiTestCase):
         def sign_up_and_delete():
             while changing:
                 user, token = self.sign_up()
-                self.assertNoContent(self.request("DELETE", f"/users/{user['id']}",
-                                                  token=token))
+                self.assertNoContent(self.request("DELETE", f"/users/{user['id']}", token=token))
 
         with ThreadPoolExecutor(2) as pool:
             changers = [pool.submit(sign_up_and_delete) for _ in range(2)]
@@ -1738,14 +2030,16 @@ class ConcurrencyTest(ApiTestCase):
         self.assertGreater(newcomer["id"], doomed["id"])
         self.assertUnauthorized(self.request("GET", "/users/me", token=doomed_token))
         self.assertError(self.request("GET", f"/users/{doomed['id']}"), 404)
-        self.assertEqual(self.assertJson(self.request("GET", "/users/me", token=newcomer_token),
-                                         200), newcomer)
+        self.assertEqual(
+            self.assertJson(self.request("GET", "/users/me", token=newcomer_token), 200), newcomer
+        )
 
     def test_ids_are_never_reused_after_deletion(self):
         self.assertIdNotReused(restart=False)
 
     def test_ids_are_never_reused_after_deletion_and_restart(self):
         self.assertIdNotReused(restart=True)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -3,6 +3,7 @@ broker that goes away, and several servers and workers sharing PostgreSQL
 and RabbitMQ. After each, every accepted job ends as a PDF, no request got
 a 500, and nothing had to be restarted by hand.
 """
+
 import os
 import signal
 import sqlite3
@@ -58,8 +59,11 @@ class GracefulStopTest(FaultTestCase):
         def log_in_until_refused():
             try:
                 while True:
-                    statuses.append(self.request("POST", "/login", {"username": username,
-                                                                    "password": "pw"}).status)
+                    statuses.append(
+                        self.request(
+                            "POST", "/login", {"username": username, "password": "pw"}
+                        ).status
+                    )
             except OSError:
                 pass  # refused: the server stopped accepting
 
@@ -137,10 +141,13 @@ class RestartTest(FaultTestCase):
         service = self.start_service()
         server = service.start_server(EMBEDDED_WORKER="0")
         user, token = self.new_user_with_stats(victory_count=100_007)
-        died = self.run_one_job(user, """
+        died = self.run_one_job(
+            user,
+            """
             import os
             def render(data): os._exit(9)  # the process dies with the job in hand
-        """)
+        """,
+        )
         self.assertEqual(died.returncode, 9, died.stderr)
         self.assertEqual(self.request("GET", f"/users/{user['id']}/pdf", token=token).status, 202)
         self.assertEqual(server.stop(signal.SIGTERM), 0)
@@ -183,12 +190,26 @@ class LockedDatabaseTest(FaultTestCase):
         locker.start()
         held.wait(10)
         with ThreadPoolExecutor(8) as pool:
-            writes = list(pool.map(
-                lambda n: self.request("PATCH", f"/users/{user['id']}/stats",
-                                       {"victory_count": n}, token=token).status, range(8)))
-            sign_ups = list(pool.map(
-                lambda _: self.request("POST", "/users", {"username": unique_name(),
-                                                          "password": "pw"}).status, range(4)))
+            writes = list(
+                pool.map(
+                    lambda n: (
+                        self.request(
+                            "PATCH", f"/users/{user['id']}/stats", {"victory_count": n}, token=token
+                        ).status
+                    ),
+                    range(8),
+                )
+            )
+            sign_ups = list(
+                pool.map(
+                    lambda _: (
+                        self.request(
+                            "POST", "/users", {"username": unique_name(), "password": "pw"}
+                        ).status
+                    ),
+                    range(4),
+                )
+            )
         locker.join()
         self.assertEqual(writes, [200] * 8)
         self.assertEqual(sign_ups, [201] * 4)
@@ -205,8 +226,7 @@ def delete_queue(name):
 
 
 def rabbitmqctl(*args):
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120, stdout=subprocess.DEVNULL)
 
 
 @require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
@@ -224,15 +244,20 @@ class BrokerRestartTest(FaultTestCase):
         try:
             health = self.request("GET", "/healthz")
             self.assertEqual((health.status, health.json["broker"]), (503, "down"))
-            during = [self.request("POST", f"/users/{user['id']}/pdf", token=token).status
-                      for user, token in users[3:]]
+            during = [
+                self.request("POST", f"/users/{user['id']}/pdf", token=token).status
+                for user, token in users[3:]
+            ]
             self.assertTrue(set(during) <= {202, 503}, during)
         finally:
             rabbitmqctl("start_app")
 
         worker = service.start_worker()
-        wait_until(lambda: self.request("GET", "/healthz").status == 200, timeout=60,
-                   what="the server to see the broker again")
+        wait_until(
+            lambda: self.request("GET", "/healthz").status == 200,
+            timeout=60,
+            what="the server to see the broker again",
+        )
         for user, token in users[3:]:  # refused (503) during the outage: post again
             answer = self.request("POST", f"/users/{user['id']}/pdf", token=token)
             self.assertEqual(answer.status, 202, answer.body)
@@ -247,11 +272,17 @@ class BrokerRestartTest(FaultTestCase):
         wait_until(lambda: "consuming report jobs" in worker.output(), what="the worker")
         rabbitmqctl("stop_app")
         rabbitmqctl("start_app")
-        wait_until(lambda: worker.output().count("consuming report jobs") >= 2, timeout=60,
-                   what="the worker to consume again")
+        wait_until(
+            lambda: worker.output().count("consuming report jobs") >= 2,
+            timeout=60,
+            what="the worker to consume again",
+        )
         user, token = self.sign_up()
-        wait_until(lambda: self.request("GET", "/healthz").status == 200, timeout=60,
-                   what="the server to see the broker again")
+        wait_until(
+            lambda: self.request("GET", "/healthz").status == 200,
+            timeout=60,
+            what="the server to see the broker again",
+        )
         self.post_report(user, token)
         self.wait_for_report(user, token, timeout=60)
 
@@ -266,15 +297,20 @@ class ThrottlingAcrossServersTest(FaultTestCase):
         user, _ = self.sign_up()
 
         def guess(number):
-            return self.request("POST", "/login", {"username": user["username"],
-                                                   "password": "wrong"},
-                                port=ports[number % 2]).status
+            return self.request(
+                "POST",
+                "/login",
+                {"username": user["username"], "password": "wrong"},
+                port=ports[number % 2],
+            ).status
+
         with ThreadPoolExecutor(16) as pool:
             statuses = list(pool.map(guess, range(40)))
         self.assertEqual(sorted(statuses), [401] * 10 + [429] * 30)
         for port in ports:
-            answer = self.request("POST", "/login", {"username": user["username"],
-                                                     "password": "secret-pw"}, port=port)
+            answer = self.request(
+                "POST", "/login", {"username": user["username"], "password": "secret-pw"}, port=port
+            )
             self.assertEqual(answer.status, 429, answer.body)
 
 
@@ -291,7 +327,7 @@ class SeveralMachinesTest(FaultTestCase):
         second_port = service.port
         workers = [service.start_worker(), service.start_worker()]
         for worker in workers:
-            wait_until(lambda: "consuming report jobs" in worker.output(), what="a worker")
+            wait_until(lambda w=worker: "consuming report jobs" in w.output(), what="a worker")
 
         users = [self.sign_up() for _ in range(16)]
         for number, (user, token) in enumerate(users):
@@ -300,8 +336,14 @@ class SeveralMachinesTest(FaultTestCase):
             self.assertEqual(answer.status, 202, answer.body)
         for number, (user, token) in enumerate(users):
             port = (second_port, first_port)[number % 2]  # served by the other server
-            self.assertIn(user["username"], pdf_text(
-                wait_until(lambda: self.served(user, token, port), what="a report").body))
+            self.assertIn(
+                user["username"],
+                pdf_text(
+                    wait_until(
+                        lambda u=user, t=token, p=port: self.served(u, t, p), what="a report"
+                    ).body
+                ),
+            )
         for worker in workers:
             self.assertIn("finished job", worker.output())  # both did some of the work
 

@@ -4,6 +4,7 @@ The RabbitMQ tests use the real broker at RABBITMQ_URL (127.0.0.1:5672 by
 default), each class on a queue of its own. Under CI=true they must run;
 elsewhere they skip, saying why, when no RabbitMQ answers.
 """
+
 import io
 import os
 import signal
@@ -52,34 +53,43 @@ class ReportClient:
 
     def wait_for_report(self, user, token, unlike_etag=None, timeout=30):
         """Poll GET until it serves a PDF (other than the one with unlike_etag)."""
+
         def served():
             answer = self.request("GET", f"/users/{user['id']}/pdf", token=token)
             if answer.status == 200 and answer.header("ETag") != unlike_etag:
                 return answer
             self.assertIn(answer.status, (200, 202), answer.body)
             return None
+
         return wait_until(served, timeout, what=f"the report of user {user['id']}")
 
     def run_one_job(self, user, renderer):
         """Queues a report for user and runs its job in a worker process of
         its own whose report.render is replaced by renderer (Python source)."""
         script = textwrap.dedent(renderer) + textwrap.dedent(f"""
-            import report, worker, models
+            import database, report, reports, worker
             report.render = render
-            with models.writing() as db:
-                report_id = models.queue_report(db, {user['id']})
-            print(worker.run_job({{"report_id": report_id, "user_id": {user['id']}}}))
+            with database.writing() as db:
+                report_id = reports.queue(db, {user["id"]})
+            print(worker.run_job({{"report_id": report_id, "user_id": {user["id"]}}}))
         """)
-        return subprocess.run([sys.executable, "-c", script], env=self.service.env, cwd=PROJECT,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-c", script],
+            env=self.service.env,
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
 
 class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
     """The default set-up: memory:// broker, the worker in a server thread."""
 
     def test_report_holds_the_users_values_and_follows_stats_changes(self):
-        user, token = self.new_user_with_stats(victory_count=8, loss_count=4,
-                                               session_count=12, total_time=5000)
+        user, token = self.new_user_with_stats(
+            victory_count=8, loss_count=4, session_count=12, total_time=5000
+        )
         accepted = self.post_report(user, token)
         url = f"/users/{user['id']}/pdf"
         self.assertEqual(accepted.json, {"url": url, "status": "pending"})
@@ -87,12 +97,23 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
 
         first = self.wait_for_report(user, token)
         self.assertEqual(first.header("Content-Type"), "application/pdf")
-        self.assertEqual(first.header("Content-Disposition"),
-                         f'inline; filename="{user["username"]}_stats.pdf"')
+        self.assertEqual(
+            first.header("Content-Disposition"), f'inline; filename="{user["username"]}_stats.pdf"'
+        )
         self.assertTrue(first.header("Last-Modified"))
         text = pdf_text(first.body)
-        for value in (user["username"], "player@example.com", "female", "8", "4", "12",
-                      "5000", "1 h 23 min", "66.7%", "UTC"):
+        for value in (
+            user["username"],
+            "player@example.com",
+            "female",
+            "8",
+            "4",
+            "12",
+            "5000",
+            "1 h 23 min",
+            "66.7%",
+            "UTC",
+        ):
             self.assertIn(value, text)
         self.assertEqual(len(PdfReader(io.BytesIO(first.body)).pages), 1)
 
@@ -104,11 +125,15 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
     def test_report_shows_every_field_exactly_even_dollars_and_longest_values(self):
         largest = 2**63 - 1
         username = unique_name("W" * 20)[:32]
-        user, token = self.sign_up(username=username, email="a$b$@c.de" + "e" * 200 + ".com",
-                                   gender="$\\frac{$ is text")
-        self.request("PUT", f"/users/{user['id']}/stats",
-                     dict.fromkeys(("victory_count", "loss_count", "session_count", "total_time"),
-                                   largest), token=token)
+        user, token = self.sign_up(
+            username=username, email="a$b$@c.de" + "e" * 200 + ".com", gender="$\\frac{$ is text"
+        )
+        self.request(
+            "PUT",
+            f"/users/{user['id']}/stats",
+            dict.fromkeys(("victory_count", "loss_count", "session_count", "total_time"), largest),
+            token=token,
+        )
         self.post_report(user, token)
         text = pdf_text(self.wait_for_report(user, token).body).replace("\n", " ")
         for value in (username, user["email"], "$\\frac{$ is text", str(largest), "50.0%"):
@@ -126,8 +151,9 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         user, token = self.new_user_with_stats()
         self.post_report(user, token)
         etag = self.wait_for_report(user, token).header("ETag")
-        again = self.request("GET", f"/users/{user['id']}/pdf", token=token,
-                             headers={"If-None-Match": etag})
+        again = self.request(
+            "GET", f"/users/{user['id']}/pdf", token=token, headers={"If-None-Match": etag}
+        )
         self.assertEqual(again.status, 304)
         self.assertEqual(again.body, b"")
         self.assertEqual(again.header("ETag"), etag)
@@ -184,14 +210,18 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
 
     def test_healthz_reports_database_and_broker(self):
         answer = self.request("GET", "/healthz")
-        self.assertEqual((answer.status, answer.json),
-                         (200, {"status": "ok", "database": "ok", "broker": "ok"}))
+        self.assertEqual(
+            (answer.status, answer.json), (200, {"status": "ok", "database": "ok", "broker": "ok"})
+        )
 
     def test_failed_render_is_a_clear_error_and_a_new_post_starts_over(self):
         user, token = self.new_user_with_stats()
-        run = self.run_one_job(user, """
+        run = self.run_one_job(
+            user,
+            """
             def render(data): raise RuntimeError("broken renderer")
-        """)
+        """,
+        )
         self.assertIn("failed job", run.stdout, run.stderr)
         self.assertEqual(run.stderr.count("render attempt"), 3)  # bounded retries, logged
 
@@ -204,7 +234,9 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         # The contract: the report holds the data as it is when the job runs.
         # A job already running has read it, so a POST then must not be absorbed.
         user, token = self.new_user_with_stats(victory_count=100_001)
-        run = self.run_one_job(user, f"""
+        run = self.run_one_job(
+            user,
+            f"""
             import json, urllib.request
             from report import render as real_render
             def call(method, path, body=None):
@@ -215,15 +247,17 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
                               "Content-Type": "application/json"}})
                 urllib.request.urlopen(request).close()
             def render(data):  # the user changes their stats and asks again meanwhile
-                call("PATCH", "/users/{user['id']}/stats", {{"victory_count": 100_002}})
-                call("POST", "/users/{user['id']}/pdf")
+                call("PATCH", "/users/{user["id"]}/stats", {{"victory_count": 100_002}})
+                call("POST", "/users/{user["id"]}/pdf")
                 return real_render(data)
-        """)
+        """,
+        )
         self.assertIn("finished job", run.stdout, run.stderr)
 
         def served_with_the_new_stats():
             answer = self.wait_for_report(user, token)
             return "100002" in pdf_text(answer.body)
+
         wait_until(served_with_the_new_stats, timeout=20, what="a report with the new stats")
 
 
@@ -252,8 +286,12 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
 
     @classmethod
     def queue(cls):
-        return Queue(cls.queue_name, Exchange(cls.queue_name, type="direct", durable=True),
-                     routing_key="report", durable=True)
+        return Queue(
+            cls.queue_name,
+            Exchange(cls.queue_name, type="direct", durable=True),
+            routing_key="report",
+            durable=True,
+        )
 
     def tearDown(self):
         for worker in self.service.processes[1:]:
@@ -262,7 +300,9 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
 
     def ready_jobs(self):
         with Connection(RABBITMQ_URL) as connection:
-            return self.queue()(connection.default_channel).queue_declare(passive=True).message_count
+            return (
+                self.queue()(connection.default_channel).queue_declare(passive=True).message_count
+            )
 
     def test_server_queues_and_a_separate_worker_renders(self):
         user, token = self.new_user_with_stats(victory_count=3, loss_count=1)
@@ -290,8 +330,12 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
         self.assertEqual(self.ready_jobs(), 1)
         # As if the server had crashed between its commit and its publish, long ago.
         with self.service.database() as db:
-            db.execute(text("UPDATE reports SET published_at = published_at - 3600 "
-                            "WHERE user_id = :user_id"), {"user_id": user["id"]})
+            db.execute(
+                text(
+                    "UPDATE reports SET published_at = published_at - 3600 WHERE user_id = :user_id"
+                ),
+                {"user_id": user["id"]},
+            )
         self.post_report(user, token)
         self.assertEqual(self.ready_jobs(), 2)
 
@@ -317,14 +361,20 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
         wait_until(lambda: "consuming report jobs" in worker.output(), what="worker consuming")
         with Connection(RABBITMQ_URL) as connection:
             producer = connection.Producer()
-            for body, content_type in ((b"\x00not json", "application/octet-stream"),
-                                       (b"{not json", "application/json"),
-                                       (b'{"report_id": "x"}', "application/json"),
-                                       (b'{"report_id": 999999999, "user_id": 1}',
-                                        "application/json")):
-                producer.publish(body, exchange=self.queue().exchange, routing_key="report",
-                                 content_type=content_type, content_encoding="utf-8",
-                                 declare=[self.queue()])
+            for body, content_type in (
+                (b"\x00not json", "application/octet-stream"),
+                (b"{not json", "application/json"),
+                (b'{"report_id": "x"}', "application/json"),
+                (b'{"report_id": 999999999, "user_id": 1}', "application/json"),
+            ):
+                producer.publish(
+                    body,
+                    exchange=self.queue().exchange,
+                    routing_key="report",
+                    content_type=content_type,
+                    content_encoding="utf-8",
+                    declare=[self.queue()],
+                )
         wait_until(lambda: worker.output().count("dropped") == 4, what="4 dropped jobs logged")
         user, token = self.new_user_with_stats()
         self.post_report(user, token)
@@ -340,6 +390,7 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
 
 class UnreachableBrokerTest(ReportClient, ServiceTestCase):
     """A broker that refuses connections: 503, and nothing left pending."""
+
     service_env = {"BROKER_URL": "amqp://guest:guest@127.0.0.1:9//"}
 
     def test_post_is_503_and_leaves_nothing_pending(self):
@@ -350,9 +401,39 @@ class UnreachableBrokerTest(ReportClient, ServiceTestCase):
 
     def test_healthz_names_the_broker_as_down(self):
         answer = self.request("GET", "/healthz")
-        self.assertEqual((answer.status, answer.json),
-                         (503, {"status": "down", "database": "ok", "broker": "down"}))
+        self.assertEqual(
+            (answer.status, answer.json),
+            (503, {"status": "down", "database": "ok", "broker": "down"}),
+        )
 
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ReportLibraryTest(unittest.TestCase):
+    """report.py reaches into matplotlib's private parts for speed: these fail
+    when an upgrade of matplotlib silently undoes that."""
+
+    def test_the_pdf_backend_reads_core_font_metrics_through_the_parsed_once_cache(self):
+        import report
+
+        data = report.ReportData("cache_check", None, None, 3, 1, 2, 60)
+        report.render(data)  # warms report's own caches
+        calls = []
+        parse_once = report._parse_afm
+
+        def counted(path):
+            calls.append(path)
+            return parse_once(path)
+
+        report._parse_afm = counted
+        try:
+            pdf = report.render(data)
+        finally:
+            report._parse_afm = parse_once
+        self.assertTrue(calls, "the PDF backend no longer calls backend_pdf.AFM: the cache is dead")
+        self.assertTrue(all(str(path).endswith(".afm") for path in calls), calls)
+        self.assertIn(
+            "cache_check", "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+        )

@@ -32,9 +32,10 @@ remembered between runs), and nothing timing-based (the too_slow health check
 is off). SCHEMATHESIS_SEED and SCHEMATHESIS_MAX_EXAMPLES change the seed and
 the number of examples per operation, e.g. for a longer hunt by hand.
 
-schemathesis_hooks.py (loaded by every run) holds the one rule of the server
+tools/schemathesis_hooks.py (loaded by every run) holds the one rule of the server
 that JSON Schema cannot state; it says why.
 """
+
 import os
 import subprocess
 import sys
@@ -96,34 +97,56 @@ class SchemathesisTest(ServiceTestCase):
         config_file = workdir / "schemathesis.toml"
         config_file.write_text(config)
         command = [
-            sys.executable, "-m", "schemathesis.cli", "--config-file", str(config_file),
-            "run", f"http://127.0.0.1:{self.service.port}/openapi.json",
-            "--checks", "all",
-            "--max-examples", str(MAX_EXAMPLES),
-            "--seed", str(SEED),
-            "--workers", "1",
-            "--generation-database", "none",
-            "--suppress-health-check", "too_slow",
-            "--request-timeout", "30",
-            "--output-sanitize", "false",  # a test token: show the requests as sent
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            str(config_file),
+            "run",
+            f"http://127.0.0.1:{self.service.port}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--seed",
+            str(SEED),
+            "--workers",
+            "1",
+            "--generation-database",
+            "none",
+            "--suppress-health-check",
+            "too_slow",
+            "--request-timeout",
+            "30",
+            "--output-sanitize",
+            "false",  # a test token: show the requests as sent
             "--no-color",
             *options,
         ]
         if token:
             command += ["--header", f"Authorization: Bearer {token}"]
-        env = {**os.environ, "SCHEMATHESIS_HOOKS": str(PROJECT / "schemathesis_hooks.py"),
-               "PYTHONIOENCODING": "utf-8", "COLUMNS": "120"}
+        env = {
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": str(PROJECT / "tools" / "schemathesis_hooks.py"),
+            "PYTHONIOENCODING": "utf-8",
+            "COLUMNS": "120",
+        }
         try:
-            run = subprocess.run(command, cwd=workdir, env=env, capture_output=True,
-                                 timeout=DEADLINE)
+            run = subprocess.run(
+                command, cwd=workdir, env=env, capture_output=True, timeout=DEADLINE
+            )
         except subprocess.TimeoutExpired as expired:
             output = (expired.stdout or b"").decode(errors="replace")
             self.fail(f"schemathesis did not finish within {DEADLINE}s:\n{output}")
         output = (run.stdout + run.stderr).decode(errors="replace")
-        self.assertEqual(run.returncode, 0, f"schemathesis failed:\n{output}"
-                                            f"\nserver log:\n{self.server_log_tail()}")
-        self.assertNotIn("Traceback", self.service.server.output(),
-                         "the server logged an exception")
+        self.assertEqual(
+            run.returncode,
+            0,
+            f"schemathesis failed:\n{output}\nserver log:\n{self.server_log_tail()}",
+        )
+        self.assertNotIn(
+            "Traceback", self.service.server.output(), "the server logged an exception"
+        )
         return output
 
     def server_log_tail(self, lines=60):
@@ -144,8 +167,11 @@ class SchemathesisTest(ServiceTestCase):
         user_id, token = self.new_secret_user()
         config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
         self.schemathesis("--include-name", DELETE, config=config, token=token)
-        self.assertEqual(self.service.request("GET", f"/users/{user_id}").status, 404,
-                         "the run never deleted its user")
+        self.assertEqual(
+            self.service.request("GET", f"/users/{user_id}").status,
+            404,
+            "the run never deleted its user",
+        )
 
 
 if __name__ == "__main__":

@@ -3,19 +3,19 @@
 Each rule both checks a value and describes itself as JSON Schema, so that
 /openapi.json states exactly what the server enforces.
 """
+
 import json
 import re
 
 from bottle import request
 
-from errors import ApiError
+from responses import ApiError
 
 MAX_BODY = 1 << 20  # 1 MiB
 
 
 class Text:
-    def __init__(self, max_length, min_length=0, pattern=None, nullable=False,
-                 what="a string"):
+    def __init__(self, max_length, min_length=0, pattern=None, nullable=False, what="a string"):
         self.max_length, self.min_length = max_length, min_length
         self.pattern = pattern and re.compile(pattern)
         self.nullable, self.what = nullable, what
@@ -23,10 +23,12 @@ class Text:
     def accepts(self, value):
         if value is None:
             return self.nullable
-        return (isinstance(value, str)
-                and self.min_length <= len(value) <= self.max_length
-                and (not self.pattern or self.pattern.fullmatch(value) is not None)
-                and not _has_lone_surrogate(value))
+        return (
+            isinstance(value, str)
+            and self.min_length <= len(value) <= self.max_length
+            and (not self.pattern or self.pattern.fullmatch(value) is not None)
+            and not _has_lone_surrogate(value)
+        )
 
     def check(self, name, value):
         if not self.accepts(value):
@@ -34,8 +36,10 @@ class Text:
         return value
 
     def schema(self):
-        schema = {"type": ["string", "null"] if self.nullable else "string",
-                  "maxLength": self.max_length}
+        schema = {
+            "type": ["string", "null"] if self.nullable else "string",
+            "maxLength": self.max_length,
+        }
         if self.min_length:
             schema["minLength"] = self.min_length
         if self.pattern:
@@ -45,6 +49,7 @@ class Text:
 
 class Count:
     """A non-negative integer that fits a signed 64-bit column."""
+
     maximum = 2**63 - 1
 
     def check(self, name, value):
@@ -55,9 +60,13 @@ class Count:
     def schema(self):
         # JSON Schema compares numbers by value (2.0 is the integer 2 to it); the
         # server goes by the spelling, so the description states what the schema cannot.
-        return {"type": "integer", "minimum": 0, "maximum": self.maximum,
-                "description": "Written as a JSON integer: a fraction or an exponent "
-                               "(1.0, 1e2, -0.0) makes it a float, which is 400."}
+        return {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": self.maximum,
+            "description": "Written as a JSON integer: a fraction or an exponent "
+            "(1.0, 1e2, -0.0) makes it a float, which is 400.",
+        }
 
 
 def _has_lone_surrogate(value):
@@ -71,22 +80,34 @@ def _has_lone_surrogate(value):
 # No control characters in stored text: PostgreSQL refuses NUL, and none belongs there.
 PRINTABLE = r"[^\x00-\x1f\x7f]"
 USER_FIELDS = {
-    "username": Text(32, 1, r"[A-Za-z0-9_.-]+",
-                     what="1 to 32 letters, digits, '_', '-' or '.'"),
+    "username": Text(32, 1, r"[A-Za-z0-9_.-]+", what="1 to 32 letters, digits, '_', '-' or '.'"),
     "password": Text(256, 1, what="a string of 1 to 256 characters"),
-    "email": Text(254, 3, r"[^@ \x00-\x1f\x7f]+@[^@ \x00-\x1f\x7f]+\.[^@ \x00-\x1f\x7f]+",
-                  nullable=True, what="null or an email address of at most 254 characters"),
-    "gender": Text(32, pattern=PRINTABLE + "*", nullable=True,
-                   what="null or a string of at most 32 printable characters"),
+    "email": Text(
+        254,
+        3,
+        r"[^@ \x00-\x1f\x7f]+@[^@ \x00-\x1f\x7f]+\.[^@ \x00-\x1f\x7f]+",
+        nullable=True,
+        what="null or an email address of at most 254 characters",
+    ),
+    "gender": Text(
+        32,
+        pattern=PRINTABLE + "*",
+        nullable=True,
+        what="null or a string of at most 32 printable characters",
+    ),
     # Spelled out rather than \s or (?i): JSON Schema's regex dialect differs on those.
-    "profile_pic": Text(2048, pattern=r"[Hh][Tt][Tt][Pp][Ss]?://"
-                                      r"[^ /?#\x00-\x1f\x7f]+[^ \x00-\x1f\x7f]*",
-                        nullable=True,
-                        what="null or an http(s) URL of at most 2048 characters"),
+    "profile_pic": Text(
+        2048,
+        pattern=r"[Hh][Tt][Tt][Pp][Ss]?://"
+        r"[^ /?#\x00-\x1f\x7f]+[^ \x00-\x1f\x7f]*",
+        nullable=True,
+        what="null or an http(s) URL of at most 2048 characters",
+    ),
 }
 PASSWORD_CHANGE_FIELDS = {"current_password": USER_FIELDS["password"]}
-STATS_FIELDS = {name: Count() for name in
-                ("loss_count", "session_count", "total_time", "victory_count")}
+STATS_FIELDS = {
+    name: Count() for name in ("loss_count", "session_count", "total_time", "victory_count")
+}
 
 # Fields of the user representation that a client may send back unchanged.
 READ_ONLY_USER_FIELDS = frozenset({"id", "self", "stats", "pdf"})
@@ -98,7 +119,7 @@ def json_object():
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiError(400, "The request body must be valid JSON (UTF-8).")
+        raise ApiError(400, "The request body must be valid JSON (UTF-8).") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return body
@@ -114,8 +135,7 @@ def checked_fields(body, rules, ignored=frozenset(), required=()):
     missing = [name for name in required if name not in body]
     if missing:
         raise ApiError(400, f"'{missing[0]}' is required.")
-    return {name: rules[name].check(name, value)
-            for name, value in body.items() if name in rules}
+    return {name: rules[name].check(name, value) for name, value in body.items() if name in rules}
 
 
 def reject_unknown_fields(body, allowed, ignored=frozenset()):
@@ -127,8 +147,11 @@ def reject_unknown_fields(body, allowed, ignored=frozenset()):
 
 def object_schema(rules, required=(), extra=None):
     properties = {name: rule.schema() for name, rule in rules.items()}
-    schema = {"type": "object", "properties": {**properties, **(extra or {})},
-              "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {**properties, **(extra or {})},
+        "additionalProperties": False,
+    }
     if required:
         schema["required"] = list(required)
     return schema

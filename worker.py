@@ -7,18 +7,20 @@ A job is acked only after its report is committed, so a worker that dies
 mid-job loses nothing: the broker hands the job to the next worker. A job
 that can never succeed is acked and logged, never redelivered forever.
 """
+
 import logging
 import signal
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as StillRunning
 
 from kombu import Consumer
 
+import database
 import jobs
 import models
 import report
+import reports
 
 log = logging.getLogger("worker")
 
@@ -32,31 +34,37 @@ def report_data(db, user_id):
     if user is None or stats is None:
         return None
     return report.ReportData(
-        username=user.username, email=user.email, gender=user.gender,
-        **{name: getattr(stats, name) for name in models.STAT_FIELDS})
+        username=user.username,
+        email=user.email,
+        gender=user.gender,
+        **{name: getattr(stats, name) for name in models.STAT_FIELDS},
+    )
 
 
 def run_job(body):
     """Render and store one report. Returns what happened, for the log."""
-    if not (isinstance(body, dict) and type(body.get("report_id")) is int
-            and type(body.get("user_id")) is int):
+    if not (
+        isinstance(body, dict)
+        and type(body.get("report_id")) is int
+        and type(body.get("user_id")) is int
+    ):
         return f"dropped malformed job {body!r:.200}"
-    with models.writing() as db:
-        job = models.find_report(db, body["report_id"])
+    with database.writing() as db:
+        job = reports.find(db, body["report_id"])
         if job is None or job.user_id != body["user_id"]:
             return f"dropped job {body['report_id']}: no such report (its user was deleted?)"
-        if not models.start_report(db, job.id):  # it starts only a pending or rendering one
+        if not reports.start(db, job.id):  # it starts only a pending or rendering one
             return f"dropped job {job.id}: already finished"
     # The data is read only after that commit. A POST that still found the job
     # pending came before it, so its stats change is read here; a POST after it
     # finds the job rendering and queues another.
-    with models.reading() as db:
+    with database.reading() as db:
         data = report_data(db, job.user_id)
     if data is None:
         return f"dropped job {job.id}: its user was deleted"
     pdf, error = render_with_retries(data)
-    with models.writing() as db:
-        models.finish_report(db, job, pdf, error)
+    with database.writing() as db:
+        reports.finish(db, job, pdf, error)
     return f"{'finished' if pdf else 'failed'} job {job.id}" + (f": {error}" if error else "")
 
 
@@ -99,17 +107,26 @@ class Worker:
                 # Above all the broker going away; whatever it was, the worker carries on.
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
-                log.warning("consuming stopped (%r); reconnecting in %ss", error, delay,
-                            exc_info=not isinstance(error, jobs.CONNECTION_ERRORS))
+                log.warning(
+                    "consuming stopped (%r); reconnecting in %ss",
+                    error,
+                    delay,
+                    exc_info=not isinstance(error, jobs.connection_errors()),
+                )
                 self._stopping.wait(delay)
         self._job_runner.shutdown()
         log.info("worker stopped")
         self._stopped.set()
 
     def _consume(self, connection):
-        with Consumer(connection, queues=[jobs.queue], callbacks=[self._take_job],
-                      accept=["json"], prefetch_count=1,
-                      on_decode_error=self._on_undecodable):
+        with Consumer(
+            connection,
+            queues=[jobs.queue],
+            callbacks=[self._take_job],
+            accept=["json"],
+            prefetch_count=1,
+            on_decode_error=self._on_undecodable,
+        ):
             log.info("consuming report jobs from %s", connection.as_uri())
             # On stop, the job in hand is finished and acked before leaving.
             while not (self._stopping.is_set() and self._job is None):
@@ -124,7 +141,7 @@ class Worker:
     def _drain(connection, timeout):
         try:
             connection.drain_events(timeout=timeout)
-        except socket.timeout:
+        except TimeoutError:
             pass
 
     def _take_job(self, body, message):
@@ -160,8 +177,7 @@ def start_in_thread():
 
 
 def main():
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     models.create_tables()
     worker = Worker()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,4 +1,4 @@
-"""The benchmark of issue 4: `./run.sh bench [--quick] [--only SECTION]`.
+"""The benchmark: `./run.sh bench [--quick] [--only SECTION]`.
 
 Every figure comes from real processes started from this checkout, each on a
 data folder of its own in a temporary directory:
@@ -14,9 +14,10 @@ data folder of its own in a temporary directory:
   growth   read latency with 1,000 and with 100,000 users in the database.
   memory   peak RSS of the servers, and a worker's RSS after 50 and 200 jobs.
 
-It prints markdown tables, each figure beside the issue's target; a full run
+It prints markdown tables, each figure beside its target; a full run
 also writes them to BENCHMARKS.md with the machine, the command and the date.
 """
+
 import argparse
 import http.client
 import io
@@ -36,12 +37,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from itertools import count
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parent
+PROJECT = Path(__file__).resolve().parent.parent  # the service, one folder up
+# --seed-users imports the service's own modules.
+sys.path.insert(0, str(PROJECT))
 PYTHON = sys.executable
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 PACKAGES = ("bottle", "waitress", "SQLAlchemy", "PyJWT", "kombu", "matplotlib")
@@ -58,22 +61,36 @@ POLL_INTERVAL = 0.005  # between GETs of a pending report: tight, yet not starvi
 
 @dataclass(frozen=True)
 class Settings:
-    load_seconds: int          # each wrk run
-    repetitions: int           # interleaved: service, ceiling, service, ceiling...
-    render_samples: int        # report.render against the naive render, in this process
-    sequential_reports: int    # POST-to-PDF timed one user after another
-    burst_reports: int         # POSTed at once, then PDFs per second
-    growth_sizes: tuple        # users in the database
-    memory_jobs: tuple         # a worker's RSS is read after this many jobs, then after this many
-    memory_load_seconds: int   # each API load run before reading the servers' peak RSS
+    load_seconds: int  # each wrk run
+    repetitions: int  # interleaved: service, ceiling, service, ceiling...
+    render_samples: int  # report.render against the naive render, in this process
+    sequential_reports: int  # POST-to-PDF timed one user after another
+    burst_reports: int  # POSTed at once, then PDFs per second
+    growth_sizes: tuple  # users in the database
+    memory_jobs: tuple  # a worker's RSS is read after this many jobs, then after this many
+    memory_load_seconds: int  # each API load run before reading the servers' peak RSS
 
 
-FULL = Settings(load_seconds=10, repetitions=3, render_samples=30, sequential_reports=20,
-                burst_reports=50, growth_sizes=(1_000, 100_000), memory_jobs=(50, 200),
-                memory_load_seconds=5)
-QUICK = Settings(load_seconds=2, repetitions=1, render_samples=5, sequential_reports=5,
-                 burst_reports=10, growth_sizes=(1_000, 10_000), memory_jobs=(10, 40),
-                 memory_load_seconds=1)
+FULL = Settings(
+    load_seconds=10,
+    repetitions=3,
+    render_samples=30,
+    sequential_reports=20,
+    burst_reports=50,
+    growth_sizes=(1_000, 100_000),
+    memory_jobs=(50, 200),
+    memory_load_seconds=5,
+)
+QUICK = Settings(
+    load_seconds=2,
+    repetitions=1,
+    render_samples=5,
+    sequential_reports=5,
+    burst_reports=10,
+    growth_sizes=(1_000, 10_000),
+    memory_jobs=(10, 40),
+    memory_load_seconds=1,
+)
 
 
 def progress(message):
@@ -81,6 +98,7 @@ def progress(message):
 
 
 # Small helpers
+
 
 def free_port():
     with socket.socket() as sock:
@@ -121,23 +139,37 @@ def maps_matplotlib(pid):
 
 
 def sample_user_fields(number):
-    return {"username": f"player{number}", "email": f"player{number}@example.com",
-            "gender": ("female", "male")[number % 2]}
+    return {
+        "username": f"player{number}",
+        "email": f"player{number}@example.com",
+        "gender": ("female", "male")[number % 2],
+    }
 
 
 def sample_stats(number):
-    return {"victory_count": 10 + number % 40, "loss_count": 5 + number % 25,
-            "session_count": 15 + number % 60, "total_time": 3_600 + 97 * number}
+    return {
+        "victory_count": 10 + number % 40,
+        "loss_count": 5 + number % 25,
+        "session_count": 15 + number % 60,
+        "total_time": 3_600 + 97 * number,
+    }
 
 
 def user_json(number):
     """A user as the service's GET /users/{id} answers it."""
     path = f"/users/{number}"
-    return {"id": number, **sample_user_fields(number), "profile_pic": None,
-            "self": path, "stats": path + "/stats", "pdf": path + "/pdf"}
+    return {
+        "id": number,
+        **sample_user_fields(number),
+        "profile_pic": None,
+        "self": path,
+        "stats": path + "/stats",
+        "pdf": path + "/pdf",
+    }
 
 
 # Output: markdown tables, each target with a pass or FAIL mark
+
 
 @dataclass
 class Section:
@@ -147,11 +179,24 @@ class Section:
     failed: int = 0
 
     def table(self, header, rows):
-        widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+        widths = [
+            max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)
+        ]
+
         def line(cells):
-            return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-        self.lines += ["", line(header), line(["-" * w for w in widths]),
-                       *(line(row) for row in rows), ""]
+            return (
+                "| "
+                + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+                + " |"
+            )
+
+        self.lines += [
+            "",
+            line(header),
+            line(["-" * w for w in widths]),
+            *(line(row) for row in rows),
+            "",
+        ]
 
     def note(self, text):
         self.lines.append(text)
@@ -177,14 +222,17 @@ def repetitions_text(settings):
 
 def spread(values, digits=0):
     """The median, with min and max when there are several values."""
+
     def show(value):
         return f"{value:,.{digits}f}"
+
     if len(values) == 1:
         return show(values[0])
     return f"{show(statistics.median(values))} ({show(min(values))}–{show(max(values))})"
 
 
 # HTTP: a keep-alive client, for setting up and for timing reports
+
 
 class Client:
     def __init__(self, port):
@@ -283,12 +331,14 @@ def reports_one_by_one(client, users):
 
 # Processes: the service's server and workers, and the ceiling
 
+
 class Process:
     def __init__(self, args, env, log_path):
         self.log_path = log_path
         with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen(args, env=env, cwd=PROJECT,
-                                          stdout=log, stderr=subprocess.STDOUT)
+            self.popen = subprocess.Popen(
+                args, env=env, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT
+            )
         self.pid = self.popen.pid
         self.stopped = False
 
@@ -325,13 +375,25 @@ def wait_for_http(process, port, path, name):
             raise RuntimeError(f"{name} exited:\n{process.log()[-3000:]}")
         # Running still once it answers: not some other process that took the port first.
         return answers(port, path) and process.running()
+
     wait_until(ready, timeout=60, what=f"{name} on port {port}")
 
 
 # Variables of config.py that bench sets itself or leaves at their defaults.
-SERVICE_VARIABLES = ("HOST", "PORT", "WEB_THREADS", "DATA_DIR", "DATABASE_URL", "BROKER_URL",
-                     "REPORT_QUEUE", "EMBEDDED_WORKER", "JWT_SECRET", "JWT_TTL",
-                     "CORS_ORIGINS", "SCRYPT_N")
+SERVICE_VARIABLES = (
+    "HOST",
+    "PORT",
+    "WEB_THREADS",
+    "DATA_DIR",
+    "DATABASE_URL",
+    "BROKER_URL",
+    "REPORT_QUEUE",
+    "EMBEDDED_WORKER",
+    "JWT_SECRET",
+    "JWT_TTL",
+    "CORS_ORIGINS",
+    "SCRYPT_N",
+)
 
 
 class Service:
@@ -346,11 +408,18 @@ class Service:
         # A queue (and exchange) of this run alone, deleted by stop().
         self.queue_name = f"bench-{name}-{os.getpid()}-{int(time.time())}"
         environment = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
-        self.env = {**environment, "HOST": "127.0.0.1", "PORT": str(self.port),
-                    "DATA_DIR": str(self.dir), "DATABASE_URL": f"sqlite:///{self.dir}/app.db",
-                    "BROKER_URL": broker_url, "REPORT_QUEUE": self.queue_name,
-                    "JWT_SECRET": "bench-" + os.urandom(32).hex(),
-                    "SCRYPT_N": str(SCRYPT_N), "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **environment,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "DATA_DIR": str(self.dir),
+            "DATABASE_URL": f"sqlite:///{self.dir}/app.db",
+            "BROKER_URL": broker_url,
+            "REPORT_QUEUE": self.queue_name,
+            "JWT_SECRET": "bench-" + os.urandom(32).hex(),
+            "SCRYPT_N": str(SCRYPT_N),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.server = None
         self.workers = []
         self._processes = []
@@ -363,8 +432,9 @@ class Service:
     def __exit__(self, error_type, *_):
         if error_type is not None and issubclass(error_type, Exception):  # not on Ctrl-C
             for process in self._processes:
-                progress(f"the end of {self.name}/{process.log_path.name}:\n"
-                         f"{process.log()[-2000:]}")
+                progress(
+                    f"the end of {self.name}/{process.log_path.name}:\n{process.log()[-2000:]}"
+                )
         self.stop()
 
     def _start(self, script):
@@ -374,12 +444,12 @@ class Service:
         return process
 
     def start(self):
-        self.server = self._start("server.py")
+        self.server = self._start(PROJECT / "server.py")
         wait_for_http(self.server, self.port, "/healthz", f"the {self.name} server")
         self._client = Client(self.port)
 
     def start_worker(self):
-        worker = self._start("worker.py")
+        worker = self._start(PROJECT / "worker.py")
         self.workers.append(worker)
         self.wait_for_consumers(len(self.workers))
         return worker
@@ -390,11 +460,16 @@ class Service:
         self.wait_for_consumers(len(self.workers))
 
     def wait_for_consumers(self, number):
-        wait_until(lambda: self._consumers() == number, timeout=60, interval=0.1,
-                   what=f"{number} worker(s) consuming {self.queue_name}")
+        wait_until(
+            lambda: self._consumers() == number,
+            timeout=60,
+            interval=0.1,
+            what=f"{number} worker(s) consuming {self.queue_name}",
+        )
 
     def _consumers(self):
         from kombu import Connection
+
         with Connection(RABBITMQ_URL, connect_timeout=2) as connection:
             try:
                 queue = self._queue(connection.default_channel)
@@ -404,14 +479,16 @@ class Service:
 
     def _queue(self, channel):
         from kombu import Exchange, Queue
+
         exchange = Exchange(self.queue_name, type="direct", durable=True)
         return Queue(self.queue_name, exchange, routing_key="report", durable=True)(channel)
 
     def seed_users(self, number):
         """number users straight into a fresh database (see seed_database); seconds taken."""
         start = time.perf_counter()
-        subprocess.run([PYTHON, __file__, "--seed-users", str(number)], env=self.env,
-                       cwd=PROJECT, check=True)
+        subprocess.run(
+            [PYTHON, __file__, "--seed-users", str(number)], env=self.env, cwd=PROJECT, check=True
+        )
         return time.perf_counter() - start
 
     def sign_up(self, number):
@@ -419,19 +496,24 @@ class Service:
         users = []
         for _ in range(number):
             n = next(self._numbers)
-            answer = json.loads(self._client.expect(
-                201, "POST", "/users", {**sample_user_fields(n), "password": "bench-password"}))
+            answer = json.loads(
+                self._client.expect(
+                    201, "POST", "/users", {**sample_user_fields(n), "password": "bench-password"}
+                )
+            )
             user = User(answer["user"]["id"], answer["token"])
-            self._client.expect(200, "PATCH", f"/users/{user.id}/stats", sample_stats(n),
-                                user.token)
+            self._client.expect(
+                200, "PATCH", f"/users/{user.id}/stats", sample_stats(n), user.token
+            )
             users.append(user)
         return users
 
     def check_running(self):
         for process in self._processes:
             if not process.stopped and not process.running():
-                raise RuntimeError(f"{process.log_path.name} of {self.name} died:\n"
-                                   f"{process.log()[-3000:]}")
+                raise RuntimeError(
+                    f"{process.log_path.name} of {self.name} died:\n{process.log()[-3000:]}"
+                )
 
     def problems(self):
         """The log lines that say something went wrong, with which process said them."""
@@ -441,8 +523,9 @@ class Service:
                 if re.search(r"\b(ERROR|CRITICAL|Traceback)\b", line):
                     found.append(f"{self.name}/{process.log_path.stem}: {line.strip()[:240]}")
             if process.popen.returncode not in (None, 0, -signal.SIGTERM):
-                found.append(f"{self.name}/{process.log_path.stem}: exited with "
-                             f"{process.popen.returncode}")
+                found.append(
+                    f"{self.name}/{process.log_path.stem}: exited with {process.popen.returncode}"
+                )
         return found
 
     def stop(self):
@@ -455,6 +538,7 @@ class Service:
 
     def _delete_queue(self):
         from kombu import Connection
+
         try:
             with Connection(RABBITMQ_URL, connect_timeout=2) as connection:
                 queue = self._queue(connection.default_channel)
@@ -467,6 +551,7 @@ class Service:
 def rabbitmq_version():
     """The version of the RabbitMQ at RABBITMQ_URL, or None when it does not answer."""
     from kombu import Connection
+
     try:
         with Connection(RABBITMQ_URL, connect_timeout=2) as connection:
             connection.ensure_connection(max_retries=0)
@@ -478,8 +563,10 @@ def rabbitmq_version():
 
 # The ceiling: the same routes on bare Bottle + Waitress, with constant data
 
+
 def ceiling_app():
     import bottle
+
     app = bottle.Bottle()
     one_user = user_json(1)
     hundred_users = [user_json(n) for n in range(1, 101)]
@@ -506,14 +593,16 @@ def ceiling_app():
 
 def serve_ceiling(port):
     import waitress
+
     waitress.serve(ceiling_app(), host="127.0.0.1", port=port, threads=WEB_THREADS, ident="")
 
 
 class Ceiling:
     def __init__(self, folder):
         self.port = free_port()
-        self.process = Process([PYTHON, __file__, "--ceiling", str(self.port)], os.environ,
-                               folder / "ceiling.log")
+        self.process = Process(
+            [PYTHON, __file__, "--ceiling", str(self.port)], os.environ, folder / "ceiling.log"
+        )
 
     def __enter__(self):
         wait_for_http(self.process, self.port, "/users/1", "the ceiling app")
@@ -525,10 +614,11 @@ class Ceiling:
 
 # Load: wrk, or a stdlib client with the same shape, and the same figures
 
+
 @dataclass(frozen=True)
 class Load:
     method: str
-    path: str                # "{id}" in it: a random id from 1 to max_id, per request
+    path: str  # "{id}" in it: a random id from 1 to max_id, per request
     body: str | None = None  # "{n}" in it: a number new with each request
     token: str | None = None
     max_id: int = 1
@@ -552,7 +642,7 @@ class LoadResult:
     requests_per_second: float
     p50_ms: float
     p99_ms: float
-    non_2xx: int        # answers outside 2xx and 3xx
+    non_2xx: int  # answers outside 2xx and 3xx
     socket_errors: int  # connect, read, write errors and timeouts
 
 
@@ -563,34 +653,43 @@ def lua_string(text):
 def lua_template(text, max_id):
     """A Lua expression for a path or body with {id} and {n} in it."""
     pieces = {"{id}": f"math.random(1, {max_id})", "{n}": "n"}
-    return " .. ".join(pieces.get(part) or lua_string(part)
-                       for part in re.split(r"(\{id\}|\{n\})", text) if part)
+    return " .. ".join(
+        pieces.get(part) or lua_string(part) for part in re.split(r"(\{id\}|\{n\})", text) if part
+    )
 
 
 def wrk_script(load):
     lines = [f"wrk.method = {lua_string(load.method)}"]
-    lines += [f"wrk.headers[{lua_string(name)}] = {lua_string(value)}"
-              for name, value in load.headers().items()]
+    lines += [
+        f"wrk.headers[{lua_string(name)}] = {lua_string(value)}"
+        for name, value in load.headers().items()
+    ]
     if not load.varies():
         if load.body:
             lines.append(f"wrk.body = {lua_string(load.body)}")
         return "\n".join(lines) + "\n"
     body = lua_template(load.body, load.max_id) if load.body else "nil"
-    return "\n".join(lines + [
-        "local threads = 0",
-        "function setup(thread)",
-        "  threads = threads + 1",
-        "  thread:set('number', threads)",
-        "end",
-        "function init(args)",  # each thread its own random ids and its own body numbers
-        "  math.randomseed(number)",
-        "  n = number * 1000000",
-        "end",
-        "function request()",
-        "  n = n + 1",
-        f"  return wrk.format(nil, {lua_template(load.path, load.max_id)}, nil, {body})",
-        "end",
-    ]) + "\n"
+    return (
+        "\n".join(
+            lines
+            + [
+                "local threads = 0",
+                "function setup(thread)",
+                "  threads = threads + 1",
+                "  thread:set('number', threads)",
+                "end",
+                "function init(args)",  # each thread its own random ids and its own body numbers
+                "  math.randomseed(number)",
+                "  n = number * 1000000",
+                "end",
+                "function request()",
+                "  n = n + 1",
+                f"  return wrk.format(nil, {lua_template(load.path, load.max_id)}, nil, {body})",
+                "end",
+            ]
+        )
+        + "\n"
+    )
 
 
 def parse_wrk(output):
@@ -604,12 +703,16 @@ def parse_wrk(output):
         value, unit = number(rf"\n\s*{percent}%\s+([\d.]+)(us|ms|s)\b")
         return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
-    socket_errors = number(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                           default=("0",))
-    return LoadResult(requests_per_second=float(number(r"Requests/sec:\s+([\d.]+)")[0]),
-                      p50_ms=milliseconds(50), p99_ms=milliseconds(99),
-                      non_2xx=int(number(r"Non-2xx or 3xx responses: (\d+)", ("0",))[0]),
-                      socket_errors=sum(int(n) for n in socket_errors))
+    socket_errors = number(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", default=("0",)
+    )
+    return LoadResult(
+        requests_per_second=float(number(r"Requests/sec:\s+([\d.]+)")[0]),
+        p50_ms=milliseconds(50),
+        p99_ms=milliseconds(99),
+        non_2xx=int(number(r"Non-2xx or 3xx responses: (\d+)", ("0",))[0]),
+        socket_errors=sum(int(n) for n in socket_errors),
+    )
 
 
 def wrk_load(port, load, seconds, folder):
@@ -617,9 +720,18 @@ def wrk_load(port, load, seconds, folder):
     script.write_text(wrk_script(load))
     path = "/" if load.varies() else load.path
     # A 10 s timeout, not wrk's 2 s: slow answers belong in p99, not among the errors.
-    command = ["wrk", f"-t{LOAD_THREADS}", f"-c{LOAD_CONNECTIONS}", f"-d{seconds}s",
-               "--timeout", "10s", "--latency", "-s", str(script),
-               f"http://127.0.0.1:{port}{path}"]
+    command = [
+        "wrk",
+        f"-t{LOAD_THREADS}",
+        f"-c{LOAD_CONNECTIONS}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{path}",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stderr or done.stdout}")
@@ -630,27 +742,37 @@ def python_load(port, load, seconds, folder):
     """wrk's figures from the standard library: processes of keep-alive connections in threads."""
     connections = LOAD_CONNECTIONS // LOAD_THREADS
     with ProcessPoolExecutor(LOAD_THREADS) as processes:
-        parts = [processes.submit(_load_process, port, load, seconds, connections, number)
-                 for number in range(LOAD_THREADS)]
+        parts = [
+            processes.submit(_load_process, port, load, seconds, connections, number)
+            for number in range(LOAD_THREADS)
+        ]
         parts = [part.result() for part in parts]
     latencies = [latency for part in parts for latency in part[0]]
     if not latencies:
         raise RuntimeError(f"no answer at all from port {port}")
-    return LoadResult(requests_per_second=len(latencies) / seconds,
-                      p50_ms=percentile(latencies, 0.50) * 1000,
-                      p99_ms=percentile(latencies, 0.99) * 1000,
-                      non_2xx=sum(part[1] for part in parts),
-                      socket_errors=sum(part[2] for part in parts))
+    return LoadResult(
+        requests_per_second=len(latencies) / seconds,
+        p50_ms=percentile(latencies, 0.50) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        non_2xx=sum(part[1] for part in parts),
+        socket_errors=sum(part[2] for part in parts),
+    )
 
 
 def _load_process(port, load, seconds, connections, process_number):
     deadline = time.monotonic() + seconds
     with ThreadPoolExecutor(connections) as threads:
-        parts = list(threads.map(lambda number: _load_connection(port, load, deadline, number),
-                                 range(process_number * connections,
-                                       (process_number + 1) * connections)))
-    return ([latency for part in parts for latency in part[0]],
-            sum(part[1] for part in parts), sum(part[2] for part in parts))
+        parts = list(
+            threads.map(
+                lambda number: _load_connection(port, load, deadline, number),
+                range(process_number * connections, (process_number + 1) * connections),
+            )
+        )
+    return (
+        [latency for part in parts for latency in part[0]],
+        sum(part[1] for part in parts),
+        sum(part[2] for part in parts),
+    )
 
 
 def _load_connection(port, load, deadline, number):
@@ -678,14 +800,20 @@ def _load_connection(port, load, deadline, number):
 
 def api_loads(user):
     """The three routes of the API section: (name, load, least share of the ceiling)."""
-    return [("GET /users/{id}", Load("GET", f"/users/{user.id}"), 0.5),
-            ("GET /users?limit=100", Load("GET", "/users?limit=100"), 0.3),
-            # A new value each time: every PATCH is a real UPDATE, as a game's would be.
-            ("PATCH /users/{id}/stats", Load("PATCH", f"/users/{user.id}/stats",
-                                             '{"victory_count": {n}}', user.token), 0.25)]
+    return [
+        ("GET /users/{id}", Load("GET", f"/users/{user.id}"), 0.5),
+        ("GET /users?limit=100", Load("GET", "/users?limit=100"), 0.3),
+        # A new value each time: every PATCH is a real UPDATE, as a game's would be.
+        (
+            "PATCH /users/{id}/stats",
+            Load("PATCH", f"/users/{user.id}/stats", '{"victory_count": {n}}', user.token),
+            0.25,
+        ),
+    ]
 
 
 # 1. API: the service against the ceiling
+
 
 def measure_api(settings, folder, run_load):
     section = Section("API: the service against a bare Bottle + Waitress app (the ceiling)")
@@ -699,35 +827,62 @@ def measure_api(settings, folder, run_load):
                 for app, port in (("service", service.port), ("ceiling", ceiling.port)):
                     result = run_load(port, load, settings.load_seconds, folder)
                     results.setdefault((name, app), []).append(result)
-                    progress(f"api {repetition}/{settings.repetitions} {name} {app}: "
-                             f"{result.requests_per_second:,.0f} req/s, p99 {result.p99_ms:.1f} ms")
+                    progress(
+                        f"api {repetition}/{settings.repetitions} {name} {app}: "
+                        f"{result.requests_per_second:,.0f} req/s, p99 {result.p99_ms:.1f} ms"
+                    )
             service.check_running()
         problems = service.problems()
 
     rows = []
     for name, _, least_share in routes:
         service_runs, ceiling_runs = results[name, "service"], results[name, "ceiling"]
-        share = (statistics.median(r.requests_per_second for r in service_runs)
-                 / statistics.median(r.requests_per_second for r in ceiling_runs))
+        share = statistics.median(r.requests_per_second for r in service_runs) / statistics.median(
+            r.requests_per_second for r in ceiling_runs
+        )
         p99 = statistics.median(r.p99_ms for r in service_runs)
         failures = sum(r.non_2xx + r.socket_errors for r in service_runs)
-        targets = ", ".join([section.target(share >= least_share, f"≥ {least_share}x"),
-                             section.target(p99 <= 50, "p99 ≤ 50 ms"),
-                             section.target(failures == 0, "no non-2xx")])
+        targets = ", ".join(
+            [
+                section.target(share >= least_share, f"≥ {least_share}x"),
+                section.target(p99 <= 50, "p99 ≤ 50 ms"),
+                section.target(failures == 0, "no non-2xx"),
+            ]
+        )
         rows.append(api_row(name, "service", service_runs, f"{share:.2f}x", targets))
         rows.append(api_row(name, "ceiling", ceiling_runs, "", ""))
-    section.note(f"{LOAD_THREADS} threads, {LOAD_CONNECTIONS} keep-alive connections, "
-                 f"{settings.load_seconds} s per run, {repetitions_text(settings)}.")
-    section.table(["route", "app", "req/s", "p50 ms", "p99 ms", "non-2xx / socket errors",
-                   "service / ceiling", "targets"], rows)
+    section.note(
+        f"{LOAD_THREADS} threads, {LOAD_CONNECTIONS} keep-alive connections, "
+        f"{settings.load_seconds} s per run, {repetitions_text(settings)}."
+    )
+    section.table(
+        [
+            "route",
+            "app",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "non-2xx / socket errors",
+            "service / ceiling",
+            "targets",
+        ],
+        rows,
+    )
     add_problems(section, problems)
     return section
 
 
 def api_row(name, app, runs, share, targets):
-    return [name, app, spread([r.requests_per_second for r in runs]),
-            spread([r.p50_ms for r in runs], 1), spread([r.p99_ms for r in runs], 1),
-            failures(runs), share, targets]
+    return [
+        name,
+        app,
+        spread([r.requests_per_second for r in runs]),
+        spread([r.p50_ms for r in runs], 1),
+        spread([r.p99_ms for r in runs], 1),
+        failures(runs),
+        share,
+        targets,
+    ]
 
 
 def failures(runs):
@@ -742,26 +897,45 @@ def add_problems(section, problems):
 
 # 2. Reports: the render, then POST-to-PDF end to end
 
-SAMPLE_REPORT = {"username": "player1", "email": "player1@example.com", "gender": "female",
-                 "victory_count": 37, "loss_count": 21, "session_count": 58,
-                 "total_time": 98_765}
+SAMPLE_REPORT = {
+    "username": "player1",
+    "email": "player1@example.com",
+    "gender": "female",
+    "victory_count": 37,
+    "loss_count": 21,
+    "session_count": 58,
+    "total_time": 98_765,
+}
 A4_INCHES = (8.27, 11.69)
 
 
 def naive_render(data):
-    """The page as matplotlib draws it with nothing tuned: the issue's baseline."""
+    """The page as matplotlib draws it with nothing tuned: the baseline."""
     from matplotlib.figure import Figure
+
     figure = Figure(figsize=A4_INCHES)
-    figure.text(0.1, 0.95, "\n".join([
-        f"Game statistics of {data.username}", f"Email: {data.email}",
-        f"Gender: {data.gender}", f"Sessions: {data.session_count}",
-        f"Total time: {data.total_time} s"]), va="top", fontsize=14)
+    figure.text(
+        0.1,
+        0.95,
+        "\n".join(
+            [
+                f"Game statistics of {data.username}",
+                f"Email: {data.email}",
+                f"Gender: {data.gender}",
+                f"Sessions: {data.session_count}",
+                f"Total time: {data.total_time} s",
+            ]
+        ),
+        va="top",
+        fontsize=14,
+    )
     bars = figure.add_subplot(3, 1, 2)
     bars.bar(["Victories", "Losses"], [data.victory_count, data.loss_count])
     bars.set_title("Victories against losses")
     pie = figure.add_subplot(3, 1, 3)
-    pie.pie([data.victory_count, data.loss_count], labels=["Victories", "Losses"],
-            autopct="%1.0f%%")
+    pie.pie(
+        [data.victory_count, data.loss_count], labels=["Victories", "Losses"], autopct="%1.0f%%"
+    )
     pie.set_title("Share of games won")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="pdf")
@@ -771,7 +945,9 @@ def naive_render(data):
 def time_renders(samples):
     """Median milliseconds of report.render and of the naive render, and both PDFs."""
     import matplotlib
+
     import report  # sets its fonts in matplotlib's global settings, hence rc_context below
+
     data = report.ReportData(**SAMPLE_REPORT)
 
     def service():
@@ -794,6 +970,7 @@ def time_renders(samples):
 
 def pdf_has_text(pdf, text):
     from pypdf import PdfReader
+
     return text in PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
 
 
@@ -812,44 +989,85 @@ def measure_reports(settings, folder, rabbitmq):
     ratio = naive_ms / service_ms
     text_stays_text = pdf_has_text(service_pdf, SAMPLE_REPORT["username"])
     section.note(f"Render, in this process, median of {settings.render_samples} after a warm-up:")
-    section.table(["render", "ms", "PDF KiB", "text extractable", "naive / service", "target"], [
-        ["report.render (the service)", f"{service_ms:.1f}", f"{len(service_pdf) / 1024:.1f}",
-         "yes" if text_stays_text else "no", f"{ratio:.1f}x",
-         section.target(ratio >= 4 and text_stays_text, "≥ 4x, text stays text")],
-        ["naive matplotlib page", f"{naive_ms:.1f}", f"{len(naive_pdf) / 1024:.1f}",
-         "yes" if pdf_has_text(naive_pdf, SAMPLE_REPORT["username"]) else "no", "", ""]])
+    section.table(
+        ["render", "ms", "PDF KiB", "text extractable", "naive / service", "target"],
+        [
+            [
+                "report.render (the service)",
+                f"{service_ms:.1f}",
+                f"{len(service_pdf) / 1024:.1f}",
+                "yes" if text_stays_text else "no",
+                f"{ratio:.1f}x",
+                section.target(ratio >= 4 and text_stays_text, "≥ 4x, text stays text"),
+            ],
+            [
+                "naive matplotlib page",
+                f"{naive_ms:.1f}",
+                f"{len(naive_pdf) / 1024:.1f}",
+                "yes" if pdf_has_text(naive_pdf, SAMPLE_REPORT["username"]) else "no",
+                "",
+                "",
+            ],
+        ],
+    )
 
-    setups = [("embedded worker", 0)] + ([("RabbitMQ, 1 worker", 1), ("RabbitMQ, 2 workers", 2)]
-                                         if rabbitmq else [])
+    setups = [("embedded worker", 0)] + (
+        [("RabbitMQ, 1 worker", 1), ("RabbitMQ, 2 workers", 2)] if rabbitmq else []
+    )
     results, problems = measure_report_flow(settings, folder, setups)
     rows = []
     for name, workers in setups:
         result = results[name]
         slack = 25 if workers == 0 else 40
         p50 = statistics.median(result.p50_ms)
-        targets = [section.target(p50 <= service_ms + slack,
-                                  f"p50 ≤ {service_ms + slack:.1f} ms (render + {slack})")]
+        targets = [
+            section.target(
+                p50 <= service_ms + slack, f"p50 ≤ {service_ms + slack:.1f} ms (render + {slack})"
+            )
+        ]
         rate = statistics.median(result.pdfs_per_second)
         if workers == 1:
             targets.append(section.target(rate >= 25, "≥ 25 PDFs/s"))
         if workers == 2:
             one_worker = statistics.median(results["RabbitMQ, 1 worker"].pdfs_per_second)
-            targets.append(section.target(rate >= 1.6 * one_worker,
-                                          f"≥ 1.6x one worker (is {rate / one_worker:.2f}x)"))
-        rows.append([name, spread(result.p50_ms, 1), spread(result.p95_ms, 1),
-                     spread(result.pdfs_per_second, 1),
-                     spread(result.cpu_busy) if result.cpu_busy else "n/a",
-                     ", ".join(targets)])
-    section.note(f"End to end over HTTP: POST, then GET every {POLL_INTERVAL * 1000:.0f} ms "
-                 f"until 200. One by one: {settings.sequential_reports} users in turn; burst: "
-                 f"{settings.burst_reports} POSTs (distinct users), then wait for every PDF; "
-                 f"{repetitions_text(settings)}.")
-    section.table(["worker", "one by one p50 ms", "one by one p95 ms", "burst PDFs/s",
-                   "CPU busy in the burst %", "targets"], rows)
-    section.note("CPU busy: the share of the time of all the machine's cores that was not "
-                 "idle during the burst (/proc/stat), whoever used it: the server, RabbitMQ, "
-                 "the workers and this client share the cores. Near 100%, more workers on "
-                 "this machine cannot make PDFs faster.")
+            targets.append(
+                section.target(
+                    rate >= 1.6 * one_worker, f"≥ 1.6x one worker (is {rate / one_worker:.2f}x)"
+                )
+            )
+        rows.append(
+            [
+                name,
+                spread(result.p50_ms, 1),
+                spread(result.p95_ms, 1),
+                spread(result.pdfs_per_second, 1),
+                spread(result.cpu_busy) if result.cpu_busy else "n/a",
+                ", ".join(targets),
+            ]
+        )
+    section.note(
+        f"End to end over HTTP: POST, then GET every {POLL_INTERVAL * 1000:.0f} ms "
+        f"until 200. One by one: {settings.sequential_reports} users in turn; burst: "
+        f"{settings.burst_reports} POSTs (distinct users), then wait for every PDF; "
+        f"{repetitions_text(settings)}."
+    )
+    section.table(
+        [
+            "worker",
+            "one by one p50 ms",
+            "one by one p95 ms",
+            "burst PDFs/s",
+            "CPU busy in the burst %",
+            "targets",
+        ],
+        rows,
+    )
+    section.note(
+        "CPU busy: the share of the time of all the machine's cores that was not "
+        "idle during the burst (/proc/stat), whoever used it: the server, RabbitMQ, "
+        "the workers and this client share the cores. Near 100%, more workers on "
+        "this machine cannot make PDFs faster."
+    )
     if not rabbitmq:
         section.note(f"RabbitMQ did not answer at {RABBITMQ_URL}: its rows were skipped.")
     add_problems(section, problems)
@@ -862,7 +1080,8 @@ def measure_report_flow(settings, folder, setups):
         services = {"embedded": stack.enter_context(Service(folder, "reports-embedded"))}
         if any(workers for _, workers in setups):
             services["rabbitmq"] = stack.enter_context(
-                Service(folder, "reports-rabbitmq", RABBITMQ_URL))
+                Service(folder, "reports-rabbitmq", RABBITMQ_URL)
+            )
         for service in services.values():
             service.start()
         if "rabbitmq" in services:
@@ -878,9 +1097,11 @@ def measure_report_flow(settings, folder, setups):
                     if second_worker:
                         service.stop_worker(second_worker)
                 service.check_running()
-                progress(f"reports {repetition}/{settings.repetitions} {name}: "
-                         f"p50 {results[name].p50_ms[-1]:.1f} ms, "
-                         f"{results[name].pdfs_per_second[-1]:.1f} PDFs/s")
+                progress(
+                    f"reports {repetition}/{settings.repetitions} {name}: "
+                    f"p50 {results[name].p50_ms[-1]:.1f} ms, "
+                    f"{results[name].pdfs_per_second[-1]:.1f} PDFs/s"
+                )
         problems = [line for service in services.values() for line in service.problems()]
     return results, problems
 
@@ -891,10 +1112,10 @@ def time_report_flow(settings, service, results, workers):
     client = Client(service.port)
     try:
         reports_in_burst(client, warm_up)
-        durations = reports_one_by_one(client, users[:settings.sequential_reports])
+        durations = reports_one_by_one(client, users[: settings.sequential_reports])
         results.p50_ms.append(percentile(durations, 0.50) * 1000)
         results.p95_ms.append(percentile(durations, 0.95) * 1000)
-        rate, busy = reports_in_burst(client, users[settings.sequential_reports:])
+        rate, busy = reports_in_burst(client, users[settings.sequential_reports :])
         results.pdfs_per_second.append(rate)
         if busy is not None:
             results.cpu_busy.append(busy * 100)
@@ -914,21 +1135,34 @@ def seed_database(number):
     builds its engine from DATABASE_URL when first imported.
     """
     import auth
+    import database
     import models
+
     models.create_tables()
     # One hash for every row: scrypt for each of 100,000 users would take hours.
     password_hash = auth.hash_password("bench-password")
-    insert_user = models.Statement(models.users.insert())
-    insert_stats = models.Statement(models.stats.insert())
-    with models.writing() as db:
+    insert_user = database.Statement(models.users.insert())
+    insert_stats = database.Statement(models.stats.insert())
+    with database.writing() as db:
         cursor = db.cursor()
         for first in range(1, number + 1, SEED_BATCH):
             numbers = range(first, min(first + SEED_BATCH, number + 1))
-            cursor.executemany(insert_user.sql, [
-                {"id": n, **sample_user_fields(n), "password_hash": password_hash,
-                 "profile_pic": None, "token_version": 0} for n in numbers])
-            cursor.executemany(insert_stats.sql, [{"user_id": n, **sample_stats(n)}
-                                                  for n in numbers])
+            cursor.executemany(
+                insert_user.sql,
+                [
+                    {
+                        "id": n,
+                        **sample_user_fields(n),
+                        "password_hash": password_hash,
+                        "profile_pic": None,
+                        "token_version": 0,
+                    }
+                    for n in numbers
+                ],
+            )
+            cursor.executemany(
+                insert_stats.sql, [{"user_id": n, **sample_stats(n)} for n in numbers]
+            )
         models.recount_users(db)
 
 
@@ -944,15 +1178,19 @@ def measure_growth(settings, folder, run_load):
             progress(f"growth: seeded {size:,} users in {seconds:.1f} s")
             service.start()
             services[size] = service
-        routes = {"GET /users/{id}": lambda size: Load("GET", "/users/{id}", max_id=size),
-                  "GET /users?limit=100": lambda size: Load("GET", "/users?limit=100")}
+        routes = {
+            "GET /users/{id}": lambda size: Load("GET", "/users/{id}", max_id=size),
+            "GET /users?limit=100": lambda size: Load("GET", "/users?limit=100"),
+        }
         for repetition in range(1, settings.repetitions + 1):
             for route, load_for in routes.items():
                 for size, service in services.items():
                     result = run_load(service.port, load_for(size), settings.load_seconds, folder)
                     results.setdefault((route, size), []).append(result)
-                    progress(f"growth {repetition}/{settings.repetitions} {route} {size:,} users: "
-                             f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms")
+                    progress(
+                        f"growth {repetition}/{settings.repetitions} {route} {size:,} users: "
+                        f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms"
+                    )
         for service in services.values():
             service.check_running()
         problems = [line for service in services.values() for line in service.problems()]
@@ -963,21 +1201,47 @@ def measure_growth(settings, folder, run_load):
         for size in sizes:
             runs = results[route, size]
             growth = statistics.median(r.p50_ms for r in runs) / smallest
-            target = "" if size == sizes[0] else section.target(
-                growth <= 1.3, f"p50 ≤ 1.3x of {sizes[0]:,} users")
-            rows.append([route, f"{size:,}", spread([r.requests_per_second for r in runs]),
-                         spread([r.p50_ms for r in runs], 1), spread([r.p99_ms for r in runs], 1),
-                         failures(runs), f"{growth:.2f}x", target])
-    section.note(f"Users seeded straight into SQLite; GET /users/{{id}} asks for random ids. "
-                 f"The same load as the API section ({LOAD_CONNECTIONS} connections, "
-                 f"{settings.load_seconds} s), {repetitions_text(settings)}.")
-    section.table(["route", "users", "req/s", "p50 ms", "p99 ms", "non-2xx / socket errors",
-                   f"p50 / {sizes[0]:,} users", "target"], rows)
+            target = (
+                ""
+                if size == sizes[0]
+                else section.target(growth <= 1.3, f"p50 ≤ 1.3x of {sizes[0]:,} users")
+            )
+            rows.append(
+                [
+                    route,
+                    f"{size:,}",
+                    spread([r.requests_per_second for r in runs]),
+                    spread([r.p50_ms for r in runs], 1),
+                    spread([r.p99_ms for r in runs], 1),
+                    failures(runs),
+                    f"{growth:.2f}x",
+                    target,
+                ]
+            )
+    section.note(
+        f"Users seeded straight into SQLite; GET /users/{{id}} asks for random ids. "
+        f"The same load as the API section ({LOAD_CONNECTIONS} connections, "
+        f"{settings.load_seconds} s), {repetitions_text(settings)}."
+    )
+    section.table(
+        [
+            "route",
+            "users",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "non-2xx / socket errors",
+            f"p50 / {sizes[0]:,} users",
+            "target",
+        ],
+        rows,
+    )
     add_problems(section, problems)
     return section
 
 
 # 4. Memory: the servers' peak RSS, and a worker's growth
+
 
 def apply_api_load(service, run_load, seconds, folder):
     """The API section's three loads, for their effect on memory."""
@@ -1004,8 +1268,14 @@ def measure_memory(settings, folder, run_load, rabbitmq):
         apply_api_load(service, run_load, settings.memory_load_seconds, folder)
         run_report_jobs(service, first_jobs)
         peak = proc_status_mib(service.server.pid, "VmHWM")
-        rows.append(["server, embedded worker", "peak (VmHWM)",
-                     f"{peak:.1f}", section.target(peak <= 120, "≤ 120 MiB")])
+        rows.append(
+            [
+                "server, embedded worker",
+                "peak (VmHWM)",
+                f"{peak:.1f}",
+                section.target(peak <= 120, "≤ 120 MiB"),
+            ]
+        )
         problems += service.problems()
 
     if rabbitmq:
@@ -1022,20 +1292,35 @@ def measure_memory(settings, folder, run_load, rabbitmq):
             problems += service.problems()
         growth = after_all - after_first
         rows += [
-            ["server on RabbitMQ", "peak (VmHWM)", f"{peak:.1f}",
-             section.target(peak <= 60, "≤ 60 MiB")],
-            ["server on RabbitMQ", "matplotlib mapped (/proc/pid/maps)",
-             "yes" if matplotlib_loaded else "no",
-             section.target(not matplotlib_loaded, "not imported")],
+            [
+                "server on RabbitMQ",
+                "peak (VmHWM)",
+                f"{peak:.1f}",
+                section.target(peak <= 60, "≤ 60 MiB"),
+            ],
+            [
+                "server on RabbitMQ",
+                "matplotlib mapped (/proc/pid/maps)",
+                "yes" if matplotlib_loaded else "no",
+                section.target(not matplotlib_loaded, "not imported"),
+            ],
             ["worker process", f"VmRSS after {first_jobs} jobs", f"{after_first:.1f}", ""],
-            ["worker process", f"VmRSS after {all_jobs} jobs", f"{after_all:.1f}",
-             section.target(growth <= 5, f"grows ≤ 5 MiB from job {first_jobs} "
-                                         f"(grew {growth:+.1f})")]]
+            [
+                "worker process",
+                f"VmRSS after {all_jobs} jobs",
+                f"{after_all:.1f}",
+                section.target(
+                    growth <= 5, f"grows ≤ 5 MiB from job {first_jobs} (grew {growth:+.1f})"
+                ),
+            ],
+        ]
     else:
         section.note(f"RabbitMQ did not answer at {RABBITMQ_URL}: its rows were skipped.")
-    section.note(f"Each server after the API section's three loads "
-                 f"({settings.memory_load_seconds} s each) and {first_jobs} reports (on RabbitMQ, "
-                 f"{all_jobs}); the worker's jobs count from its start.")
+    section.note(
+        f"Each server after the API section's three loads "
+        f"({settings.memory_load_seconds} s each) and {first_jobs} reports (on RabbitMQ, "
+        f"{all_jobs}); the worker's jobs count from its start."
+    )
     section.table(["process", "measure", "MiB", "target"], rows)
     add_problems(section, problems)
     return section
@@ -1043,29 +1328,46 @@ def measure_memory(settings, folder, run_load, rabbitmq):
 
 # The run: sections, machine, BENCHMARKS.md
 
+
 def machine_lines(load_generator, rabbitmq, load_average):
-    cpu = next((line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
-    return [f"- Machine: {os.cpu_count()} cores, {cpu}",
-            f"- Python {platform.python_version()}; {versions}",
-            f"- Load generator: {load_generator}",
-            f"- RabbitMQ: {rabbitmq or 'not answering (its parts skipped)'}",
-            # Anything else running on the machine shows up here, and in the figures.
-            f"- Load average when the run started: {load_average:.2f} (1 minute)",
-            f"- Service revision: {git_revision()}",
-            f"- Service settings: defaults ({WEB_THREADS} Waitress threads, SQLite in WAL), "
-            f"except SCRYPT_N={SCRYPT_N} (production: 16384) to make the benchmark's "
-            "sign-ups fast; no measured request hashes a password."]
+    return [
+        f"- Machine: {os.cpu_count()} cores, {cpu}",
+        f"- Python {platform.python_version()}; {versions}",
+        f"- Load generator: {load_generator}",
+        f"- RabbitMQ: {rabbitmq or 'not answering (its parts skipped)'}",
+        # Anything else running on the machine shows up here, and in the figures.
+        f"- Load average when the run started: {load_average:.2f} (1 minute)",
+        f"- Service revision: {git_revision()}",
+        f"- Service settings: defaults ({WEB_THREADS} Waitress threads, SQLite in WAL), "
+        f"except SCRYPT_N={SCRYPT_N} (production: 16384) to make the benchmark's "
+        "sign-ups fast; no measured request hashes a password.",
+    ]
 
 
 def git_revision():
     try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT,
-                                  capture_output=True, text=True, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                 cwd=PROJECT, capture_output=True, text=True).stdout
+        revision = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+        ).stdout
         files = ", ".join(line[3:] for line in changed.splitlines())
         return revision + (f" with uncommitted changes to {files}" if files else "")
     except (OSError, subprocess.CalledProcessError):
@@ -1074,11 +1376,14 @@ def git_revision():
 
 def load_generator_name():
     if shutil.which("wrk") is None:
-        return (f"stdlib client ({LOAD_THREADS} processes × "
-                f"{LOAD_CONNECTIONS // LOAD_THREADS} keep-alive connections; wrk not installed)")
+        return (
+            f"stdlib client ({LOAD_THREADS} processes × "
+            f"{LOAD_CONNECTIONS // LOAD_THREADS} keep-alive connections; wrk not installed)"
+        )
     head = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
-    return (head.splitlines() or ["wrk"])[0].split(" Copyright")[0] + \
-        f" (-t{LOAD_THREADS} -c{LOAD_CONNECTIONS} --latency)"
+    return (head.splitlines() or ["wrk"])[0].split(" Copyright")[
+        0
+    ] + f" (-t{LOAD_THREADS} -c{LOAD_CONNECTIONS} --latency)"
 
 
 def run(options):
@@ -1088,10 +1393,11 @@ def run(options):
     rabbitmq = rabbitmq_version()
     if rabbitmq is None:
         progress(f"RabbitMQ does not answer at {RABBITMQ_URL}: its parts are skipped")
-    started, date, load_average = time.monotonic(), datetime.now(timezone.utc), os.getloadavg()[0]
+    started, date, load_average = time.monotonic(), datetime.now(UTC), os.getloadavg()[0]
     if load_average > os.cpu_count() / 2:
-        progress(f"the machine is busy already (load average {load_average:.2f}): "
-                 "expect noisy figures")
+        progress(
+            f"the machine is busy already (load average {load_average:.2f}): expect noisy figures"
+        )
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-") as temporary:
         folder = Path(temporary)
@@ -1112,13 +1418,21 @@ def run(options):
     passed = sum(s.passed for s in results)
     failed = sum(s.failed for s in results)
     command = " ".join(["./run.sh bench", *sys.argv[1:]])
-    document = "\n".join([
-        "# Benchmarks", "",
-        f"`{command}`, {date:%Y-%m-%d %H:%M} UTC, {minutes:.1f} minutes"
-        + (" (quick smoke run: not the figures of record)" if options.quick else "") + ".", "",
-        *machine_lines(load_generator_name(), rabbitmq, load_average), "",
-        f"Targets of issue 4: {passed} met, {failed} missed.", "",
-        *(section.markdown() for section in results)])
+    document = "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            f"`{command}`, {date:%Y-%m-%d %H:%M} UTC, {minutes:.1f} minutes"
+            + (" (quick smoke run: not the figures of record)" if options.quick else "")
+            + ".",
+            "",
+            *machine_lines(load_generator_name(), rabbitmq, load_average),
+            "",
+            f"Targets: {passed} met, {failed} missed.",
+            "",
+            *(section.markdown() for section in results),
+        ]
+    )
     print(f"Targets: {passed} met, {failed} missed. Run time {minutes:.1f} minutes.")
     output = options.output or (None if options.quick or options.only else "BENCHMARKS.md")
     if output:
@@ -1130,11 +1444,17 @@ def run(options):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: short loads, 1 repetition, fewer users and jobs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: short loads, 1 repetition, fewer users and jobs",
+    )
     parser.add_argument("--only", choices=SECTIONS, help="run this section alone")
-    parser.add_argument("--output", help="write the markdown here (default: BENCHMARKS.md "
-                                         "for a full run, nothing for --quick or --only)")
+    parser.add_argument(
+        "--output",
+        help="write the markdown here (default: BENCHMARKS.md "
+        "for a full run, nothing for --quick or --only)",
+    )
     parser.add_argument("--ceiling", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--seed-users", type=int, metavar="N", help=argparse.SUPPRESS)
     options = parser.parse_args()

@@ -1,4 +1,4 @@
-"""The soak test of issue 5: `./run.sh soak [SECONDS]` (60 by default).
+"""The soak test: `./run.sh soak [SECONDS]` (60 by default).
 
 Starts server.py and two worker.py processes on RabbitMQ (a queue of this run
 alone, deleted at the end), on SQLite in a temporary folder or on the
@@ -15,6 +15,7 @@ folder and the queue are cleaned up however it ends.
 
 The processes, the client and the tables are bench.py's.
 """
+
 import argparse
 import http.client
 import json
@@ -37,17 +38,27 @@ from bench import RABBITMQ_URL, SCRYPT_N, Section, percentile, sample_stats
 
 CLIENTS = 32
 WORKERS = 2
-USERS_PER_CLIENT = (2, 8)     # a client signs up and deletes users within these bounds
-WRONG_PASSWORD_SHARE = 0.1    # of logins
-WARM_UP_SHARE = 0.2           # of the run, before RSS counts as settled
+USERS_PER_CLIENT = (2, 8)  # a client signs up and deletes users within these bounds
+WRONG_PASSWORD_SHARE = 0.1  # of logins
+WARM_UP_SHARE = 0.2  # of the run, before RSS counts as settled
 MAX_RSS_GROWTH = 0.10
-REPORT_DEADLINE = 120         # seconds after the load for the last PDFs to come
-POLL_INTERVAL = 0.2           # between GETs of a pending PDF, after the load
+REPORT_DEADLINE = 120  # seconds after the load for the last PDFs to come
+POLL_INTERVAL = 0.2  # between GETs of a pending PDF, after the load
 
 # How often each action is picked; reads dominate, as in a game's traffic.
-WEIGHTS = {"read_user": 20, "read_stats": 15, "read_me": 10, "list_users": 8,
-           "patch_stats": 15, "put_stats": 5, "log_in": 5,
-           "request_report": 3, "fetch_report": 6, "sign_up": 4, "delete_user": 4}
+WEIGHTS = {
+    "read_user": 20,
+    "read_stats": 15,
+    "read_me": 10,
+    "list_users": 8,
+    "patch_stats": 15,
+    "put_stats": 5,
+    "log_in": 5,
+    "request_report": 3,
+    "fetch_report": 6,
+    "sign_up": 4,
+    "delete_user": 4,
+}
 
 NO_ANSWER = "no answer"  # a status for transport errors: refused, reset, timed out
 
@@ -57,6 +68,7 @@ def progress(message):
 
 
 # HTTP
+
 
 class Client(bench.Client):
     """bench.py's keep-alive client, answering headers too: a PDF's ETag tells reports apart."""
@@ -77,12 +89,13 @@ class Client(bench.Client):
 
 # What the clients saw
 
+
 @dataclass
 class Tally:
-    answers: Counter = field(default_factory=Counter)      # (route, status): count
+    answers: Counter = field(default_factory=Counter)  # (route, status): count
     seconds: dict = field(default_factory=lambda: defaultdict(list))  # route: durations
-    reports: Counter = field(default_factory=Counter)      # requested, produced, failed...
-    unexpected: list = field(default_factory=list)         # lines that say what and where
+    reports: Counter = field(default_factory=Counter)  # requested, produced, failed...
+    unexpected: list = field(default_factory=list)  # lines that say what and where
     requests: int = 0  # read by the progress line while the clients write it
 
     def merge(self, other):
@@ -97,13 +110,14 @@ class Tally:
 @dataclass
 class Player:
     """A user signed up by one client, the only one that changes it."""
+
     id: int
     username: str
     password: str
     token: str
     report_etag: str | None = None  # of the newest PDF seen
-    report_asked: bool = False      # a PDF was ever requested
-    report_waiting: bool = False    # a 202 not yet seen through to its end
+    report_asked: bool = False  # a PDF was ever requested
+    report_waiting: bool = False  # a 202 not yet seen through to its end
 
 
 class SoakClient:
@@ -132,9 +146,12 @@ class SoakClient:
     def pick_action(self):
         if len(self.players) < USERS_PER_CLIENT[0]:
             return "sign_up"
-        allowed = {name: weight for name, weight in WEIGHTS.items()
-                   if (name != "sign_up" or len(self.players) < USERS_PER_CLIENT[1])
-                   and (name != "delete_user" or len(self.players) > USERS_PER_CLIENT[0])}
+        allowed = {
+            name: weight
+            for name, weight in WEIGHTS.items()
+            if (name != "sign_up" or len(self.players) < USERS_PER_CLIENT[1])
+            and (name != "delete_user" or len(self.players) > USERS_PER_CLIENT[0])
+        }
         return self.rng.choices(list(allowed), weights=list(allowed.values()))[0]
 
     def call(self, route, expected, method, path, body=None, token=None):
@@ -144,9 +161,11 @@ class SoakClient:
         self.tally.answers[route, status] += 1
         self.tally.requests += 1
         if status not in expected:
-            self.tally.unexpected.append(f"{method} {path}: {status}, expected "
-                                         f"{' or '.join(map(str, sorted(expected)))}: "
-                                         f"{data[:200]!r}")
+            self.tally.unexpected.append(
+                f"{method} {path}: {status}, expected "
+                f"{' or '.join(map(str, sorted(expected)))}: "
+                f"{data[:200]!r}"
+            )
         if status == NO_ANSWER:
             time.sleep(0.1)  # a server that is gone: do not spin
         return status, headers, data
@@ -155,9 +174,18 @@ class SoakClient:
 
     def sign_up(self):
         username, password = next(self.usernames), f"pw-{self.rng.random()}"
-        status, _, data = self.call("POST /users", {201}, "POST", "/users", {
-            "username": username, "password": password, "email": f"{username}@example.com",
-            "gender": self.rng.choice(("female", "male", None))})
+        status, _, data = self.call(
+            "POST /users",
+            {201},
+            "POST",
+            "/users",
+            {
+                "username": username,
+                "password": password,
+                "email": f"{username}@example.com",
+                "gender": self.rng.choice(("female", "male", None)),
+            },
+        )
         if status == 201:
             answer = json.loads(data)
             self.players.append(Player(answer["user"]["id"], username, password, answer["token"]))
@@ -167,18 +195,29 @@ class SoakClient:
         player = self.some_player()
         if self.rng.random() < WRONG_PASSWORD_SHARE:
             # 429 too: ten failures within five minutes lock a username, as they should.
-            self.call("POST /login", {401, 429}, "POST", "/login",
-                      {"username": player.username, "password": "wrong"})
+            self.call(
+                "POST /login",
+                {401, 429},
+                "POST",
+                "/login",
+                {"username": player.username, "password": "wrong"},
+            )
             return
-        status, _, data = self.call("POST /login", {200, 429}, "POST", "/login",
-                                    {"username": player.username, "password": player.password})
+        status, _, data = self.call(
+            "POST /login",
+            {200, 429},
+            "POST",
+            "/login",
+            {"username": player.username, "password": player.password},
+        )
         if status == 200:
             player.token = json.loads(data)["token"]
 
     def delete_user(self):
         player = self.players.pop(self.rng.randrange(len(self.players)))
-        status, _, _ = self.call("DELETE /users/{id}", {204}, "DELETE", f"/users/{player.id}",
-                                 token=player.token)
+        status, _, _ = self.call(
+            "DELETE /users/{id}", {204}, "DELETE", f"/users/{player.id}", token=player.token
+        )
         if status != 204:
             self.players.append(player)
         elif player.report_waiting and self.players:
@@ -213,8 +252,13 @@ class SoakClient:
 
     def read_stats(self):
         user_id, expected = self.some_user_id()
-        self.call("GET /users/{id}/stats", expected, "GET", f"/users/{user_id}/stats",
-                  token=self.some_player().token)
+        self.call(
+            "GET /users/{id}/stats",
+            expected,
+            "GET",
+            f"/users/{user_id}/stats",
+            token=self.some_player().token,
+        )
 
     # Stats writes
 
@@ -228,8 +272,14 @@ class SoakClient:
 
     def write_stats(self, method, stats):
         player = self.some_player()
-        self.call(f"{method} /users/{{id}}/stats", {200}, method, f"/users/{player.id}/stats",
-                  stats, player.token)
+        self.call(
+            f"{method} /users/{{id}}/stats",
+            {200},
+            method,
+            f"/users/{player.id}/stats",
+            stats,
+            player.token,
+        )
 
     # PDF reports
 
@@ -240,8 +290,9 @@ class SoakClient:
         if not idle:
             return self.fetch_report()
         player = self.rng.choice(idle)
-        status, _, _ = self.call("POST /users/{id}/pdf", {202}, "POST",
-                                 f"/users/{player.id}/pdf", token=player.token)
+        status, _, _ = self.call(
+            "POST /users/{id}/pdf", {202}, "POST", f"/users/{player.id}/pdf", token=player.token
+        )
         if status == 202:
             player.report_asked = player.report_waiting = True
             self.tally.reports["requested"] += 1
@@ -260,11 +311,13 @@ class SoakClient:
             expected, token = {200, 202, 409}, player.token
         else:
             expected, token = ({200, 409} if player.report_asked else {404}), player.token
-        status, headers, data = self.call("GET /users/{id}/pdf", expected, "GET",
-                                          f"/users/{player.id}/pdf", token=token)
+        status, headers, data = self.call(
+            "GET /users/{id}/pdf", expected, "GET", f"/users/{player.id}/pdf", token=token
+        )
         if status == 200 and not data.startswith(b"%PDF"):
-            self.tally.unexpected.append(f"GET /users/{player.id}/pdf: 200 but not a PDF: "
-                                         f"{data[:200]!r}")
+            self.tally.unexpected.append(
+                f"GET /users/{player.id}/pdf: 200 but not a PDF: {data[:200]!r}"
+            )
         elif status == 200 and headers.get("ETag") != player.report_etag:
             player.report_etag = headers.get("ETag")
             self.settle_report(player, "produced")
@@ -286,9 +339,11 @@ class SoakClient:
             if time.monotonic() > until:
                 for player in waiting:
                     player.report_waiting = False
-                    self.tally.unexpected.append(f"no end to the PDF requested for user "
-                                                 f"{player.id} within {REPORT_DEADLINE} s "
-                                                 "of the load's end")
+                    self.tally.unexpected.append(
+                        f"no end to the PDF requested for user "
+                        f"{player.id} within {REPORT_DEADLINE} s "
+                        "of the load's end"
+                    )
                 return
             for player in waiting:
                 self.check_report(player)
@@ -296,6 +351,7 @@ class SoakClient:
 
 
 # Memory
+
 
 @dataclass
 class Sample:
@@ -314,13 +370,18 @@ def sample_memory(processes, started, interval, stop, samples, clients):
     """Every interval until stop, then once more: the RSS of each process, and progress."""
     while True:
         stopping = stop.wait(interval)
-        sample = Sample(time.monotonic() - started,
-                        {name: rss_or_none(process) for name, process in processes.items()})
+        sample = Sample(
+            time.monotonic() - started,
+            {name: rss_or_none(process) for name, process in processes.items()},
+        )
         samples.append(sample)
-        rss = ", ".join(f"{name} {mib:.1f}" if mib else f"{name} DEAD"
-                        for name, mib in sample.rss_mib.items())
-        progress(f"{sample.second:4.0f} s: {sum(c.tally.requests for c in clients):,} "
-                 f"requests; RSS MiB: {rss}")
+        rss = ", ".join(
+            f"{name} {mib:.1f}" if mib else f"{name} DEAD" for name, mib in sample.rss_mib.items()
+        )
+        progress(
+            f"{sample.second:4.0f} s: {sum(c.tally.requests for c in clients):,} "
+            f"requests; RSS MiB: {rss}"
+        )
         if stopping:
             return
 
@@ -335,6 +396,7 @@ def rss_growth(samples, name, warm_up_seconds):
 
 # The run
 
+
 @dataclass
 class Outcome:
     seconds: int
@@ -342,15 +404,17 @@ class Outcome:
     load_requests: int  # those of the load, without the wait for PDFs and the clean-up
     samples: list
     process_names: list
-    dead: dict        # process name: (exit code, the end of its log)
-    problems: list    # log lines that say something went wrong
+    dead: dict  # process name: (exit code, the end of its log)
+    problems: list  # log lines that say something went wrong
     database: str
     queue: str
 
 
 def run_soak(seconds):
-    with tempfile.TemporaryDirectory(prefix="soak-") as folder, \
-            bench.Service(Path(folder), "soak", RABBITMQ_URL) as service:
+    with (
+        tempfile.TemporaryDirectory(prefix="soak-") as folder,
+        bench.Service(Path(folder), "soak", RABBITMQ_URL) as service,
+    ):
         database = os.environ.get("DATABASE_URL")
         if database:
             service.env["DATABASE_URL"] = database
@@ -358,14 +422,26 @@ def run_soak(seconds):
         processes = {"server": service.server}
         for number in range(1, WORKERS + 1):
             processes[f"worker {number}"] = service.start_worker()
-        progress(f"server on port {service.port} and {WORKERS} workers on queue "
-                 f"{service.queue_name}; {CLIENTS} clients for {seconds} s")
+        progress(
+            f"server on port {service.port} and {WORKERS} workers on queue "
+            f"{service.queue_name}; {CLIENTS} clients for {seconds} s"
+        )
         tally, load_requests, samples = drive(service.port, processes, seconds)
-        outcome = Outcome(seconds, tally, load_requests, samples, list(processes),
-                          {name: (process.popen.returncode, process.log().splitlines()[-20:])
-                           for name, process in processes.items() if not process.running()},
-                          service.problems(), shown_database(database),
-                          service.queue_name)
+        outcome = Outcome(
+            seconds,
+            tally,
+            load_requests,
+            samples,
+            list(processes),
+            {
+                name: (process.popen.returncode, process.log().splitlines()[-20:])
+                for name, process in processes.items()
+                if not process.running()
+            },
+            service.problems(),
+            shown_database(database),
+            service.queue_name,
+        )
     progress("processes stopped; queue and temporary folder removed")
     return outcome
 
@@ -374,6 +450,7 @@ def shown_database(url):
     if not url:
         return "SQLite in a temporary folder"
     from sqlalchemy.engine import make_url
+
     return make_url(url).render_as_string(hide_password=True)
 
 
@@ -387,13 +464,16 @@ def drive(port, processes, seconds):
     load_until = started + seconds
     stopping, stop_sampling, samples = threading.Event(), threading.Event(), []
     interval = min(5, seconds / 10)
-    sampler = threading.Thread(target=sample_memory, args=(
-        processes, started, interval, stop_sampling, samples, clients))
+    sampler = threading.Thread(
+        target=sample_memory, args=(processes, started, interval, stop_sampling, samples, clients)
+    )
     sampler.start()
     pool = ThreadPoolExecutor(CLIENTS)
     try:
-        runs = [pool.submit(client.run, load_until, load_until + REPORT_DEADLINE, stopping)
-                for client in clients]
+        runs = [
+            pool.submit(client.run, load_until, load_until + REPORT_DEADLINE, stopping)
+            for client in clients
+        ]
         time.sleep(max(0, load_until - time.monotonic()))
         load_requests = sum(client.tally.requests for client in clients)
         stop_sampling.set()
@@ -413,6 +493,7 @@ def drive(port, processes, seconds):
 
 # The tables
 
+
 def requests_section(outcome):
     section = Section("Requests")
     tally = outcome.tally
@@ -420,26 +501,52 @@ def requests_section(outcome):
     rows = []
     for route in sorted(tally.seconds, key=lambda r: (r.split()[1], r.split()[0])):
         durations = tally.seconds[route]
-        rows.append([route, f"{len(durations):,}",
-                     *(f"{tally.answers[route, s]:,}" if tally.answers[route, s] else ""
-                       for s in statuses),
-                     f"{statistics.median(durations) * 1000:.1f}",
-                     f"{percentile(durations, 0.99) * 1000:.1f}"])
-    rows.append(["all", f"{tally.requests:,}",
-                 *(f"{sum(n for (_, s), n in tally.answers.items() if s == status):,}"
-                   for status in statuses), "", ""])
-    section.note(f"{outcome.load_requests / outcome.seconds:,.0f} requests/s during the load; "
-                 "the counts include the wait for PDFs and the clean-up after it. Times are "
-                 "client-side, while the clients, server and workers share this machine's "
-                 f"{os.cpu_count()} cores.")
+        rows.append(
+            [
+                route,
+                f"{len(durations):,}",
+                *(
+                    f"{tally.answers[route, s]:,}" if tally.answers[route, s] else ""
+                    for s in statuses
+                ),
+                f"{statistics.median(durations) * 1000:.1f}",
+                f"{percentile(durations, 0.99) * 1000:.1f}",
+            ]
+        )
+    rows.append(
+        [
+            "all",
+            f"{tally.requests:,}",
+            *(
+                f"{sum(n for (_, s), n in tally.answers.items() if s == status):,}"
+                for status in statuses
+            ),
+            "",
+            "",
+        ]
+    )
+    section.note(
+        f"{outcome.load_requests / outcome.seconds:,.0f} requests/s during the load; "
+        "the counts include the wait for PDFs and the clean-up after it. Times are "
+        "client-side, while the clients, server and workers share this machine's "
+        f"{os.cpu_count()} cores."
+    )
     section.table(["route", "requests", *map(str, statuses), "p50 ms", "p99 ms"], rows)
-    server_errors = sum(n for (_, status), n in tally.answers.items()
-                        if status == NO_ANSWER or status >= 500)
+    server_errors = sum(
+        n for (_, status), n in tally.answers.items() if status == NO_ANSWER or status >= 500
+    )
     unexpected = len(tally.unexpected)
-    section.table(["check", "count", "target"], [
-        ["5xx or no answer", server_errors, section.target(server_errors == 0, "0")],
-        ["answers the contract does not allow here (5xx included)", unexpected,
-         section.target(unexpected == 0, "0")]])
+    section.table(
+        ["check", "count", "target"],
+        [
+            ["5xx or no answer", server_errors, section.target(server_errors == 0, "0")],
+            [
+                "answers the contract does not allow here (5xx included)",
+                unexpected,
+                section.target(unexpected == 0, "0"),
+            ],
+        ],
+    )
     if tally.unexpected:
         section.note("The first of them:")
         section.lines += ["", *(f"    {line}" for line in tally.unexpected[:15]), ""]
@@ -451,14 +558,31 @@ def reports_section(outcome):
     reports = outcome.tally.reports
     ended = reports["produced"] + reports["failed"] + reports["user deleted"]
     lost = reports["requested"] - ended
-    section.note("Each 202 of POST /users/{id}/pdf ends as a new PDF (a 200 with a new ETag), "
-                 "a failed report (409), or a 404 because its user was deleted meanwhile. "
-                 f"After the load, the last ones had {REPORT_DEADLINE} s to end.")
-    section.table(["requested (202)", "produced (200 PDF)", "failed (409)",
-                   "user deleted (404)", "no end", "target"],
-                  [[reports["requested"], reports["produced"], reports["failed"],
-                    reports["user deleted"], lost,
-                    section.target(lost == 0, "every request ends")]])
+    section.note(
+        "Each 202 of POST /users/{id}/pdf ends as a new PDF (a 200 with a new ETag), "
+        "a failed report (409), or a 404 because its user was deleted meanwhile. "
+        f"After the load, the last ones had {REPORT_DEADLINE} s to end."
+    )
+    section.table(
+        [
+            "requested (202)",
+            "produced (200 PDF)",
+            "failed (409)",
+            "user deleted (404)",
+            "no end",
+            "target",
+        ],
+        [
+            [
+                reports["requested"],
+                reports["produced"],
+                reports["failed"],
+                reports["user deleted"],
+                lost,
+                section.target(lost == 0, "every request ends"),
+            ]
+        ],
+    )
     return section
 
 
@@ -466,13 +590,21 @@ def memory_section(outcome):
     section = Section("Memory (RSS, MiB)")
     warm_up = outcome.seconds * WARM_UP_SHARE
     names = outcome.process_names
-    section.note(f"Sampled every {min(5, outcome.seconds / 10):g} s during the load; growth "
-                 f"counts from the first sample after a warm-up of {warm_up:g} s "
-                 f"({WARM_UP_SHARE:.0%} of the run).")
-    section.table(["second", *names], [
-        [f"{sample.second:.0f}", *(f"{sample.rss_mib[n]:.1f}" if sample.rss_mib[n] else "dead"
-                                   for n in names)]
-        for sample in shown_samples(outcome.samples, warm_up)])
+    section.note(
+        f"Sampled every {min(5, outcome.seconds / 10):g} s during the load; growth "
+        f"counts from the first sample after a warm-up of {warm_up:g} s "
+        f"({WARM_UP_SHARE:.0%} of the run)."
+    )
+    section.table(
+        ["second", *names],
+        [
+            [
+                f"{sample.second:.0f}",
+                *(f"{sample.rss_mib[n]:.1f}" if sample.rss_mib[n] else "dead" for n in names),
+            ]
+            for sample in shown_samples(outcome.samples, warm_up)
+        ],
+    )
     rows = []
     for name in names:
         growth = rss_growth(outcome.samples, name, warm_up)
@@ -480,8 +612,15 @@ def memory_section(outcome):
             rows.append([name, "", "", "died", ""])
             continue
         first, last, change = growth
-        rows.append([name, f"{first:.1f}", f"{last:.1f}", f"{change:+.1%}",
-                     section.target(change < MAX_RSS_GROWTH, f"< {MAX_RSS_GROWTH:.0%}")])
+        rows.append(
+            [
+                name,
+                f"{first:.1f}",
+                f"{last:.1f}",
+                f"{change:+.1%}",
+                section.target(change < MAX_RSS_GROWTH, f"< {MAX_RSS_GROWTH:.0%}"),
+            ]
+        )
     section.table(["process", "after warm-up", "at the end", "growth", "target"], rows)
     return section
 
@@ -490,38 +629,56 @@ def shown_samples(samples, warm_up, most=15):
     """At most about `most` rows: evenly spread, always with the warm-up's end and the last."""
     step = max(1, len(samples) // most)
     after_warm_up = next((s for s in samples if s.second >= warm_up), None)
-    return [s for i, s in enumerate(samples)
-            if i % step == 0 or s is after_warm_up or s is samples[-1]]
+    return [
+        s for i, s in enumerate(samples) if i % step == 0 or s is after_warm_up or s is samples[-1]
+    ]
 
 
 def processes_section(outcome):
     section = Section("Processes")
-    section.table(["process", "state", "target"], [
-        [name, f"died (exit code {outcome.dead[name][0]})" if name in outcome.dead
-         else "running to the end", section.target(name not in outcome.dead, "alive")]
-        for name in outcome.process_names])
+    section.table(
+        ["process", "state", "target"],
+        [
+            [
+                name,
+                f"died (exit code {outcome.dead[name][0]})"
+                if name in outcome.dead
+                else "running to the end",
+                section.target(name not in outcome.dead, "alive"),
+            ]
+            for name in outcome.process_names
+        ],
+    )
     for name, (_, log_tail) in outcome.dead.items():
         section.note(f"The end of the log of {name}:")
         section.lines += ["", *(f"    {line}" for line in log_tail), ""]
     if outcome.problems:
-        section.note(f"The processes logged {len(outcome.problems)} problem line(s); "
-                     "the first ones:")
+        section.note(
+            f"The processes logged {len(outcome.problems)} problem line(s); the first ones:"
+        )
         section.lines += ["", *(f"    {line}" for line in outcome.problems[:15]), ""]
     return section
 
 
 def print_report(outcome):
-    print(f"# Soak: {outcome.seconds} s\n\n"
-          f"{CLIENTS} clients (threads, one keep-alive connection each) against server.py and "
-          f"{WORKERS} worker.py processes; RabbitMQ at {RABBITMQ_URL} (queue "
-          f"{outcome.queue}, deleted afterwards); database: {outcome.database}. "
-          f"SCRYPT_N={SCRYPT_N} (production: 16384) keeps sign-ups and logins cheap. "
-          f"Each client keeps {USERS_PER_CLIENT[0]} to {USERS_PER_CLIENT[1]} users of its own, "
-          f"signs up and deletes them over time, and picks actions with these weights: "
-          + ", ".join(f"{name} {weight}" for name, weight in WEIGHTS.items()) +
-          ". Users left at the end are deleted (part of the counts).\n", flush=True)
-    sections = [requests_section(outcome), reports_section(outcome), memory_section(outcome),
-                processes_section(outcome)]
+    print(
+        f"# Soak: {outcome.seconds} s\n\n"
+        f"{CLIENTS} clients (threads, one keep-alive connection each) against server.py and "
+        f"{WORKERS} worker.py processes; RabbitMQ at {RABBITMQ_URL} (queue "
+        f"{outcome.queue}, deleted afterwards); database: {outcome.database}. "
+        f"SCRYPT_N={SCRYPT_N} (production: 16384) keeps sign-ups and logins cheap. "
+        f"Each client keeps {USERS_PER_CLIENT[0]} to {USERS_PER_CLIENT[1]} users of its own, "
+        f"signs up and deletes them over time, and picks actions with these weights: "
+        + ", ".join(f"{name} {weight}" for name, weight in WEIGHTS.items())
+        + ". Users left at the end are deleted (part of the counts).\n",
+        flush=True,
+    )
+    sections = [
+        requests_section(outcome),
+        reports_section(outcome),
+        memory_section(outcome),
+        processes_section(outcome),
+    ]
     for section in sections:
         print(section.markdown(), flush=True)
     failed = sum(section.failed for section in sections)
@@ -532,8 +689,9 @@ def print_report(outcome):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("seconds", nargs="?", type=int, default=60,
-                        help="how long the load lasts (default 60)")
+    parser.add_argument(
+        "seconds", nargs="?", type=int, default=60, help="how long the load lasts (default 60)"
+    )
     seconds = parser.parse_args().seconds
     if seconds < 10:
         parser.error("SECONDS must be at least 10")

@@ -11,6 +11,7 @@ client following that description would. Nothing else is changed: a float
 with a fraction, or a whole float beyond any integer field's range, is still
 sent as generated (and still rejected).
 """
+
 import schemathesis
 
 

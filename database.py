@@ -1,0 +1,192 @@
+"""Connections to the database, its transactions, and statements compiled once.
+
+SQLAlchemy defines the tables (models.py), builds and compiles every
+statement for the database at hand, and pools the connections; the
+statements then run on the pooled DB-API connection itself. On one-row
+queries SQLAlchemy's Connection.execute cost more than everything else in a
+request (40% of a GET /users/{id} in py-spy), so each statement is compiled
+once (Statement).
+
+SQLite (the default) is tuned so that many threads and processes can write
+at once: WAL, a busy timeout, foreign keys on, and write transactions that
+take the write lock up front (BEGIN IMMEDIATE) so that a reader turning
+writer never fails with "database is locked".
+
+Importing this module connects to nothing and creates no file: the engine,
+and the SQLite file's folder, are made on first use.
+"""
+
+import threading
+from collections import namedtuple
+from contextlib import contextmanager, nullcontext
+from functools import cache
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import make_url
+
+import config
+
+URL = make_url(config.DATABASE_URL)
+SQLITE = URL.get_backend_name() == "sqlite"
+# The driver's module (sqlite3 or psycopg), imported, not connected.
+_driver = URL.get_dialect().import_dbapi()
+DatabaseError, IntegrityError = _driver.Error, _driver.IntegrityError
+
+
+@cache
+def engine():
+    """The one engine of this process, made when first needed."""
+    if not SQLITE:
+        return create_engine(URL, pool_pre_ping=True, pool_size=config.WEB_THREADS + 2)
+    url = URL
+    if url.database and url.database != ":memory:":
+        path = config.PROJECT_DIR / url.database  # relative paths: to the project
+        url = url.set(database=str(path))
+    # "named" (:name) parameters: sqlite3 then takes the same dicts as psycopg.
+    # No rollback when a connection goes back to the pool: in autocommit, reads
+    # leave no transaction open, and writing() ends its own. (Half the cost of
+    # the pool in py-spy.)
+    sqlite_engine = create_engine(
+        url,
+        pool_size=config.WEB_THREADS + 2,
+        paramstyle="named",
+        pool_reset_on_return=None,
+        connect_args={"check_same_thread": False},
+    )
+
+    @event.listens_for(sqlite_engine, "do_connect")
+    def _make_folder(_dialect, _record, _args, _kwargs):
+        if url.database != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    @event.listens_for(sqlite_engine, "connect")
+    def _tune(dbapi_connection, _record):
+        # Autocommit: a read is one statement, and writing() says BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        for pragma in (
+            "journal_mode=WAL",
+            "busy_timeout=30000",
+            "foreign_keys=ON",
+            "synchronous=FULL",
+        ):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    return sqlite_engine
+
+
+# SQLite lets one writer in at a time, and makes the others poll for the lock
+# in sleeps of up to 100 ms: the threads of one process queue here instead,
+# and are woken the moment the writer before them commits.
+_one_writer_at_a_time = threading.Lock() if SQLITE else nullcontext()
+_thread = threading.local()
+
+
+@contextmanager
+def reading():
+    """A DB-API connection in autocommit: each statement sees the latest commit."""
+    if not SQLITE:
+        connection = engine().raw_connection()
+        try:
+            yield connection
+        finally:
+            connection.close()  # back to the pool, which rolls back what is left
+        return
+    # On SQLite each thread keeps a connection of its own: the pool's lock and
+    # bookkeeping cost more than the query (py-spy), and SQLite connections
+    # never go stale. One the database failed on is closed and replaced.
+    connection = getattr(_thread, "connection", None) or engine().raw_connection()
+    _thread.connection = connection
+    try:
+        yield connection
+    except DatabaseError:
+        _thread.connection = None
+        connection.invalidate()
+        raise
+
+
+@contextmanager
+def writing():
+    """One transaction: committed on success, rolled back on any error."""
+    with _one_writer_at_a_time, reading() as connection:
+        if SQLITE:
+            # The write lock up front: a reader turning writer could fail instead.
+            connection.cursor().execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+
+
+class Statement:
+    """A statement compiled once (on first use) for this database; rows as named tuples.
+
+    It runs with exactly the parameters it names: a missing or unknown one
+    is a bug in the caller, so it raises rather than binding NULL.
+    """
+
+    def __init__(self, statement):
+        self._statement = statement
+        self._sql = None
+        self._row = None
+
+    def _compile(self):
+        compiled = self._statement.compile(dialect=engine().dialect)
+        self.required = frozenset(name for name, bind in compiled.binds.items() if bind.required)
+        # The values written in the statement itself (literals, constants).
+        self.constants = {
+            name: value for name, value in compiled.params.items() if name not in self.required
+        }
+        self._sql = str(compiled)
+
+    @property
+    def sql(self):
+        if self._sql is None:
+            self._compile()
+        return self._sql
+
+    def run(self, db, params=None):
+        """Runs it with params, which must name exactly its parameters; the cursor."""
+        sql, params = self.sql, params or {}
+        if params.keys() != self.required:
+            raise TypeError(
+                f"statement needs parameters {sorted(self.required)}, got {sorted(params)}: {sql}"
+            )
+        cursor = db.cursor()
+        cursor.execute(sql, {**self.constants, **params} if params else self.constants)
+        return cursor
+
+    def rows(self, db, params=None):
+        cursor = self.run(db, params)
+        if self._row is None:
+            self._row = namedtuple("Row", [column[0] for column in cursor.description])
+        return [self._row._make(values) for values in cursor.fetchall()]
+
+    def first(self, db, params=None):
+        found = self.rows(db, params)
+        return found[0] if found else None
+
+    def scalar(self, db, params=None):
+        """The first column of the first row, or None when there is no row."""
+        row = self.run(db, params).fetchone()
+        return row[0] if row else None
+
+
+def run_once(db, statement):
+    """Runs a statement built for this call (values bound in it); its cursor."""
+    compiled = statement.compile(dialect=engine().dialect)
+    cursor = db.cursor()
+    cursor.execute(str(compiled), compiled.params)
+    return cursor
+
+
+@contextmanager
+def schema_lock():
+    """A transaction that holds the lock every process takes to change the schema:
+    of servers and workers starting at once, one changes it, the others then find it done."""
+    with engine().begin() as connection:
+        connection.exec_driver_sql(
+            "BEGIN IMMEDIATE" if SQLITE else "SELECT pg_advisory_xact_lock(7249)"
+        )
+        yield connection

@@ -1,0 +1,177 @@
+"""A report's life in one place: its states, who moves it between them, and
+when a POST queues a new job.
+
+    POST ──▶ pending ──(a worker takes the job)──▶ rendering ──▶ done | failed
+               │  ▲                                   │
+               │  └── POST: published again, if its   └── POST: a new pending
+               │      job was queued over              report (the job in hand
+               │      REPUBLISH_AFTER ago; else        may have read the data
+               │      nothing (one job will do)        before the change)
+               └── the broker refuses the job: forgotten (the POST is a 503)
+
+- pending: the row is committed before its job {report_id, user_id} is
+  published; at most one per user (a unique partial index).
+- rendering: a worker marked it so *before* reading the user's data, so a
+  stats change that a POST meant to include is never left out.
+- done: holds the PDF and replaces (deletes) the user's older finished
+  reports; failed: holds the reason, and GET says it until a new POST.
+- A worker acks the job only after the outcome is committed; a job whose
+  report is done (or gone with its user) is dropped.
+"""
+
+import time
+
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+
+import models
+from database import Statement
+from models import reports as table  # the reports table
+
+# A job still pending after this long was probably lost between commit and
+# publish (a crash): the next POST queues it again. Workers drop a duplicate
+# of a finished job; one of a job in hand is rendered again, as a redelivery is.
+REPUBLISH_AFTER = 60  # seconds
+
+UNFINISHED = ("pending", "rendering")
+# Spelt out, not IN (...): IN compiles to an expanding parameter that only
+# SQLAlchemy's own execute fills in, and Statement runs the SQL as it is.
+_unfinished = or_(*(table.c.state == state for state in UNFINISHED))
+REPORT_SUMMARY = (
+    table.c.id,
+    table.c.user_id,
+    table.c.state,
+    table.c.finished_at,
+    table.c.error,
+)
+PENDING_REPORT = Statement(
+    select(table.c.id, table.c.published_at).where(
+        table.c.user_id == bindparam("user_id"), table.c.state == "pending"
+    )
+)
+INSERT_REPORT = Statement(
+    insert(table)
+    .values(user_id=bindparam("user_id"), published_at=bindparam("at"))
+    .returning(table.c.id)
+)
+REPUBLISHED = Statement(
+    update(table)
+    .where(table.c.id == bindparam("id"), table.c.state == "pending")
+    .values(published_at=bindparam("at"))
+)
+FORGET_PENDING = Statement(
+    delete(table).where(table.c.id == bindparam("id"), table.c.state == "pending")
+)
+_by_user_newest_first = (
+    select(*REPORT_SUMMARY)
+    .where(table.c.user_id == bindparam("user_id"))
+    .order_by(table.c.id.desc())
+    .limit(1)
+)
+_newest_done = _by_user_newest_first.where(table.c.state == "done")
+_of_user = table.c.user_id == bindparam("user_id")
+NEWEST_AND_NEWEST_DONE = Statement(
+    select(*REPORT_SUMMARY).where(
+        or_(
+            table.c.id == select(func.max(table.c.id)).where(_of_user).scalar_subquery(),
+            table.c.id
+            == select(func.max(table.c.id))
+            .where(_of_user, table.c.state == "done")
+            .scalar_subquery(),
+        )
+    )
+)
+NEWEST_DONE_PDF = Statement(_newest_done.add_columns(table.c.pdf))
+REPORT_BY_ID = Statement(select(*REPORT_SUMMARY).where(table.c.id == bindparam("id")))
+START_REPORT = Statement(
+    update(table).where(table.c.id == bindparam("id"), _unfinished).values(state="rendering")
+)
+FINISH_REPORT = Statement(
+    update(table)
+    .where(table.c.id == bindparam("id"), table.c.state == "rendering")
+    .values(
+        state=bindparam("state"),
+        pdf=bindparam("pdf"),
+        error=bindparam("error"),
+        finished_at=bindparam("at"),
+    )
+)
+DROP_REPLACED_REPORTS = Statement(
+    delete(table).where(
+        table.c.user_id == bindparam("user_id"),
+        table.c.id < bindparam("id"),
+        table.c.state != "pending",
+    )
+)
+
+
+ALL_UNFINISHED_REPORTS = Statement(select(table.c.id, table.c.user_id).where(_unfinished))
+
+
+def queue(db, user_id):
+    """For a POST: the id of the report whose job is to be published now (a new
+    pending one, or one whose job was published too long ago), or None when a
+    job queued moments ago will do (it has not read the user's data yet)."""
+    pending = PENDING_REPORT.first(db, {"user_id": user_id})
+    now = time.time()
+    if pending is None:
+        return INSERT_REPORT.scalar(db, {"user_id": user_id, "at": now})
+    if pending.published_at > now - REPUBLISH_AFTER:
+        return None
+    REPUBLISHED.run(db, {"id": pending.id, "at": now})
+    return pending.id
+
+
+def forget(db, report_id):
+    """A pending report whose job the broker would not take: as if never asked for."""
+    FORGET_PENDING.run(db, {"id": report_id})
+
+
+def all_unfinished(db):
+    """Every report whose job may still be due (for the in-process broker's restart)."""
+    return ALL_UNFINISHED_REPORTS.rows(db)
+
+
+def newest_and_newest_done(db, user_id):
+    """(the user's newest report, their newest done one), without PDFs; each may
+    be None, and both are the same report when the newest is done. One
+    statement, so one snapshot: a report finishing meanwhile is in both or neither."""
+    rows = NEWEST_AND_NEWEST_DONE.rows(db, {"user_id": user_id})
+    latest = max(rows, key=lambda row: row.id, default=None)
+    done = max((row for row in rows if row.state == "done"), key=lambda row: row.id, default=None)
+    return latest, done
+
+
+def find(db, report_id):
+    return REPORT_BY_ID.first(db, {"id": report_id})
+
+
+def newest_pdf(db, user_id):
+    """The user's newest done report with its PDF, read together: a report
+    that finishes deletes the one it replaces, so an id read earlier may be gone."""
+    return NEWEST_DONE_PDF.first(db, {"user_id": user_id})
+
+
+def start(db, report_id):
+    """Marks the report as taken by a worker (from now on a POST queues another);
+    False when it was finished or deleted meanwhile."""
+    return START_REPORT.run(db, {"id": report_id}).rowcount == 1
+
+
+def finish(db, report, pdf, error):
+    """Stores a started report's outcome; a done one replaces the user's older reports."""
+    # PostgreSQL: the user row first, as a deletion of the user takes it: two
+    # jobs of one user finishing at once would otherwise lock each other's rows.
+    if models.find_user(db, report.user_id, lock=True) is None:
+        return  # deleted meanwhile, reports and all
+    finished = FINISH_REPORT.run(
+        db,
+        {
+            "id": report.id,
+            "state": "done" if pdf else "failed",
+            "pdf": pdf,
+            "error": error,
+            "at": time.time(),
+        },
+    )
+    if finished.rowcount and pdf:
+        DROP_REPLACED_REPORTS.run(db, {"user_id": report.user_id, "id": report.id})

@@ -1,0 +1,197 @@
+"""Serving the WSGI app on Waitress: process tuning, the headers and the access
+log of every response, Waitress's own errors as JSON, and the graceful stop.
+
+The routes are server.py's; this module knows nothing of them. Waitress has
+no public API for two things done here: its error pages (`Error.to_response`)
+and a graceful stop (its event loop, `server._map`, and `task_dispatcher`).
+Those reaches into its internals live in this module only, and each has a
+test that fails when an upgrade breaks it (test_api's
+test_malformed_http_gets_a_json_error, test_faults' SIGTERM tests).
+"""
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from urllib.parse import quote
+
+import waitress
+import waitress.utilities
+from waitress import wasyncore
+
+import config
+from responses import error_body
+
+log = logging.getLogger("serving")
+
+# The user id of a request's token, put in its environ by auth, for the access log.
+USER_ID_KEY = "stats_api.user_id"
+
+
+def tune_process():
+    """Process-wide settings that the benchmark showed to matter, set in this one place."""
+    # Every SQLite call lets go of the GIL, and taking it back waits out the
+    # switch interval of whichever thread holds it (5 ms by default): with 8
+    # Waitress threads that convoy cut GET /users/{id} from 1,250 to 120-180
+    # req/s (py-spy --gil, BENCHMARKS.md). Hand the GIL over sooner.
+    sys.setswitchinterval(0.00002)
+    # glibc gives each thread its own malloc arena; with 8+ threads that is
+    # megabytes of mostly empty memory. Two arenas serve a GIL-bound process:
+    # -9 MiB of server RSS with the embedded worker, -8 MiB on RabbitMQ.
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to limit
+
+
+# The headers of every response, and its line in the access log
+
+EXPOSED_HEADERS = "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After"
+
+
+def with_common_headers(wsgi_app):
+    """Adds nosniff everywhere and CORS headers for the allowed origins; logs each request."""
+
+    def wrapped(environ, start_response):
+        started = time.perf_counter()
+        answered = []
+
+        def start(status, headers, exc_info=None):
+            answered.append(status[:3])
+            headers.append(("X-Content-Type-Options", "nosniff"))
+            if status.startswith(("204", "304")):
+                headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            origin = environ.get("HTTP_ORIGIN", "").rstrip("/")
+            if config.CORS_ORIGINS:
+                headers.append(("Vary", "Origin"))
+            if origin and origin in config.CORS_ORIGINS:
+                headers += cors_headers(origin, environ, headers)
+            return start_response(status, headers, exc_info)
+
+        body = wsgi_app(environ, start)  # Bottle has the whole body ready by now
+        log_access(
+            environ["REQUEST_METHOD"][:16],
+            environ.get("PATH_INFO", ""),
+            answered[0] if answered else "-",
+            (time.perf_counter() - started) * 1000,
+            environ.get(USER_ID_KEY, "-"),
+        )
+        return body
+
+    return wrapped
+
+
+def cors_headers(origin, environ, headers):
+    extra = [
+        ("Access-Control-Allow-Origin", origin),
+        ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+    ]
+    if environ["REQUEST_METHOD"] == "OPTIONS":
+        allow = dict((k.lower(), v) for k, v in headers).get("allow")
+        if allow:
+            extra += [
+                ("Access-Control-Allow-Methods", allow),
+                ("Access-Control-Allow-Headers", "Authorization, Content-Type, If-None-Match"),
+                ("Access-Control-Max-Age", "600"),
+            ]
+    return extra
+
+
+# Characters a path keeps as they are in the log; any other is percent-encoded.
+PATH_AS_IS = "/!$&'()*+,;=:@"
+ACCESS_PATH_LIMIT = 1024  # characters: a long path cannot push the line's end out
+
+
+def log_access(method, path, status, milliseconds, user_id):
+    """One line per request on stderr: "<epoch> access GET /users/1 200 0.4ms user=1".
+
+    The path (without its query, so never a token) is percent-encoded again
+    from the bytes that came: a space or a newline in it cannot forge a field
+    or a line. Written straight to the file descriptor, not through logging: a
+    log record cost 15% of a GET /users/{id} (py-spy). A line is one write(),
+    under 4 KiB, which a pipe never mixes with another thread's.
+    """
+    # PEP 3333: PATH_INFO holds the request's bytes, decoded as latin-1.
+    path = quote(path[:ACCESS_PATH_LIMIT].encode("latin-1", "replace"), safe=PATH_AS_IS)
+    line = (
+        f"{time.time():.3f} access {method} {path} {status} {milliseconds:.1f}ms user={user_id}\n"
+    )
+    try:
+        os.write(2, line.encode("ascii", "replace"))
+    except OSError:
+        pass  # a log that cannot be written must not fail a request that succeeded
+
+
+def json_waitress_errors():
+    """Waitress answers malformed HTTP itself, in plain text; make that JSON too."""
+
+    def to_response(self, ident=None):
+        body = error_body(f"{self.reason}: {self.body}").encode("utf-8")
+        return (
+            f"{self.code} {self.reason}",
+            [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")],
+            body,
+        )
+
+    waitress.utilities.Error.to_response = to_response
+
+
+# Serving, and the graceful stop
+
+
+def serve(wsgi_app, on_stop=None):
+    """Serve wsgi_app on HOST:PORT until SIGTERM or SIGINT, then stop gracefully;
+    on_stop(seconds left) stops what else runs in the process (the embedded worker)."""
+    json_waitress_errors()
+    # "Task queue depth is N" on every request while all threads are busy: load, not news.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    server = waitress.create_server(
+        with_common_headers(wsgi_app),
+        host=config.HOST,
+        port=config.PORT,
+        threads=config.WEB_THREADS,
+        ident="",
+    )
+    log.info("serving on http://%s:%s", config.HOST, config.PORT)
+    serve_until_signalled(server, on_stop)
+
+
+def serve_until_signalled(server, on_stop, drain_seconds=8):
+    """Serve until SIGTERM or SIGINT; then stop accepting, finish what is in
+    flight (at most drain_seconds), and call on_stop with the time left."""
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    # waitress.serve() has no graceful stop: run its event loop ourselves.
+    # (server._map, its channels, is what that loop serves.)
+    while not stopping.is_set():
+        wasyncore.loop(timeout=0.2, map=server._map, count=1)
+    log.info("stopping: no new connections, finishing requests in flight")
+    server.del_channel()
+    server.socket.close()
+    deadline = time.monotonic() + drain_seconds
+    # Until two polls in a row find nothing in flight: a request whose bytes
+    # had arrived but were not read yet shows up only after a poll.
+    quiet_polls = 0
+    while quiet_polls < 2 and time.monotonic() < deadline:
+        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        quiet_polls = 0 if requests_in_flight(server) else quiet_polls + 1
+    server.task_dispatcher.shutdown(timeout=1)
+    if on_stop:
+        on_stop(deadline - time.monotonic())
+    log.info("stopped")
+
+
+def requests_in_flight(server):
+    dispatcher = server.task_dispatcher
+    return (
+        dispatcher.active_count
+        or dispatcher.queue
+        or any(
+            getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0)
+            for channel in list(server._map.values())
+        )
+    )
