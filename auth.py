@@ -11,9 +11,11 @@ import jwt
 
 import config
 import database
+import limits
 import models
 from responses import ApiError
 from serving import USER_ID_KEY
+from validation import USER_FIELDS
 
 # OWASP's minimum for scrypt, in the variant that needs 16 MiB per hash
 # (128 * N * r bytes): eight logins at once stay well inside a small machine.
@@ -76,8 +78,9 @@ MAX_FAILURES, FAILURE_WINDOW = 10, 300
 # by a process that stopped mid-check, and no longer counts.
 ATTEMPT_TIMEOUT = 120
 # While attempts in flight fill the limit, a login waits for them to settle
-# (they may yet succeed), polling this often, for at most this long.
-SETTLE_POLL, SETTLE_WAIT = 0.02, 5
+# (they may yet succeed), polling this often, for at most this long: then it
+# is a 503 to try again, for a waiting login holds a Waitress thread.
+SETTLE_POLL, SETTLE_WAIT = 0.02, 0.25
 
 
 def _login_room(db, username):
@@ -92,6 +95,33 @@ def _login_room(db, username):
         return max(1, int(failures[MAX_FAILURES - 1] + FAILURE_WINDOW - now) + 1)
     in_flight = models.login_attempts_in_flight(db, username, now - ATTEMPT_TIMEOUT)
     return None if len(failures) + in_flight >= MAX_FAILURES else 0
+
+
+def log_in(username, password):
+    """The user for this pair, or None for a bad one; ApiError 429 while the
+    username is throttled, 503 when the hashing budget or attempts in flight
+    leave no room. Only a checked, wrong pair counts as a failed login."""
+    if not USER_FIELDS["username"].accepts(username):
+        with limits.hash_budget.held():
+            spend_one_hash(password)  # no such user can exist; answer as slowly
+        return None
+    wait, attempt = start_login_attempt(username)
+    if wait:
+        raise ApiError(
+            429,
+            f"Too many failed logins for '{username}'; try again in {wait} seconds.",
+            Retry_After=wait,
+        )
+    # Should this fail (the database), the attempt is left in flight, and
+    # stops counting after ATTEMPT_TIMEOUT: it is never taken for a failure.
+    try:
+        with limits.hash_budget.held(), database.reading() as db:
+            user = check_login(db, username, password)
+    except ApiError:  # busy: checked neither way
+        end_login_attempt(username, attempt, failed=False)
+        raise
+    end_login_attempt(username, attempt, failed=user is None)
+    return user
 
 
 def start_login_attempt(username):
@@ -118,7 +148,13 @@ def start_login_attempt(username):
         if wait is not None:
             return wait, None
         if time.monotonic() > deadline:
-            return 1, None  # an attempt of a process that died counts a while yet
+            # Not a throttle (failures may stay under ten): busy, so try again soon.
+            # An attempt of a process that died mid-check counts a while yet.
+            raise ApiError(
+                503,
+                f"Other logins for '{username}' are being checked; try again in a moment.",
+                Retry_After=1,
+            )
         time.sleep(SETTLE_POLL)
 
 

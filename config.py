@@ -3,6 +3,8 @@
 Defaults are those of CONTRACT.md. A bad value stops the process at start-up
 with a message naming the variable, rather than failing later on a request.
 """
+
+import ipaddress
 import os
 from pathlib import Path
 
@@ -16,7 +18,7 @@ def _int(name, default, minimum=0):
     try:
         value = int(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}")
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise SystemExit(f"{name} must be at least {minimum}, got {value}")
     return value
@@ -60,3 +62,27 @@ CORS_ORIGINS = frozenset(
 SCRYPT_N = _int("SCRYPT_N", 2**14, minimum=2)
 if SCRYPT_N & (SCRYPT_N - 1):
     raise SystemExit(f"SCRYPT_N must be a power of two, got {SCRYPT_N}")
+
+
+# Under pressure (CONTRACT.md): what one client, or a flood, may take.
+HASH_CONCURRENCY = _int("HASH_CONCURRENCY", max(1, (os.cpu_count() or 2) // 2), minimum=1)
+SIGNUP_RATE = _int("SIGNUP_RATE", 60, minimum=1)  # per client address per minute
+LOGIN_RATE = _int("LOGIN_RATE", 120, minimum=1)
+HEADER_TIMEOUT = _int("HEADER_TIMEOUT", 10, minimum=1)  # seconds
+
+
+def _networks(name):
+    networks = []
+    for entry in os.environ.get(name, "").split(","):
+        if entry.strip():
+            try:
+                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                raise SystemExit(
+                    f"{name}: {entry.strip()!r} is not an address or CIDR range"
+                ) from None
+    return tuple(networks)
+
+
+# Peers whose X-Forwarded-For names the client (addresses or CIDR ranges).
+TRUSTED_PROXIES = _networks("TRUSTED_PROXIES")

@@ -51,6 +51,19 @@ USER_PATH = "/users/[1-9][0-9]{0,18}"
 JWT = {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"}
 
 
+# Under pressure (CONTRACT.md): the hashing budget, and per-client rates.
+BUSY_HASHING = answer(
+    "The server is busy hashing other passwords (or checking other logins of this "
+    "username); nothing was created or changed, and it is not a failed login: retry after "
+    "Retry-After seconds",
+    ERROR,
+    ["Retry-After"],
+)
+TOO_MANY_SIGN_UPS = answer(
+    "Too many sign-ups from this client address (SIGNUP_RATE a minute)", ERROR, ["Retry-After"]
+)
+
+
 def path_string(suffix=""):
     return {"type": "string", "pattern": f"^{USER_PATH}{suffix}$"}
 
@@ -217,6 +230,8 @@ PATHS = {
                 "400": BAD_REQUEST,
                 "409": answer("Username taken", ERROR),
                 "413": TOO_LARGE,
+                "429": TOO_MANY_SIGN_UPS,
+                "503": BUSY_HASHING,
             },
         },
     },
@@ -247,6 +262,7 @@ PATHS = {
                     "404": NOT_FOUND,
                     "409": answer("Username taken", ERROR),
                     "413": TOO_LARGE,
+                    "503": BUSY_HASHING,
                 },
             }
             for verb in ("put", "patch")
@@ -356,7 +372,13 @@ PATHS = {
                 ),
                 "401": answer("Bad username or password", ERROR, ["WWW-Authenticate"]),
                 "413": TOO_LARGE,
-                "429": answer("Too many failed logins for this username", ERROR, ["Retry-After"]),
+                "429": answer(
+                    "Too many failed logins for this username, or too many logins from "
+                    "this client address (LOGIN_RATE a minute)",
+                    ERROR,
+                    ["Retry-After"],
+                ),
+                "503": BUSY_HASHING,
             },
         },
     },

@@ -16,6 +16,7 @@ import auth
 import config
 import database
 import jobs
+import limits
 import models
 import openapi
 import reports
@@ -99,7 +100,8 @@ def create_user():
     fields = checked_fields(
         json_object(), USER_FIELDS, ignored=READ_ONLY_USER_FIELDS, required=("username", "password")
     )
-    fields["password_hash"] = auth.hash_password(fields.pop("password"))
+    with limits.counted(limits.sign_ups, request.environ), limits.hash_budget.held():
+        fields["password_hash"] = auth.hash_password(fields.pop("password"))
     try:
         with database.writing() as db:
             user_id = models.create_user(db, fields)
@@ -156,9 +158,10 @@ def new_password_hash(fields, stored_hash):
     current = fields.pop("current_password", None)
     if current is None:
         raise ApiError(400, "'current_password' is required to change 'password'.")
-    if not auth.password_matches(current, stored_hash):
-        raise ApiError(403, "'current_password' is not the current password.")
-    return auth.hash_password(fields.pop("password"))
+    with limits.hash_budget.held():  # two hashes, one after the other
+        if not auth.password_matches(current, stored_hash):
+            raise ApiError(403, "'current_password' is not the current password.")
+        return auth.hash_password(fields.pop("password"))
 
 
 @app.delete("/users/<user_id:id>")
@@ -289,21 +292,8 @@ def login():
     username, password = body.get("username"), body.get("password")
     if not (isinstance(username, str) and username and isinstance(password, str) and password):
         raise ApiError(400, BAD_LOGIN)
-    if not USER_FIELDS["username"].accepts(username):
-        auth.spend_one_hash(password)  # no such user can exist; answer as slowly
-        raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
-    wait, attempt = auth.start_login_attempt(username)
-    if wait:
-        raise ApiError(
-            429,
-            f"Too many failed logins for '{username}'; try again in {wait} seconds.",
-            Retry_After=wait,
-        )
-    # Should this fail (the database), the attempt is left in flight, and
-    # stops counting after auth.ATTEMPT_TIMEOUT: it is never taken for a failure.
-    with database.reading() as db:
-        user = auth.check_login(db, username, password)
-    auth.end_login_attempt(username, attempt, failed=user is None)
+    with limits.counted(limits.logins, request.environ):
+        user = auth.log_in(username, password)
     if user is None:
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
     return json_response(

@@ -1,5 +1,6 @@
 """Serving the WSGI app on Waitress: process tuning, the headers and the access
-log of every response, Waitress's own errors as JSON, and the graceful stop.
+log of every response, Waitress's own errors as JSON, connections that no
+client can hoard, and the graceful stop.
 
 The routes are server.py's; this module knows nothing of them. Waitress has
 no public API for two things done here: its error pages (`Error.to_response`)
@@ -12,15 +13,18 @@ test_malformed_http_gets_a_json_error, test_faults' SIGTERM tests).
 import ctypes
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
 import time
+from collections import defaultdict
 from urllib.parse import quote
 
 import waitress
 import waitress.utilities
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
 
 import config
 from responses import error_body
@@ -42,9 +46,16 @@ def tune_process():
     # megabytes of mostly empty memory. Two arenas serve a GIL-bound process:
     # -9 MiB of server RSS with the embedded worker, -8 MiB on RabbitMQ.
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc: nothing to limit
+    # Room for CONNECTION_LIMIT sockets, plus the database's and the broker's.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = CONNECTION_LIMIT + 200
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
 # The headers of every response, and its line in the access log
@@ -139,6 +150,92 @@ def json_waitress_errors():
     waitress.utilities.Error.to_response = to_response
 
 
+# Connections that no client can hoard
+#
+# Waitress stops accepting at connection_limit, and keeps a silent connection
+# for channel_timeout (120 s): 100 idle sockets from one client used to lock
+# everyone else out. Here a new connection is always accepted; when its
+# address holds too many, or the server too many in all, the oldest idle one
+# (no request being served: silent, between requests, or headers still
+# coming) is shed. A request whose headers take over HEADER_TIMEOUT is dropped.
+
+CONNECTION_LIMIT = 1000  # open connections in all (each costs a socket and a few KiB)
+ADDRESS_LIMIT = 100  # one address's; a class behind one NAT still fits, idle ones are shed
+
+
+def idle(channel):
+    """No request of the channel is being served, and nothing waits to be sent."""
+    return not channel.requests and not channel.total_outbufs_len and not channel.will_close
+
+
+class GuardedChannel(HTTPChannel):
+    """Waitress's channel, which also tells the guard of its address and since
+    when its current request's headers have been arriving."""
+
+    def __init__(self, server, sock, addr, adj, map=None):
+        self.request_started = None
+        self.address = addr[0] if isinstance(addr, tuple) else addr
+        super().__init__(server, sock, addr, adj, map)
+        server.guard.opened(self)
+
+    def received(self, data):
+        if self.request is None and data:
+            self.request_started = time.monotonic()
+        handled = super().received(data)
+        if self.request is None:  # none under way: complete, or handed to a thread
+            self.request_started = None
+        return handled
+
+    def del_channel(self, map=None):
+        self.server.guard.closed(self)
+        super().del_channel(map)
+
+
+class ConnectionGuard:
+    """Keeps count of each address's connections; sheds idle ones under pressure."""
+
+    def __init__(self, server):
+        self.server = server
+        self.by_address = defaultdict(dict)  # address -> {channel: None}, oldest first
+        self.shed = 0
+
+    def opened(self, channel):
+        mine = self.by_address[channel.address]
+        mine[channel] = None
+        if len(mine) > ADDRESS_LIMIT:
+            self._shed_oldest_idle(list(mine), or_else=channel)
+        elif len(self.server.active_channels) > CONNECTION_LIMIT:
+            self._shed_oldest_idle(list(self.server.active_channels.values()), or_else=channel)
+
+    def closed(self, channel):
+        mine = self.by_address.get(channel.address)
+        if mine is not None:
+            mine.pop(channel, None)
+            if not mine:
+                del self.by_address[channel.address]
+
+    def _shed_oldest_idle(self, channels, or_else):
+        """Closes the oldest idle channel of channels; if all are busy, or_else."""
+        victim = next((c for c in channels if c is not or_else and idle(c)), or_else)
+        self.shed += 1
+        victim.handle_close()
+
+    def drop_slow_headers(self):
+        """Closes the connections whose request's headers have not all come in time."""
+        too_old = time.monotonic() - config.HEADER_TIMEOUT
+        for channel in list(self.server.active_channels.values()):
+            started = getattr(channel, "request_started", None)
+            if (
+                started is not None
+                and started < too_old
+                and idle(channel)
+                and channel.request is not None
+                and not channel.request.headers_finished
+            ):
+                self.shed += 1
+                channel.handle_close()
+
+
 # Serving, and the graceful stop
 
 
@@ -154,7 +251,15 @@ def serve(wsgi_app, on_stop=None):
         port=config.PORT,
         threads=config.WEB_THREADS,
         ident="",
+        # The guard sheds first; Waitress's own limit is only a backstop.
+        connection_limit=CONNECTION_LIMIT + 50,
+        # X-Forwarded-For reaches the app, which trusts it only from TRUSTED_PROXIES
+        # (CIDR ranges, right-most untrusted hop: limits.client_address); Waitress's
+        # own trusted_proxy takes one address and would strip the header otherwise.
+        clear_untrusted_proxy_headers=False,
     )
+    server.channel_class = GuardedChannel
+    server.guard = ConnectionGuard(server)
     log.info("serving on http://%s:%s", config.HOST, config.PORT)
     serve_until_signalled(server, on_stop)
 
@@ -166,9 +271,14 @@ def serve_until_signalled(server, on_stop, drain_seconds=8):
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     # waitress.serve() has no graceful stop: run its event loop ourselves.
-    # (server._map, its channels, is what that loop serves.)
+    # (server._map, its channels, is what that loop serves.) poll, not select:
+    # select cannot watch a socket numbered over 1023.
+    next_sweep = 0
     while not stopping.is_set():
-        wasyncore.loop(timeout=0.2, map=server._map, count=1)
+        wasyncore.loop(timeout=0.2, map=server._map, count=1, use_poll=True)
+        if time.monotonic() >= next_sweep:
+            server.guard.drop_slow_headers()
+            next_sweep = time.monotonic() + 0.5
     log.info("stopping: no new connections, finishing requests in flight")
     server.del_channel()
     server.socket.close()
@@ -177,7 +287,7 @@ def serve_until_signalled(server, on_stop, drain_seconds=8):
     # had arrived but were not read yet shows up only after a poll.
     quiet_polls = 0
     while quiet_polls < 2 and time.monotonic() < deadline:
-        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        wasyncore.loop(timeout=0.05, map=server._map, count=1, use_poll=True)
         quiet_polls = 0 if requests_in_flight(server) else quiet_polls + 1
     server.task_dispatcher.shutdown(timeout=1)
     if on_stop:

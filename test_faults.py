@@ -15,7 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kombu import Connection
 
-from test_api import TEST_DATABASE_URL, LiveService, ServiceClient, unique_name, wait_until
+from test_api import (
+    TEST_DATABASE_URL,
+    LiveService,
+    ServiceClient,
+    past_busy,
+    unique_name,
+    wait_until,
+)
 from test_reports import RABBITMQ_URL, ReportClient, pdf_text, rabbitmq_answers
 
 CI = os.environ.get("CI") == "true"
@@ -297,11 +304,13 @@ class ThrottlingAcrossServersTest(FaultTestCase):
         user, _ = self.sign_up()
 
         def guess(number):
-            return self.request(
-                "POST",
-                "/login",
-                {"username": user["username"], "password": "wrong"},
-                port=ports[number % 2],
+            return past_busy(
+                lambda: self.request(
+                    "POST",
+                    "/login",
+                    {"username": user["username"], "password": "wrong"},
+                    port=ports[number % 2],
+                )
             ).status
 
         with ThreadPoolExecutor(16) as pool:
