@@ -69,6 +69,8 @@ HASH_CONCURRENCY = _int("HASH_CONCURRENCY", max(1, (os.cpu_count() or 2) // 2), 
 SIGNUP_RATE = _int("SIGNUP_RATE", 60, minimum=1)  # per client address per minute
 LOGIN_RATE = _int("LOGIN_RATE", 120, minimum=1)
 HEADER_TIMEOUT = _int("HEADER_TIMEOUT", 10, minimum=1)  # seconds
+# GET requests waiting on a report at once (Prefer: wait=N): each holds a thread.
+MAX_WAITING = _int("MAX_WAITING", WEB_THREADS // 2)
 
 
 def _networks(name):

@@ -1,16 +1,20 @@
 """The job queue between servers and workers, on kombu.
 
 One durable queue of small persistent messages, {"report_id", "user_id"}:
-the worker reads the user's data itself when the job runs. Every wait on the
+the worker reads the user's data itself when the job runs. Beside it, news
+of settled jobs for the requests that wait on them (waiting.py). Every wait on the
 broker is bounded, because kombu retries forever by default in places.
 Importing this module connects to nothing: the publisher's connection is
 made on the first publish.
 """
 
 import logging
+import os
+import socket
+import uuid
 from functools import cache
 
-from kombu import Connection, Exchange, Queue, pools
+from kombu import Connection, Consumer, Exchange, Queue, pools
 from kombu.exceptions import OperationalError
 
 import config
@@ -85,3 +89,69 @@ def broker_is_up():
         return True
     except Exception:
         return False
+
+
+# News of settled jobs, for the requests waiting on them (waiting.py). With
+# the in-process broker the worker is in this very process: the news is a
+# call. On RabbitMQ every worker broadcasts it on a fanout exchange, and
+# every server hears it on a queue of its own, whichever server queued the job.
+IN_PROCESS = config.BROKER_URL.startswith("memory://")
+news_exchange = Exchange(f"{config.REPORT_QUEUE}.settled", type="fanout", durable=False)
+_listeners = []
+
+
+def on_settled(callback):
+    """callback(user_id, seconds the job took) for every job settled, in any worker."""
+    _listeners.append(callback)
+
+
+def _tell_listeners(user_id, seconds):
+    for callback in _listeners:
+        callback(user_id, seconds)
+
+
+def announce_settled(user_id, seconds):
+    """Tells the servers that a job of the user settled (done, failed or dropped)."""
+    if IN_PROCESS:
+        _tell_listeners(user_id, seconds)
+        return
+    try:
+        with pools.producers[_publisher_connection()].acquire(block=True, timeout=1) as producer:
+            producer.publish(
+                {"user_id": user_id, "seconds": seconds},
+                exchange=news_exchange,
+                routing_key="",
+                declare=[news_exchange],
+                serializer="json",
+                delivery_mode="transient",
+                retry=True,
+                retry_policy=RETRY_POLICY,
+            )
+    except Exception as error:  # a waiting request then waits out its N seconds
+        log.warning("could not announce a settled job of user %s: %r", user_id, error)
+
+
+def listen_for_news(stopping, reconnect_delay=2):
+    """Hears the workers' news until stopping is set (a server's thread, on RabbitMQ)."""
+    name = f"{news_exchange.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    mine = Queue(name, news_exchange, exclusive=True, auto_delete=True, durable=False)
+
+    def heard(body, message):
+        if isinstance(body, dict) and type(body.get("user_id")) is int:
+            seconds = body.get("seconds")
+            _tell_listeners(body["user_id"], seconds if isinstance(seconds, float) else None)
+
+    while not stopping.is_set():
+        try:
+            with connect(heartbeat=30) as connection:
+                connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
+                with Consumer(connection, [mine], callbacks=[heard], accept=["json"], no_ack=True):
+                    while not stopping.is_set():
+                        try:
+                            connection.drain_events(timeout=1)
+                        except TimeoutError:
+                            pass
+                        connection.heartbeat_check()
+        except Exception as error:
+            log.warning("not hearing job news (%r); listening again in %ss", error, reconnect_delay)
+            stopping.wait(reconnect_delay)

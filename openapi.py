@@ -168,6 +168,10 @@ HEADERS = {
         "description": "Number of users in all",
     },
     "WWW-Authenticate": {"schema": {"const": "Bearer"}, "required": True, "description": "Bearer"},
+    "Preference-Applied": {
+        "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+        "description": "wait=N when the request waited on the report (Prefer: wait=N)",
+    },
     "Retry-After": {
         "schema": {"type": "integer", "minimum": 1},
         "required": True,
@@ -333,6 +337,15 @@ PATHS = {
             "parameters": [
                 {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
                 {"name": "If-Modified-Since", "in": "header", "schema": {"type": "string"}},
+                {
+                    "name": "Prefer",
+                    "in": "header",
+                    "description": "wait=N (RFC 7240; N whole seconds, at most 10): while the "
+                    "first report is being made, answer as soon as it is done (200, or the "
+                    "failure), or after N seconds with the 202. At most MAX_WAITING requests "
+                    "wait at once; beyond them the 202 comes at once.",
+                    "schema": {"type": "string", "examples": ["wait=10"]},
+                },
             ],
             "responses": {
                 "200": {
@@ -344,11 +357,19 @@ PATHS = {
                     },
                     "headers": {
                         name: {"$ref": f"#/components/headers/{name}"}
-                        for name in ("ETag", "Last-Modified", "Content-Disposition")
+                        for name in (
+                            "ETag",
+                            "Last-Modified",
+                            "Content-Disposition",
+                            "Preference-Applied",
+                        )
                     },
                 },
                 "202": answer(
-                    "The first report is still being made", ref("ReportPending"), ["Retry-After"]
+                    "The first report is still being made; Retry-After is the server's "
+                    "estimate of when it will be ready",
+                    ref("ReportPending"),
+                    ["Retry-After", "Preference-Applied"],
                 ),
                 # Bottle drops Last-Modified from a 304.
                 "304": {
@@ -357,7 +378,11 @@ PATHS = {
                 },
                 "401": UNAUTHORIZED,
                 "404": answer("No such user, or no report was ever requested", ERROR),
-                "409": answer("The last report failed and none exists; POST again", ERROR),
+                "409": answer(
+                    "The last report failed and none exists; POST again",
+                    ERROR,
+                    ["Preference-Applied"],
+                ),
             },
         },
     },

@@ -104,6 +104,9 @@ DROP_REPLACED_REPORTS = Statement(
 )
 
 
+UNFINISHED_BEFORE = Statement(
+    select(func.count()).select_from(table).where(_unfinished, table.c.id < bindparam("id"))
+)
 ALL_UNFINISHED_REPORTS = Statement(select(table.c.id, table.c.user_id).where(_unfinished))
 
 
@@ -139,6 +142,11 @@ def newest_and_newest_done(db, user_id):
     latest = max(rows, key=lambda row: row.id, default=None)
     done = max((row for row in rows if row.state == "done"), key=lambda row: row.id, default=None)
     return latest, done
+
+
+def unfinished_before(db, report_id):
+    """How many unfinished reports were queued before this one (any user's)."""
+    return UNFINISHED_BEFORE.scalar(db, {"id": report_id})
 
 
 def find(db, report_id):

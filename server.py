@@ -7,6 +7,8 @@ carries and its access-log line, and stops gracefully; main() starts it all.
 """
 
 import logging
+import threading
+import time
 from email.utils import formatdate
 
 import bottle
@@ -21,6 +23,7 @@ import models
 import openapi
 import reports
 import serving
+import waiting
 from models import MAX_ID
 from responses import ApiError, error_body, json_response, json_text_response, to_json
 from validation import (
@@ -169,6 +172,7 @@ def delete_user(user_id):
     with database.writing() as db:
         owned_user(db, user_id)
         models.delete_user(db, user_id)
+    waiting.wake(user_id)  # requests waiting on their report end now (401)
     response.status = 204
     return ""
 
@@ -222,23 +226,43 @@ def request_report(user_id):
 
 @app.get("/users/<user_id:id>/pdf")
 def get_report(user_id):
+    wait = waiting.preferred_wait(request.environ)
+    if not wait:
+        return report_answer(user_id)
+    with waiting.watching(user_id) as news_within:
+        answer = report_answer(user_id)
+        if answer.status_code != 202 or news_within is None:
+            return answer  # ready, failed, or MAX_WAITING already wait: at once
+        deadline = time.monotonic() + wait
+        # Read again only on news of the user's jobs (or at the deadline).
+        while answer.status_code == 202 and time.monotonic() < deadline:
+            news_within(deadline - time.monotonic())
+            answer = report_answer(user_id)
+    answer.set_header("Preference-Applied", f"wait={wait}")
+    return answer
+
+
+def report_answer(user_id):
+    """What GET /users/{id}/pdf answers now: the newest finished PDF (or 304),
+    else 202 while the first report is made, 404 or the failure."""
     with database.reading() as db:
         auth.current_user(db, request)
         user = user_or_404(db, user_id)
         latest, done = reports.newest_and_newest_done(db, user_id)
         if done is None:
-            return report_not_ready(latest, user_id)
+            return report_not_ready(db, latest, user_id)
         if not_modified(report_etag(done), done.finished_at):
             return bottle.HTTPResponse(status=304, headers=report_headers(done))
         # Read again with its PDF: a newer report may have replaced this one meanwhile.
         done = reports.newest_pdf(db, user_id)
         if done is None:
             raise no_such_user(user_id)  # deleted meanwhile, reports and all
-    response.content_type = "application/pdf"
-    response.set_header("Content-Disposition", f'inline; filename="{user.username}_stats.pdf"')
-    for name, value in report_headers(done).items():
-        response.set_header(name, value)
-    return done.pdf
+    headers = {
+        "Content-Type": "application/pdf",
+        "Content-Disposition": f'inline; filename="{user.username}_stats.pdf"',
+        **report_headers(done),
+    }
+    return bottle.HTTPResponse(done.pdf, 200, headers)
 
 
 def report_etag(report):
@@ -252,7 +276,7 @@ def report_headers(report):
     }
 
 
-def report_not_ready(latest, user_id):
+def report_not_ready(db, latest, user_id):
     if latest is None:
         return ApiError(
             404,
@@ -260,10 +284,11 @@ def report_not_ready(latest, user_id):
             f"POST /users/{user_id}/pdf to request one.",
         )
     if latest.state in reports.UNFINISHED:
+        retry_after = waiting.retry_after(reports.unfinished_before(db, latest.id))
         return bottle.HTTPResponse(
             to_json({"status": "pending"}),
             202,
-            {"Content-Type": "application/json", "Retry-After": "1"},
+            {"Content-Type": "application/json", "Retry-After": str(retry_after)},
         )
     return ApiError(
         409, f"The last report failed: {latest.error}. POST /users/{user_id}/pdf to try again."
@@ -380,6 +405,11 @@ def main():
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     if config.BROKER_URL.startswith("memory://"):
         requeue_unfinished_reports()
+    jobs.on_settled(waiting.wake)
+    if not jobs.IN_PROCESS:  # the workers' news comes through the broker
+        threading.Thread(
+            target=jobs.listen_for_news, args=(threading.Event(),), name="job-news", daemon=True
+        ).start()
     embedded_worker = None
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib

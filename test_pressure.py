@@ -13,6 +13,8 @@ import unittest
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy import text
+
 from test_api import ServiceTestCase, unique_name, wait_until
 
 PRODUCTION_SCRYPT_N = "16384"  # 16 MiB and about 0.2 s of a core per hash, as in production
@@ -40,12 +42,10 @@ class PressureTestCase(ServiceTestCase):
 
     def user_exists(self, username):
         with self.service.database() as db:
-            return (
-                db.exec_driver_sql(
-                    "SELECT 1 FROM users WHERE username = :name", {"name": username}
-                ).first()
-                is not None
+            found = db.execute(
+                text("SELECT 1 FROM users WHERE username = :name"), {"name": username}
             )
+            return found.first() is not None
 
     def flood(self, send, seconds=3, connections=16):
         """Runs send(name) from `connections` threads with fresh names for
@@ -147,8 +147,8 @@ class HashingBudgetTest(PressureTestCase):
             if answer.status == 503:
                 self.assertRefused(answer, 503)
         with self.service.database() as db:
-            failures = db.exec_driver_sql(
-                "SELECT count(*) FROM login_failures WHERE username = :name",
+            failures = db.execute(
+                text("SELECT count(*) FROM login_failures WHERE username = :name"),
                 {"name": user["username"]},
             ).scalar()
         self.assertEqual(failures, statuses[401])

@@ -1,7 +1,8 @@
 """The PDF worker: consumes report jobs, renders them, stores them.
 
 Run it as a process (`./run.sh worker`) beside servers on RabbitMQ, or let
-the server run it in a thread (EMBEDDED_WORKER, the default on memory://).
+the server run it in a thread (EMBEDDED_WORKER, the default on memory://);
+the embedded worker runs its jobs in a child process (JobProcess).
 
 A job is acked only after its report is committed, so a worker that dies
 mid-job loses nothing: the broker hands the job to the next worker. A job
@@ -9,18 +10,24 @@ that can never succeed is acked and logged, never redelivered forever.
 """
 
 import logging
+import multiprocessing
+import os
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as StillRunning
+from concurrent.futures.process import BrokenProcessPool
 
 from kombu import Consumer
 
 import database
 import jobs
 import models
-import report
 import reports
+
+# report (matplotlib, 53 MiB) is imported where a job runs, so that a server
+# whose embedded worker runs its jobs in a child process never loads it.
 
 log = logging.getLogger("worker")
 
@@ -30,6 +37,8 @@ RECONNECT_DELAYS = (0.5, 1, 2, 5)  # then 5 s between attempts
 
 
 def report_data(db, user_id):
+    import report
+
     user, stats = models.find_user(db, user_id), models.find_stats(db, user_id)
     if user is None or stats is None:
         return None
@@ -69,6 +78,8 @@ def run_job(body):
 
 
 def render_with_retries(data):
+    import report
+
     for attempt in range(1, RENDER_ATTEMPTS + 1):
         try:
             return report.render(data), None
@@ -78,15 +89,62 @@ def render_with_retries(data):
     return None, reason
 
 
+class JobProcess:
+    """Runs jobs in a child process, made again if it dies.
+
+    The render is pure Python: in the server's own process it fought the
+    Waitress threads for the GIL, and under polling clients the embedded
+    worker made a tenth of the PDFs a worker process made (BENCHMARKS.md)."""
+
+    def __init__(self):
+        self._pool = self._start()
+
+    def _start(self):
+        pool = ProcessPoolExecutor(
+            1, multiprocessing.get_context("spawn"), initializer=_job_process_starts
+        )
+        pool.submit(_ready)  # matplotlib loads now, not during the first job
+        return pool
+
+    def submit(self, function, *args):
+        try:
+            return self._pool.submit(function, *args)
+        except BrokenProcessPool:  # the child died (its job went back to the queue)
+            self._pool.shutdown(wait=False)
+            self._pool = self._start()
+            return self._pool.submit(function, *args)
+
+    def shutdown(self):
+        self._pool.shutdown()
+
+
+def _job_process_starts():
+    # The server stops its child, after the job in hand: Ctrl-C is the server's.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A server killed outright (SIGKILL) cannot stop it: it goes by itself.
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _exit_with(parent):
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)  # a job in hand was never acked: the restarted server requeues it
+
+
+def _ready():
+    import report  # noqa: F401 (loading it is the point)
+
+
 class Worker:
     """Consumes jobs until stop(); reconnects by itself when the broker goes away."""
 
-    def __init__(self):
+    def __init__(self, job_runner=None):
         self._stopping = threading.Event()
-        # Jobs run in a thread of their own so that this one keeps the
-        # connection's heartbeats going, however long a render takes.
-        self._job_runner = ThreadPoolExecutor(1, thread_name_prefix="render")
-        self._job = None  # (message, future) of the job in hand
+        # Jobs run in a thread (or process) of their own so that this one keeps
+        # the connection's heartbeats going, however long a render takes.
+        self._job_runner = job_runner or ThreadPoolExecutor(1, thread_name_prefix="render")
+        self._job = None  # (message, future, when it began) of the job in hand
         self._stopped = threading.Event()
 
     def stop(self, wait=0):
@@ -146,11 +204,11 @@ class Worker:
 
     def _take_job(self, body, message):
         # Prefetch 1: no other job arrives until this one is acked.
-        self._job = (message, self._job_runner.submit(run_job, body))
+        self._job = (message, self._job_runner.submit(run_job, body), time.monotonic())
 
     def _settle_job(self, wait):
         """Ack the job in hand once it is done; False while it is still running."""
-        message, running = self._job
+        message, running, began = self._job
         try:
             log.info(running.result(timeout=wait))
             message.ack()
@@ -161,7 +219,12 @@ class Worker:
             log.exception("job %r failed; it goes back to the queue", message.payload)
             self._stopping.wait(2)
             message.requeue()
+            self._job = None
+            return True
         self._job = None
+        body = message.payload
+        if isinstance(body, dict) and type(body.get("user_id")) is int:
+            jobs.announce_settled(body["user_id"], time.monotonic() - began)
         return True
 
     def _on_undecodable(self, message, error):
@@ -170,8 +233,9 @@ class Worker:
 
 
 def start_in_thread():
-    """The embedded worker of a server process."""
-    worker = Worker()
+    """The embedded worker of a server process: it consumes in a thread, and
+    runs the jobs in a child process."""
+    worker = Worker(JobProcess())
     threading.Thread(target=worker.run, name="embedded-worker", daemon=True).start()
     return worker
 
@@ -179,6 +243,7 @@ def start_in_thread():
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     models.create_tables()
+    _ready()  # matplotlib loads now, not during the first job
     worker = Worker()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())

@@ -1,0 +1,82 @@
+"""Waiting for a report instead of polling (CONTRACT.md): `Prefer: wait=N`.
+
+A waiting GET registers interest in its user before it reads the report's
+state, then sleeps until a job of that user settles (or N seconds pass), and
+only then reads again: the database is read on news, never polled. The news
+comes from jobs.py: straight from the embedded worker in this process, or
+from the workers' broadcast on RabbitMQ, whichever server published the job.
+
+At most MAX_WAITING requests wait at once: a waiting request holds a
+Waitress thread, and the others must stay free for everyone else.
+"""
+
+import math
+import re
+import threading
+from contextlib import contextmanager
+
+import config
+
+MAX_WAIT = 10  # seconds a client may ask for (CONTRACT.md)
+_WAIT_PREFERENCE = re.compile(r'^\s*wait\s*=\s*"?(\d{1,6})"?\s*$', re.IGNORECASE)
+
+_lock = threading.Lock()
+_watchers = {}  # user id -> set of threading.Event, one per waiting request
+_slots = threading.BoundedSemaphore(config.MAX_WAITING) if config.MAX_WAITING else None
+# How long a job takes, as workers report it: the base of Retry-After.
+_job_seconds = 0.05
+
+
+def preferred_wait(environ):
+    """The N of a `Prefer: wait=N` header (at most MAX_WAIT), or 0."""
+    for preference in environ.get("HTTP_PREFER", "").split(","):
+        found = _WAIT_PREFERENCE.match(preference.split(";")[0])
+        if found:
+            return min(int(found.group(1)), MAX_WAIT)
+    return 0
+
+
+@contextmanager
+def watching(user_id):
+    """Interest in the user's jobs, taken before reading their state so that
+    news arriving between that read and the wait is not missed. Yields a
+    wait(seconds) function that returns when news came or the time is up; or
+    None when MAX_WAITING requests already wait (answer at once, then)."""
+    if _slots is None or not _slots.acquire(blocking=False):
+        yield None
+        return
+    news = threading.Event()
+    with _lock:
+        _watchers.setdefault(user_id, set()).add(news)
+    try:
+
+        def wait(seconds):
+            came = news.wait(max(0.0, seconds))
+            news.clear()
+            return came
+
+        yield wait
+    finally:
+        with _lock:
+            watchers = _watchers.get(user_id)
+            watchers.discard(news)
+            if not watchers:
+                del _watchers[user_id]
+        _slots.release()
+
+
+def wake(user_id, seconds=None):
+    """News of the user: a job of theirs settled (done, failed, dropped), or they are gone;
+    seconds, when given, is how long the job took."""
+    global _job_seconds
+    if seconds is not None and seconds > 0:
+        _job_seconds = 0.8 * _job_seconds + 0.2 * seconds
+    with _lock:
+        for news in _watchers.get(user_id, ()):
+            news.set()
+
+
+def retry_after(jobs_ahead):
+    """An honest Retry-After in whole seconds (at least 1) for a report with
+    jobs_ahead unfinished jobs queued before it."""
+    return max(1, math.ceil((jobs_ahead + 1) * _job_seconds))
