@@ -88,3 +88,7 @@ def _networks(name):
 
 # Peers whose X-Forwarded-For names the client (addresses or CIDR ranges).
 TRUSTED_PROXIES = _networks("TRUSTED_PROXIES")
+
+# GET /metrics (on by default); a worker process's own metrics port (0: none).
+METRICS = _flag("METRICS", True)
+WORKER_METRICS_PORT = _int("WORKER_METRICS_PORT", 0)

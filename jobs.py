@@ -80,6 +80,18 @@ def publish(report_id, user_id):
         raise BrokerUnavailable(str(error)) from error
 
 
+def waiting_count():
+    """Jobs in the queue, not yet taken by a worker: RabbitMQ's count; None on
+    memory:// (the metrics count pending reports instead)."""
+    if IN_PROCESS:
+        return None
+    try:
+        with connect() as connection:
+            return queue(connection.default_channel).queue_declare(passive=True).message_count
+    except Exception:
+        return None  # not declared yet, or the broker is away: no figure rather than a wrong one
+
+
 def broker_is_up():
     if config.BROKER_URL.startswith("memory://"):
         return True  # in this very process

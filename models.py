@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 
-from database import SQLITE, Statement, reading, run_once, schema_lock
+from database import SQLITE, Statement, reading, run_once
 
 # SQLite only gives AUTOINCREMENT (ids never reused) to "INTEGER PRIMARY KEY".
 Id = BigInteger().with_variant(Integer, "sqlite")
@@ -86,6 +86,8 @@ reports = Table(
         postgresql_where=text("state = 'pending'"),
     ),
     Index("reports_by_user_and_state", "user_id", "state"),
+    # For the jobs queued before a report (its Retry-After): migration 0002.
+    Index("reports_by_state", "state", "id"),
     sqlite_autoincrement=True,
 )
 
@@ -117,20 +119,6 @@ login_attempts = Table(
     Column("username", String(32), nullable=False, index=True),
     Column("started_at", Float, nullable=False, index=True),
 )
-
-
-def create_tables():
-    """Creates what is missing, once, however many servers and workers start at once."""
-    with schema_lock() as connection:
-        metadata.create_all(connection)
-        connection.execute(
-            insert(user_count).from_select(
-                ["id", "n"],
-                select(literal(1), select(func.count()).select_from(users).scalar_subquery()).where(
-                    ~select(user_count.c.id).exists()
-                ),
-            )
-        )
 
 
 ANY_USER = Statement(select(users.c.id).limit(1))

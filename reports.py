@@ -23,6 +23,7 @@ import time
 
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 
+import database
 import models
 from database import Statement
 from models import reports as table  # the reports table
@@ -104,6 +105,7 @@ DROP_REPLACED_REPORTS = Statement(
 )
 
 
+COUNT_BY_STATE = Statement(select(table.c.state, func.count()).group_by(table.c.state))
 UNFINISHED_BEFORE = Statement(
     select(func.count()).select_from(table).where(_unfinished, table.c.id < bindparam("id"))
 )
@@ -142,6 +144,12 @@ def newest_and_newest_done(db, user_id):
     latest = max(rows, key=lambda row: row.id, default=None)
     done = max((row for row in rows if row.state == "done"), key=lambda row: row.id, default=None)
     return latest, done
+
+
+def count_by_state():
+    """[(state, how many reports are in it)], for the metrics."""
+    with database.reading() as db:
+        return [tuple(row) for row in COUNT_BY_STATE.rows(db)]
 
 
 def unfinished_before(db, report_id):

@@ -5,6 +5,8 @@
 # ./run.sh lint     check the code with ruff (lint rules and formatting)
 # ./run.sh bench    run the benchmark (tools/bench.py; --quick for a smoke run), write BENCHMARKS.md
 # ./run.sh soak [SECONDS]  mixed load on server and two workers on RabbitMQ (tools/soak.py; 60 s)
+# ./run.sh migrate  bring the database to the newest schema (servers and workers also do at start)
+# ./run.sh backup FILE  copy the live SQLite database consistently to FILE
 # Each first makes .venv and installs the requirements when they changed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -46,5 +48,8 @@ case "$command" in
           shift; exec .venv/bin/python tools/bench.py "$@" ;;
   soak)   install requirements.txt requirements-dev.txt
           shift; exec .venv/bin/python tools/soak.py "$@" ;;
-  *) echo "usage: ./run.sh [serve|worker|test|lint|bench|soak]" >&2; exit 2 ;;
+  migrate) install requirements.txt; exec .venv/bin/python schema.py ;;
+  backup) install requirements.txt
+          shift; exec .venv/bin/python tools/backup.py "$@" ;;
+  *) echo "usage: ./run.sh [serve|worker|test|lint|bench|soak|migrate|backup FILE]" >&2; exit 2 ;;
 esac

@@ -19,9 +19,11 @@ import config
 import database
 import jobs
 import limits
+import metrics
 import models
 import openapi
 import reports
+import schema
 import serving
 import waiting
 from models import MAX_ID
@@ -340,6 +342,15 @@ def healthz():
     return json_response({"status": "ok" if up else "down", **parts}, 200 if up else 503)
 
 
+@app.get("/metrics")
+def metrics_page():
+    if not config.METRICS:
+        raise ApiError(404, "There is nothing at /metrics (METRICS is off).")
+    body, content_type = metrics.exposition()
+    response.content_type = content_type
+    return body
+
+
 @app.get("/openapi.json")
 def openapi_document():
     return json_response(openapi.DOCUMENT)
@@ -400,7 +411,7 @@ app.catchall = True
 def main():
     serving.tune_process()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    models.create_tables()
+    schema.upgrade()
     auth.secret()  # made now, if it must be generated: not on the first request
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     if config.BROKER_URL.startswith("memory://"):
@@ -415,7 +426,13 @@ def main():
         import worker  # only here: a server on RabbitMQ never loads matplotlib
 
         embedded_worker = worker.start_in_thread()
-    serving.serve(app, on_stop=embedded_worker and embedded_worker.stop)
+    on_answered = None
+    if config.METRICS:
+        metrics.watch_service(
+            reports_by_state=reports.count_by_state, jobs_waiting=jobs.waiting_count
+        )
+        on_answered = metrics.observe_request
+    serving.serve(app, on_stop=embedded_worker and embedded_worker.stop, on_answered=on_answered)
 
 
 def requeue_unfinished_reports():

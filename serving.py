@@ -63,8 +63,9 @@ def tune_process():
 EXPOSED_HEADERS = "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After"
 
 
-def with_common_headers(wsgi_app):
-    """Adds nosniff everywhere and CORS headers for the allowed origins; logs each request."""
+def with_common_headers(wsgi_app, on_answered=None):
+    """Adds nosniff everywhere and CORS headers for the allowed origins; logs each
+    request, and tells on_answered(environ, status, seconds) of it (the metrics)."""
 
     def wrapped(environ, start_response):
         started = time.perf_counter()
@@ -83,13 +84,17 @@ def with_common_headers(wsgi_app):
             return start_response(status, headers, exc_info)
 
         body = wsgi_app(environ, start)  # Bottle has the whole body ready by now
+        seconds = time.perf_counter() - started
+        status = answered[0] if answered else "-"
         log_access(
             environ["REQUEST_METHOD"][:16],
             environ.get("PATH_INFO", ""),
-            answered[0] if answered else "-",
-            (time.perf_counter() - started) * 1000,
+            status,
+            seconds * 1000,
             environ.get(USER_ID_KEY, "-"),
         )
+        if on_answered:
+            on_answered(environ, status, seconds)
         return body
 
     return wrapped
@@ -239,14 +244,15 @@ class ConnectionGuard:
 # Serving, and the graceful stop
 
 
-def serve(wsgi_app, on_stop=None):
+def serve(wsgi_app, on_stop=None, on_answered=None):
     """Serve wsgi_app on HOST:PORT until SIGTERM or SIGINT, then stop gracefully;
-    on_stop(seconds left) stops what else runs in the process (the embedded worker)."""
+    on_stop(seconds left) stops what else runs in the process (the embedded worker);
+    on_answered(environ, status, seconds) hears of every request answered."""
     json_waitress_errors()
     # "Task queue depth is N" on every request while all threads are busy: load, not news.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = waitress.create_server(
-        with_common_headers(wsgi_app),
+        with_common_headers(wsgi_app, on_answered),
         host=config.HOST,
         port=config.PORT,
         threads=config.WEB_THREADS,

@@ -23,8 +23,10 @@ from kombu import Consumer
 
 import database
 import jobs
+import metrics
 import models
 import reports
+import schema
 
 # report (matplotlib, 53 MiB) is imported where a job runs, so that a server
 # whose embedded worker runs its jobs in a child process never loads it.
@@ -210,7 +212,8 @@ class Worker:
         """Ack the job in hand once it is done; False while it is still running."""
         message, running, began = self._job
         try:
-            log.info(running.result(timeout=wait))
+            outcome = running.result(timeout=wait)
+            log.info(outcome)
             message.ack()
         except StillRunning:
             return False
@@ -222,6 +225,7 @@ class Worker:
             self._job = None
             return True
         self._job = None
+        metrics.observe_job(outcome.split(" ", 1)[0], time.monotonic() - began)
         body = message.payload
         if isinstance(body, dict) and type(body.get("user_id")) is int:
             jobs.announce_settled(body["user_id"], time.monotonic() - began)
@@ -242,8 +246,9 @@ def start_in_thread():
 
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    models.create_tables()
+    schema.upgrade()
     _ready()  # matplotlib loads now, not during the first job
+    metrics.serve_for_worker()
     worker = Worker()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())

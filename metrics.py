@@ -1,0 +1,140 @@
+"""Numbers for operators: `GET /metrics` in Prometheus text (CONTRACT.md).
+
+Counts and durations only, never user data: requests by route template
+(`/users/{id}`, never `/users/17`), method and status, with their durations;
+report jobs and their durations; reports by state and jobs waiting, read
+when scraped; password hashes in flight and requests refused under
+pressure. A worker process serves its own on WORKER_METRICS_PORT.
+"""
+
+import re
+import threading
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+import config
+
+registry = CollectorRegistry()
+
+REQUESTS = Counter(
+    "http_requests_total",
+    "Requests answered, by route template, method and status",
+    ["route", "method", "status"],
+    registry=registry,
+)
+DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer a request, by route template and method",
+    ["route", "method"],
+    registry=registry,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+JOBS = Counter(
+    "report_jobs_total",
+    "Report jobs settled by this process's worker, by outcome",
+    ["outcome"],
+    registry=registry,
+)
+JOB_DURATION = Histogram(
+    "report_job_duration_seconds",
+    "Time a report job took in the worker: read the data, draw the PDF, store it",
+    registry=registry,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# A wildcard of a Bottle rule, "<user_id:id>", is named by its filter: "{id}".
+_WILDCARD = re.compile(r"<(\w+)(?::(\w+))?[^>]*>")
+_observers = {}  # (route rule, method, status) -> (counter, histogram): labels() costs
+_observers_lock = threading.Lock()
+
+
+def route_template(rule):
+    """ "/users/<user_id:id>/pdf" -> "/users/{id}/pdf"."""
+    return _WILDCARD.sub(lambda found: "{" + (found.group(2) or found.group(1)) + "}", rule)
+
+
+def observe_request(environ, status, seconds):
+    """Counts a request once answered (serving.py calls it for each)."""
+    route = environ.get("bottle.route")
+    rule = route.rule if route is not None else None
+    method = environ.get("REQUEST_METHOD", "")
+    if method not in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        method = "other"  # a client may send any method: a label each would be unbounded
+    key = (rule, method, status)
+    observers = _observers.get(key)
+    if observers is None:
+        template = route_template(rule) if rule else "unmatched"
+        with _observers_lock:
+            observers = _observers[key] = (
+                REQUESTS.labels(template, method, status),
+                DURATION.labels(template, method),
+            )
+    observers[0].inc()
+    observers[1].observe(seconds)
+
+
+def observe_job(outcome, seconds):
+    JOBS.labels(outcome).inc()
+    JOB_DURATION.observe(seconds)
+
+
+class ServiceCollector:
+    """What is read at scrape time: reports by state, jobs waiting, the
+    hashing budget and the refusals of limits.py."""
+
+    def __init__(self, reports_by_state, jobs_waiting):
+        self.reports_by_state, self.jobs_waiting = reports_by_state, jobs_waiting
+
+    def collect(self):
+        import limits
+
+        states = GaugeMetricFamily("reports", "Reports by state", labels=["state"])
+        counted = dict(self.reports_by_state())
+        for state in ("pending", "rendering", "done", "failed"):
+            states.add_metric([state], counted.get(state, 0))
+        yield states
+        waiting = self.jobs_waiting()
+        if waiting is None:  # memory://: each pending report's job is in the queue
+            waiting = counted.get("pending", 0)
+        yield GaugeMetricFamily(
+            "report_jobs_waiting",
+            "Jobs queued for a worker (RabbitMQ: the queue's depth)",
+            value=waiting,
+        )
+        yield GaugeMetricFamily(
+            "password_hashes_in_flight",
+            "Password hashes running now",
+            value=limits.hash_budget.in_flight,
+        )
+        refused = CounterMetricFamily(
+            "requests_refused",
+            "Requests refused under pressure (CONTRACT.md), by reason",
+            labels=["reason"],
+        )
+        refused.add_metric(["hashing_budget"], limits.hash_budget.refused)
+        refused.add_metric(["signup_rate"], limits.sign_ups.refused)
+        refused.add_metric(["login_rate"], limits.logins.refused)
+        yield refused
+
+
+def watch_service(reports_by_state, jobs_waiting):
+    registry.register(ServiceCollector(reports_by_state, jobs_waiting))
+
+
+def exposition():
+    """(the body, its Content-Type) of a scrape."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def serve_for_worker():
+    """A worker's own metrics on WORKER_METRICS_PORT (off when 0)."""
+    if config.WORKER_METRICS_PORT:
+        start_http_server(config.WORKER_METRICS_PORT, addr=config.HOST, registry=registry)
