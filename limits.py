@@ -6,10 +6,10 @@
   of sign-ups or logins cannot hold the Waitress threads that reads need;
   the others get 503 at once.
 - Per-client rates: SIGNUP_RATE sign-ups and LOGIN_RATE logins per client
-  address per minute, then 429. Counted in this process's memory: behind a
-  load balancer of N servers a client may get up to N times the rate (the
-  README says so). A refused request costs a dictionary lookup, never the
-  database.
+  address per minute, then 429 (every request counts, a 503 too). Counted
+  in this process's memory: behind a load balancer of N servers a client
+  may get up to N times the rate (the README says so). A refused request
+  costs a dictionary lookup, never the database.
 - The client address: the peer's, or the right-most hop of X-Forwarded-For
   that is not a trusted proxy, when the peer is one (TRUSTED_PROXIES).
 """
@@ -85,8 +85,7 @@ class _Rate:
         self.refused = 0
 
     def take(self, client):
-        """Counts one event of client; ApiError 429 (counting nothing) beyond the limit.
-        Returns a ticket for give_back."""
+        """Counts one event of client; ApiError 429 (counting nothing) beyond the limit."""
         now = time.monotonic()
         with self._lock:
             events = self._events.get(client)
@@ -105,15 +104,6 @@ class _Rate:
                     Retry_After=wait,
                 )
             events.append(now)
-            return client, now
-
-    def give_back(self, ticket):
-        """Uncounts an event that the server refused for its own reasons (a 503)."""
-        client, at = ticket
-        with self._lock:
-            events = self._events.get(client)
-            if events and at in events:
-                events.remove(at)
 
     def _forget_idle_clients(self, now):
         for client in [
@@ -126,17 +116,11 @@ sign_ups = _Rate("sign-ups", config.SIGNUP_RATE)
 logins = _Rate("logins", config.LOGIN_RATE)
 
 
-@contextmanager
-def counted(rate, environ):
-    """Counts the request toward its client's rate (429 beyond it), unless
-    the server then refuses it for being busy (503): that is not the client's doing."""
-    ticket = rate.take(client_address(environ))
-    try:
-        yield
-    except ApiError as refused:
-        if refused.status_code == 503:
-            rate.give_back(ticket)
-        raise
+def count(rate, environ):
+    """Counts the request toward its client's rate; ApiError 429 beyond it.
+    Every request counts, a 503 too: a flooding client then meets the cheap
+    429 within a minute, and stops competing with everyone else for the budget."""
+    rate.take(client_address(environ))
 
 
 def _trusted(address):

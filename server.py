@@ -105,7 +105,8 @@ def create_user():
     fields = checked_fields(
         json_object(), USER_FIELDS, ignored=READ_ONLY_USER_FIELDS, required=("username", "password")
     )
-    with limits.counted(limits.sign_ups, request.environ), limits.hash_budget.held():
+    limits.count(limits.sign_ups, request.environ)
+    with limits.hash_budget.held():
         fields["password_hash"] = auth.hash_password(fields.pop("password"))
     try:
         with database.writing() as db:
@@ -319,8 +320,8 @@ def login():
     username, password = body.get("username"), body.get("password")
     if not (isinstance(username, str) and username and isinstance(password, str) and password):
         raise ApiError(400, BAD_LOGIN)
-    with limits.counted(limits.logins, request.environ):
-        user = auth.log_in(username, password)
+    limits.count(limits.logins, request.environ)
+    user = auth.log_in(username, password)
     if user is None:
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
     return json_response(

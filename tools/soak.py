@@ -34,7 +34,15 @@ from itertools import count
 from pathlib import Path
 
 import bench
-from bench import RABBITMQ_URL, SCRYPT_N, Section, percentile, sample_stats
+from bench import (
+    PRODUCTION_SCRYPT_N,
+    RABBITMQ_URL,
+    RELAXED_LIMITS,
+    SCRYPT_N,
+    Section,
+    percentile,
+    sample_stats,
+)
 
 CLIENTS = 32
 WORKERS = 2
@@ -666,7 +674,11 @@ def print_report(outcome):
         f"{CLIENTS} clients (threads, one keep-alive connection each) against server.py and "
         f"{WORKERS} worker.py processes; RabbitMQ at {RABBITMQ_URL} (queue "
         f"{outcome.queue}, deleted afterwards); database: {outcome.database}. "
-        f"SCRYPT_N={SCRYPT_N} (production: 16384) keeps sign-ups and logins cheap. "
+        f"SCRYPT_N={SCRYPT_N} (production: {PRODUCTION_SCRYPT_N}) keeps sign-ups and logins "
+        "cheap, and "
+        + ", ".join(f"{name}={value}" for name, value in RELAXED_LIMITS.items())
+        + " let all the clients sign up and log in from one address (the soak is not "
+        "about the abuse limits: `./run.sh bench --only abuse` measures them). "
         f"Each client keeps {USERS_PER_CLIENT[0]} to {USERS_PER_CLIENT[1]} users of its own, "
         f"signs up and deletes them over time, and picks actions with these weights: "
         + ", ".join(f"{name} {weight}" for name, weight in WEIGHTS.items())
