@@ -49,6 +49,8 @@ ID_PARAMETER = {
 # What the server writes, exactly.
 USER_PATH = "/users/[1-9][0-9]{0,18}"
 JWT = {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"}
+# format binary: bytes, which generated clients hand over as a file.
+PDF = {"type": "string", "format": "binary", "contentMediaType": "application/pdf"}
 
 
 # Under pressure (CONTRACT.md): the hashing budget, and per-client rates.
@@ -147,6 +149,41 @@ SCHEMAS = {
         "properties": {"status": {"const": "pending"}},
     },
 }
+
+# What Swagger UI at /docs shows, and fills "Try it out" with; without them it
+# makes values up from the patterns, unreadable ones. Each is valid for its schema.
+USER_EXAMPLE = {
+    "id": 1,
+    "username": "user1",
+    "email": "user1@ggmail.com",
+    "gender": "male",
+    "profile_pic": None,
+    "self": "/users/1",
+    "stats": "/users/1/stats",
+    "pdf": "/users/1/pdf",
+}
+TOKEN_EXAMPLE = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+EXAMPLES = {
+    "Error": {"success": False, "message": "There is no user 1."},
+    "User": USER_EXAMPLE,
+    "UserCreate": {
+        "username": "user1",
+        "password": "s3cret",
+        "email": "user1@ggmail.com",
+        "gender": "male",
+    },
+    "UserUpdate": {"profile_pic": "https://example.com/me.png"},
+    "UserCreated": {"user": USER_EXAMPLE, "token": TOKEN_EXAMPLE},
+    "Stats": {"loss_count": 4, "session_count": 12, "total_time": 5000, "victory_count": 8},
+    "StatsUpdate": {"victory_count": 9, "session_count": 13},
+    "Login": {"username": "user1", "password": "s3cret"},
+    "LoginOk": {"success": True, "token": TOKEN_EXAMPLE, "user": "/users/1"},
+    "Health": {"status": "ok", "database": "ok", "broker": "ok"},
+    "ReportQueued": {"url": "/users/1/pdf", "status": "pending"},
+    "ReportPending": {"status": "pending"},
+}
+for _name, _example in EXAMPLES.items():
+    SCHEMAS[_name]["examples"] = [_example]
 
 # Each is sent on every response that lists it, except Link (only when more users follow).
 HEADERS = {
@@ -350,10 +387,12 @@ PATHS = {
             "responses": {
                 "200": {
                     "description": "The report",
+                    # The server sends application/pdf. openapi-python-client reads no
+                    # such media type (it warns and drops the response): the
+                    # octet-stream entry, the same bytes, makes its clients give a File.
                     "content": {
-                        "application/pdf": {
-                            "schema": {"type": "string", "contentMediaType": "application/pdf"}
-                        }
+                        "application/pdf": {"schema": PDF},
+                        "application/octet-stream": {"schema": PDF},
                     },
                     "headers": {
                         name: {"$ref": f"#/components/headers/{name}"}
@@ -422,12 +461,54 @@ PATHS = {
             "responses": {"200": answer("OpenAPI 3.1", {"type": "object"})},
         },
     },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics: counts and durations, never user data",
+            "responses": {
+                "200": {
+                    "description": "The Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "404": answer("METRICS is off", ERROR),
+            },
+        },
+    },
 }
 
-for _operations in PATHS.values():
+# Each operation's name in generated clients (operationId) and its group (tag).
+# PUT is named put*, not replace*: like PATCH, it changes only the fields sent.
+OPERATION_NAMES = {
+    ("/users", "get"): ("listUsers", "users"),
+    ("/users", "post"): ("createUser", "users"),
+    ("/users/me", "get"): ("getMe", "users"),
+    ("/users/{id}", "get"): ("getUser", "users"),
+    ("/users/{id}", "put"): ("putUser", "users"),
+    ("/users/{id}", "patch"): ("updateUser", "users"),
+    ("/users/{id}", "delete"): ("deleteUser", "users"),
+    ("/users/{id}/stats", "get"): ("getStats", "stats"),
+    ("/users/{id}/stats", "put"): ("putStats", "stats"),
+    ("/users/{id}/stats", "patch"): ("updateStats", "stats"),
+    ("/users/{id}/pdf", "post"): ("requestReport", "reports"),
+    ("/users/{id}/pdf", "get"): ("getReport", "reports"),
+    ("/login", "post"): ("logIn", "login"),
+    ("/healthz", "get"): ("getHealth", "service"),
+    ("/openapi.json", "get"): ("getOpenApi", "service"),
+    ("/metrics", "get"): ("getMetrics", "service"),
+}
+TAGS = [
+    {"name": "users", "description": "Sign up, and read, change or delete users"},
+    {"name": "stats", "description": "A user's game statistics"},
+    {"name": "reports", "description": "PDF reports of a user's stats, drawn by a worker"},
+    {"name": "login", "description": "Tokens for the bearer scheme"},
+    {"name": "service", "description": "Health, metrics and this document"},
+]
+
+for _path, _operations in PATHS.items():
     for _verb, _operation in _operations.items():
         if _verb != "parameters":
             _operation["responses"].setdefault("413", TOO_LARGE)
+            _name, _tag = OPERATION_NAMES[_path, _verb]  # a KeyError: a new operation unnamed
+            _operation.update(operationId=_name, tags=[_tag])
 
 DOCUMENT = {
     "openapi": "3.1.0",
@@ -440,6 +521,7 @@ DOCUMENT = {
         "other method is 405 with Allow. Request bodies are read as "
         "JSON whatever their Content-Type.",
     },
+    "tags": TAGS,
     "paths": PATHS,
     "components": {
         "schemas": SCHEMAS,

@@ -1,0 +1,63 @@
+"""The browser pages of CONTRACT.md: the console at / and Swagger UI at /docs.
+
+Both are files, of this project (console/) and of the pinned Swagger UI
+package, all served from this origin: each page's Content-Security-Policy
+holds the browser to that, with no inline script. Every other answer stays
+JSON: a file that is not there is the API's JSON 404 (server.json_error_page).
+"""
+
+import hashlib
+import os
+
+import bottle
+from swagger_ui_bundle import swagger_ui_path
+
+CONSOLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console")
+SWAGGER_UI = str(swagger_ui_path)
+# What docs.html loads; the package's own index.html would start on a petstore.
+SWAGGER_UI_FILES = {"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png"}
+
+# This origin only, no inline script, no <base>, not framed by other sites.
+# Beyond that, the console shows its report (a PDF it fetched with the token)
+# in a frame from a blob: URL, and Swagger UI's CSS draws icons from data: URLs.
+POLICY = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+CONSOLE_POLICY = f"{POLICY}; frame-src blob:"
+DOCS_POLICY = f"{POLICY}; img-src 'self' data:"
+
+
+def add_routes(app):
+    app.get("/", callback=console_page)
+    app.get("/console/<name>", callback=console_file)
+    app.get("/docs", callback=docs_page)
+    app.get("/swagger-ui/<name>", callback=swagger_ui_file)
+
+
+def console_page():
+    return static_file(CONSOLE, "index.html", CONSOLE_POLICY)
+
+
+def console_file(name):
+    return static_file(CONSOLE, name, CONSOLE_POLICY)
+
+
+def docs_page():
+    return static_file(CONSOLE, "docs.html", DOCS_POLICY)
+
+
+def swagger_ui_file(name):
+    if name not in SWAGGER_UI_FILES:
+        raise bottle.HTTPError(404)
+    return static_file(SWAGGER_UI, name, DOCS_POLICY)
+
+
+def static_file(root, name, policy):
+    """Bottle's static_file (a 304 for a matching If-None-Match or If-Modified-Since),
+    with a quoted ETag as HTTP has it, which no-cache makes browsers revalidate."""
+    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": policy}
+    try:
+        stat = os.stat(os.path.join(root, name))
+    except (OSError, ValueError):
+        return bottle.static_file(name, root, headers=headers)  # its 404 (or 403)
+    version = f"{root}/{name}:{stat.st_mtime_ns}:{stat.st_size}"
+    etag = f'"{hashlib.sha256(version.encode()).hexdigest()[:32]}"'
+    return bottle.static_file(name, root, etag=etag, headers=headers)
