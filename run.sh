@@ -7,6 +7,7 @@
 # ./run.sh soak [SECONDS]  mixed load on server and two workers on RabbitMQ (tools/soak.py; 60 s)
 # ./run.sh migrate  bring the database to the newest schema (servers and workers also do at start)
 # ./run.sh backup FILE  copy the live SQLite database consistently to FILE
+# ./run.sh container-test  build the image with podman (tools/container_test.sh) and test it (test_container.py)
 # Each first makes .venv and installs the requirements when they changed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -51,5 +52,7 @@ case "$command" in
   migrate) install requirements.txt; exec .venv/bin/python schema.py ;;
   backup) install requirements.txt
           shift; exec .venv/bin/python tools/backup.py "$@" ;;
-  *) echo "usage: ./run.sh [serve|worker|test|lint|bench|soak|migrate|backup FILE]" >&2; exit 2 ;;
+  container-test) install requirements.txt requirements-dev.txt
+          shift; exec bash tools/container_test.sh "$@" ;;
+  *) echo "usage: ./run.sh [serve|worker|test|lint|bench|soak|migrate|backup FILE|container-test]" >&2; exit 2 ;;
 esac
