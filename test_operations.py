@@ -135,6 +135,17 @@ class WorkerMetricsTest(ServiceTestCase):
 class BackupTest(ServiceTestCase):
     service_env = {"EMBEDDED_WORKER": "off"}
 
+    def back_up(self, target):
+        """./run.sh backup target, as an operator runs it beside the servers."""
+        return subprocess.run(
+            [sys.executable, "tools/backup.py", str(target)],
+            env=self.service.env,
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     def test_a_backup_taken_while_servers_write_is_a_whole_database(self):
         stop = threading.Event()
         written = []
@@ -149,14 +160,7 @@ class BackupTest(ServiceTestCase):
         with ThreadPoolExecutor(2) as pool:
             writers = [pool.submit(write) for _ in range(2)]
             wait_until(lambda: len(written) >= 10, what="some writes before the backup")
-            done = subprocess.run(
-                [sys.executable, "tools/backup.py", str(copy)],
-                env=self.service.env,
-                cwd=PROJECT,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            done = self.back_up(copy)
             during = len(written)
             wait_until(lambda: len(written) >= during + 10, what="writes after the backup")
             stop.set()
@@ -181,14 +185,7 @@ class BackupTest(ServiceTestCase):
     def test_a_backup_refuses_to_overwrite_a_file(self):
         existing = self.service.dir / "taken.db"
         existing.write_bytes(b"keep me")
-        done = subprocess.run(
-            [sys.executable, "tools/backup.py", str(existing)],
-            env=self.service.env,
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = self.back_up(existing)
         self.assertNotEqual(done.returncode, 0)
         self.assertEqual(existing.read_bytes(), b"keep me")
 
