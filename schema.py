@@ -6,25 +6,50 @@ once take turns: the first upgrades, the others find it done. A database
 made before migrations existed (tables, no alembic_version) is stamped with
 the first revision, whose schema it has. A database at a revision this code
 does not know was upgraded by newer code: the process refuses to start.
+
+A server or worker whose database is already at the newest revision never
+imports Alembic (11 MiB it need not carry); one that must upgrade runs
+`python schema.py` in a process of its own.
 """
 
 import logging
+import subprocess
 import sys
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 import config
 import database
 
 log = logging.getLogger("schema")
 FIRST_REVISION = "0001"
+VERSIONS = config.PROJECT_DIR / "migrations" / "versions"
+# The newest revision, by the files' names ("0002_....py" is revision 0002;
+# test_migrations checks that Alembic agrees).
+HEAD = max(path.name.split("_", 1)[0] for path in VERSIONS.glob("[0-9]*_*.py"))
+
+
+def current_revision():
+    """The database's revision, or None (no alembic_version table, or no row)."""
+    with database.engine().connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def ensure_newest():
+    """At start-up: nothing when the database is at HEAD, else the upgrade in
+    a process of its own; SystemExit when that fails (its reason is in the log)."""
+    if current_revision() == HEAD:
+        return
+    upgraded = subprocess.run([sys.executable, str(config.PROJECT_DIR / "schema.py")], timeout=600)
+    if upgraded.returncode != 0:
+        raise SystemExit(f"the schema could not be brought to revision {HEAD} (see above)")
 
 
 def alembic_config(connection=None):
+    from alembic.config import Config
+
     settings = Config()
     settings.set_main_option("script_location", str(config.PROJECT_DIR / "migrations"))
     settings.attributes["connection"] = connection
@@ -33,6 +58,10 @@ def alembic_config(connection=None):
 
 def upgrade():
     """Brings the database to the newest revision; SystemExit if it is newer than the code."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     with database.schema_lock() as connection:
         settings = alembic_config(connection)
         scripts = ScriptDirectory.from_config(settings)
@@ -41,9 +70,8 @@ def upgrade():
             log.info("a database from before migrations: stamping it %s", FIRST_REVISION)
             command.stamp(settings, FIRST_REVISION)
             current = FIRST_REVISION
-        if current is not None and current not in {
-            rev.revision for rev in scripts.walk_revisions()
-        }:
+        known = {script.revision for script in scripts.walk_revisions()}
+        if current is not None and current not in known:
             raise SystemExit(
                 f"The database is at schema revision {current}, which this code does not "
                 f"know (its newest is {scripts.get_current_head()}): it was upgraded by a "
@@ -54,16 +82,21 @@ def upgrade():
             command.upgrade(settings, "head")
 
 
+def alembic_head():
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def check():
     """Whether the models and the database agree (alembic check); raises if not."""
+    from alembic import command
+
     with database.engine().connect() as connection:
         command.check(alembic_config(connection))
 
 
-if __name__ == "__main__":  # ./run.sh migrate
+if __name__ == "__main__":  # ./run.sh migrate, and ensure_newest()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     upgrade()
-    print(
-        f"schema at {ScriptDirectory.from_config(alembic_config()).get_current_head()}",
-        file=sys.stderr,
-    )
+    log.info("schema at %s", HEAD)

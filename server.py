@@ -426,7 +426,7 @@ app.catchall = True
 def main():
     serving.tune_process()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    schema.upgrade()
+    schema.ensure_newest()
     auth.secret()  # made now, if it must be generated: not on the first request
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     if config.BROKER_URL.startswith("memory://"):

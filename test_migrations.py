@@ -156,6 +156,14 @@ class UpgradeChecks:
         checked = run_python("import schema; schema.check()", self.service.env)
         self.assertEqual(checked.returncode, 0, checked.stderr)
 
+    def test_the_newest_revision_by_file_name_is_alembics_head(self):
+        found = run_python(
+            "import schema; print(schema.HEAD, schema.alembic_head())", self.service.env
+        )
+        self.assertEqual(found.returncode, 0, found.stderr)
+        by_name, alembics = found.stdout.split()
+        self.assertEqual(by_name, alembics)
+
     def test_a_database_newer_than_the_code_refuses_to_start(self):
         self.service.start_server()
         self.service.server.stop()

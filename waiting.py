@@ -13,6 +13,8 @@ Waitress thread, and the others must stay free for everyone else.
 import math
 import re
 import threading
+import time
+from collections import deque
 from contextlib import contextmanager
 
 import config
@@ -23,8 +25,12 @@ _WAIT_PREFERENCE = re.compile(r'^\s*wait\s*=\s*"?(\d{1,6})"?\s*$', re.IGNORECASE
 _lock = threading.Lock()
 _watchers = {}  # user id -> set of threading.Event, one per waiting request
 _slots = threading.BoundedSemaphore(config.MAX_WAITING) if config.MAX_WAITING else None
-# How long a job takes, as workers report it: the base of Retry-After.
+# When jobs settled lately (any worker's), and how long one took: the base
+# of Retry-After. The pace of settling counts workers running side by side,
+# and a slow first job (the render process starting) soon stops counting.
+_settled_at = deque(maxlen=64)
 _job_seconds = 0.05
+PACE_WINDOW = 10  # seconds
 
 
 def preferred_wait(environ):
@@ -71,6 +77,7 @@ def wake(user_id, seconds=None):
     global _job_seconds
     if seconds is not None and seconds > 0:
         _job_seconds = 0.8 * _job_seconds + 0.2 * seconds
+        _settled_at.append(time.monotonic())
     with _lock:
         for news in _watchers.get(user_id, ()):
             news.set()
@@ -78,5 +85,15 @@ def wake(user_id, seconds=None):
 
 def retry_after(jobs_ahead):
     """An honest Retry-After in whole seconds (at least 1) for a report with
-    jobs_ahead unfinished jobs queued before it."""
-    return max(1, math.ceil((jobs_ahead + 1) * _job_seconds))
+    jobs_ahead unfinished jobs queued before it: at the pace jobs settled in
+    the last PACE_WINDOW seconds, else at one job's recent duration.
+
+    (Jobs ahead times one job's duration alone overestimated: with two
+    workers, or after the render process's slow start, a burst's clients were
+    told to wait up to 6 s for reports done in under 1 s.)"""
+    now = time.monotonic()
+    recent = [at for at in list(_settled_at) if at > now - PACE_WINDOW]
+    per_job = _job_seconds
+    if len(recent) >= 2 and recent[-1] > recent[0]:
+        per_job = min(per_job, (recent[-1] - recent[0]) / (len(recent) - 1))
+    return max(1, math.ceil((jobs_ahead + 1) * per_job))

@@ -246,7 +246,7 @@ def start_in_thread():
 
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    schema.upgrade()
+    schema.ensure_newest()
     _ready()  # matplotlib loads now, not during the first job
     metrics.serve_for_worker()
     worker = Worker()
