@@ -3,7 +3,7 @@
 Both are files, of this project (console/) and of the pinned Swagger UI
 package, all served from this origin: each page's Content-Security-Policy
 holds the browser to that, with no inline script. Every other answer stays
-JSON: a file that is not there is the API's JSON 404 (server.json_error_page).
+JSON: a file that is not there is the API's JSON 404 (conventions.py).
 """
 
 import hashlib

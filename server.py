@@ -12,10 +12,11 @@ import time
 from email.utils import formatdate
 
 import bottle
-from bottle import HTTPError, request, response
+from bottle import request, response
 
 import auth
 import config
+import conventions
 import database
 import jobs
 import limits
@@ -28,9 +29,8 @@ import schema
 import serving
 import waiting
 from models import MAX_ID
-from responses import ApiError, error_body, json_response, json_text_response, to_json
+from responses import ApiError, json_response, json_text_response, to_json
 from validation import (
-    MAX_BODY,
     PASSWORD_CHANGE_FIELDS,
     READ_ONLY_USER_FIELDS,
     STATS_FIELDS,
@@ -42,12 +42,8 @@ from validation import (
 
 log = logging.getLogger("server")
 
-app = bottle.Bottle()
-# Bottle keeps bodies up to this size in memory; larger ones get our JSON 413.
-bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
-# Ids are positive and fit a signed 64-bit column (checked in models.find_user);
-# anything else is simply not a route, hence a 404.
-app.router.add_filter("id", lambda _conf: (r"[1-9][0-9]{0,18}", int, str))
+# Its ids, 413s, OPTIONS, 405s and JSON error pages: conventions.py.
+app = conventions.new_app()
 
 
 def no_such_user(user_id):
@@ -369,58 +365,6 @@ def metrics_page():
 @app.get("/openapi.json")
 def openapi_document():
     return json_response(openapi.DOCUMENT)
-
-
-# What every route shares: OPTIONS, 405's Allow, JSON error pages, headers.
-
-ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-
-
-def allowed_methods(path):
-    allowed = []
-    for method in ROUTE_METHODS:
-        try:
-            app.router.match({"PATH_INFO": path, "REQUEST_METHOD": method})
-            allowed.append(method)
-        except HTTPError:
-            pass
-    if "GET" in allowed:
-        allowed.insert(1, "HEAD")
-    return ", ".join(allowed + ["OPTIONS"]) if allowed else ""
-
-
-@app.hook("before_request")
-def refuse_large_bodies_and_answer_options():
-    if request.content_length > MAX_BODY:  # on every route, body read or not
-        raise ApiError(413, "The request body is larger than 1 MiB.")
-    if request.method == "OPTIONS":
-        allow = allowed_methods(request.path)
-        if not allow:
-            raise ApiError(404, f"There is nothing at {request.path}.")
-        raise bottle.HTTPResponse(status=204, Allow=allow)
-
-
-ERROR_MESSAGES = {
-    400: "The request is malformed.",
-    404: "There is nothing at this path.",
-    405: "This method is not allowed here; the Allow header lists those that are.",
-    413: "The request body is larger than 1 MiB.",
-    500: "Internal server error; it has been logged.",
-}
-
-
-def json_error_page(error):
-    """Bottle's own errors (no route, wrong method, uncaught exception) as JSON."""
-    if error.status_code == 405:
-        response.set_header("Allow", allowed_methods(request.path))
-    if error.status_code == 500:
-        log.error("Unhandled error on %s %s\n%s", request.method, request.path, error.traceback)
-    response.content_type = "application/json"
-    return error_body(ERROR_MESSAGES.get(error.status_code, error.status_line))
-
-
-app.default_error_handler = json_error_page
-app.catchall = True
 
 
 def main():
