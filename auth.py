@@ -71,8 +71,9 @@ def check_login(db, username, password):
     return user if password_matches(password, user.password_hash) else None
 
 
-# Login throttling: this many failures for one username within the window.
-MAX_FAILURES, FAILURE_WINDOW = 10, 300
+# Login throttling: this many failures for one username within the window
+# (300 s; config.LOGIN_FAILURE_WINDOW, which only the tests shorten).
+MAX_FAILURES, FAILURE_WINDOW = 10, config.LOGIN_FAILURE_WINDOW
 # A check is a hash and two short transactions, each of which may wait for
 # the database (up to 30 s on SQLite): an attempt older than this was left
 # by a process that stopped mid-check, and no longer counts.

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import uuid
+import weakref
 from functools import cache
 
 from kombu import Connection, Consumer, Exchange, Queue, pools
@@ -33,9 +34,14 @@ class BrokerUnavailable(Exception):
     pass
 
 
+# The in-process broker's connections, for its health check: the embedded
+# worker's is the one that consumes the queue.
+_in_process_connections = weakref.WeakSet()
+
+
 def connect(heartbeat=0):
     """A new connection; the worker asks for heartbeats, publishers need none."""
-    return Connection(
+    connection = Connection(
         config.BROKER_URL,
         connect_timeout=CONNECT_TIMEOUT,
         heartbeat=heartbeat,
@@ -46,6 +52,9 @@ def connect(heartbeat=0):
             "polling_interval": 0.005,
         },
     )
+    if IN_PROCESS:
+        _in_process_connections.add(connection)
+    return connection
 
 
 @cache
@@ -93,14 +102,42 @@ def waiting_count():
 
 
 def broker_is_up():
-    if config.BROKER_URL.startswith("memory://"):
-        return True  # in this very process
+    if IN_PROCESS:
+        # In this very process: it must take the queue's declaration, and when
+        # the embedded worker is configured, the worker must be consuming it.
+        return _in_process_broker_answers() and (
+            not config.EMBEDDED_WORKER or _in_process_queue_consumed()
+        )
     try:
         with connect() as connection:
             connection.ensure_connection(max_retries=0, timeout=CONNECT_TIMEOUT)
         return True
     except Exception:
         return False
+
+
+def _in_process_broker_answers():
+    try:
+        with connect() as connection:
+            queue(connection.default_channel).declare()  # idempotent: as every publish does
+        return True
+    except Exception:
+        log.exception("the in-process broker does not answer")
+        return False
+
+
+def _in_process_queue_consumed():
+    """Whether an open connection of this process consumes the report queue.
+
+    kombu's virtual transports keep a connection's consumers by queue name
+    (Transport._callbacks): a worker that stopped, or is reconnecting, has
+    none. Should a kombu upgrade rename that, this says no, and the health
+    tests fail: never a false "ok"."""
+    for connection in list(_in_process_connections):
+        transport = getattr(connection, "_transport", None)
+        if queue.name in (getattr(transport, "_callbacks", None) or {}):
+            return True
+    return False
 
 
 # News of settled jobs, for the requests waiting on them (waiting.py). With

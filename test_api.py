@@ -5,6 +5,8 @@ SQLite file in a temporary folder, and talks to it with http.client.
 """
 
 import base64
+import faulthandler
+import hashlib
 import http.client
 import json
 import os
@@ -25,7 +27,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import jwt
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 PROJECT = Path(__file__).resolve().parent
 
@@ -63,6 +65,40 @@ def wait_until(predicate, timeout=20, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+class TestTimedOut(AssertionError):
+    """A test that ran past its time: it fails instead of hanging the run."""
+
+
+class BoundedTestCase(unittest.TestCase):
+    """Every test ends. After test_timeout seconds (setUp, the test, tearDown
+    and cleanups together) SIGALRM raises TestTimedOut in the main thread,
+    where unittest runs the test, so that it fails and its cleanups stop its
+    processes. Should even that not end it (an exception swallowed by a
+    loop, a thread that ignores it), faulthandler prints every thread's stack
+    a minute later and exits the run. Loops in tests keep deadlines of their
+    own besides; this is the backstop.
+    """
+
+    test_timeout = 300  # seconds: far beyond what any test takes when nothing hangs
+
+    def run(self, result=None):
+        if threading.current_thread() is not threading.main_thread():
+            return super().run(result)  # signals reach the main thread only
+
+        def expire(_signum, _frame):
+            raise TestTimedOut(f"{self.id()} ran for over {self.test_timeout} s")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(self.test_timeout)
+        faulthandler.dump_traceback_later(self.test_timeout + 60, exit=True)
+        try:
+            return super().run(result)
+        finally:
+            signal.alarm(0)
+            faulthandler.cancel_dump_traceback_later()
+            signal.signal(signal.SIGALRM, previous)
+
+
 class Response:
     def __init__(self, raw):
         self.status = raw.status
@@ -98,7 +134,7 @@ class Process:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
-                self.popen.wait()
+                self.popen.wait(timeout)
         self.log.close()
         return self.popen.returncode
 
@@ -127,15 +163,44 @@ class ScratchPostgres:
         self.admin.dispose()
 
 
+# What a service process takes from the caller's environment: what any
+# program needs to run (where programs are, a home for matplotlib's font
+# cache, the locale) and how Python writes bytecode. Nothing that configures
+# the service: a BROKER_URL, CORS_ORIGINS, JWT_TTL or EMBEDDED_WORKER in the
+# caller's shell must not change what a test sees. TEST_DATABASE_URL and
+# RABBITMQ_URL are read by the tests themselves, the only ways in.
+INHERITED_VARIABLES = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "TMPDIR",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONPYCACHEPREFIX",
+)
+
+
+def inherited_environment():
+    """The few variables of the caller's environment that every process may see."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name in INHERITED_VARIABLES or name.startswith("LC_")
+    }
+
+
 class LiveService:
-    """A data folder and database, plus the server (and any workers) started on them."""
+    """A data folder and database, plus the server (and any workers) started on them.
+
+    Processes get an environment built here, not the caller's (see
+    INHERITED_VARIABLES): what the tests set, on top of the few essentials."""
 
     def __init__(self, **env):
         self.folder = tempfile.TemporaryDirectory(prefix="stats-api-test-")
         self.dir = Path(self.folder.name)
         self.postgres = ScratchPostgres(TEST_DATABASE_URL) if TEST_DATABASE_URL else None
         self.env = {
-            **os.environ,
+            **inherited_environment(),
             "DATA_DIR": str(self.dir),
             "DATABASE_URL": self.postgres.url if self.postgres else f"sqlite:///{self.dir}/app.db",
             # 64+ bytes: long enough for every HMAC size, so PyJWT never warns.
@@ -172,6 +237,10 @@ class LiveService:
     def _answers(self):
         if self.server.popen.poll() is not None:
             raise AssertionError("server exited:\n" + self.server.output())
+        # Ours, not another program's: the port was free when picked, and a
+        # server of another test run may have taken it since (ours then exits).
+        if f"serving on http://127.0.0.1:{self.port}" not in self.server.output():
+            return False
         try:
             return self.request("GET", "/openapi.json").status == 200
         except OSError:
@@ -245,6 +314,19 @@ MAX_BODY = 1 << 20
 NO_SUCH_ID = 999_999_999  # a well-formed id that no test ever reaches
 
 
+# Every name a client may send in a body or a query: a message about one names only it.
+FIELD_NAMES = frozenset(
+    {"username", "password", "current_password", "email", "gender", "profile_pic"}
+    | set(STAT_NAMES)
+    | {"limit", "offset"}
+)
+
+
+def names_word(text, word):
+    """Whether text holds word whole: not as part of a longer name or number."""
+    return re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", text) is not None
+
+
 class ServiceClient:
     """What tests do over HTTP against self.service, a LiveService."""
 
@@ -258,7 +340,7 @@ class ServiceClient:
         return answer.json["user"], answer.json["token"]
 
 
-class ServiceTestCase(ServiceClient, unittest.TestCase):
+class ServiceTestCase(ServiceClient, BoundedTestCase):
     """One server for the whole class; each test makes the users it needs."""
 
     service_env = {}
@@ -276,14 +358,25 @@ class ServiceTestCase(ServiceClient, unittest.TestCase):
     def tearDownClass(cls):
         cls.service.stop()
 
-    def assertError(self, answer, status, mentions=None):
-        """A JSON error body with the given status (and a message naming a field)."""
+    def assertError(self, answer, status, mentions=None, also=()):
+        """A JSON error body with the given status (and a message naming a field).
+
+        mentions must be in the message as a whole word ('password' is not in
+        'current_password'); when it is a field, the message must name no other
+        field but those in also, so that a message listing every field (say,
+        the one for unknown fields) does not count as naming this one."""
         self.assertEqual(answer.status, status, answer.body)
         self.assertTrue(answer.header("Content-Type").startswith("application/json"))
         self.assertEqual(answer.json["success"], False)
-        self.assertIsInstance(answer.json["message"], str)
+        message = answer.json["message"]
+        self.assertIsInstance(message, str)
         if mentions:
-            self.assertIn(mentions, answer.json["message"])
+            self.assertTrue(names_word(message, mentions), f"{mentions!r} not named in {message!r}")
+            if mentions in FIELD_NAMES:
+                others = [
+                    name for name in FIELD_NAMES - {mentions, *also} if names_word(message, name)
+                ]
+                self.assertEqual(others, [], f"{message!r} names other fields than {mentions!r}")
 
     def assertJson(self, answer, status):
         """The JSON body of an answer that must have this status."""
@@ -486,6 +579,8 @@ class ConventionsTest(ApiTestCase):
             ("GET", "/users/{}/stats"),
             ("PUT", "/users/{}/stats"),
             ("PATCH", "/users/{}/stats"),
+            ("GET", "/users/{}/pdf"),
+            ("POST", "/users/{}/pdf"),
         ]
         for bad_id, (method, template) in product(BAD_IDS, routes):
             with self.subTest(method=method, id=bad_id):
@@ -500,6 +595,10 @@ class ConventionsTest(ApiTestCase):
                 self.assertError(
                     self.request("GET", f"/users/{user_id}/stats", token=self.token), 404
                 )
+                for method in ("GET", "POST"):
+                    self.assertError(
+                        self.request(method, f"/users/{user_id}/pdf", token=self.token), 404
+                    )
 
     def test_unknown_fields_are_400_naming_them(self):
         mine = f"/users/{self.owner['id']}"
@@ -569,6 +668,9 @@ class ConventionsTest(ApiTestCase):
             ("DELETE", "/users/me", {"GET"}),
             ("POST", mine + "/stats", {"GET", "PUT", "PATCH"}),
             ("DELETE", mine + "/stats", {"GET", "PUT", "PATCH"}),
+            ("PUT", mine + "/pdf", {"GET", "POST"}),
+            ("PATCH", mine + "/pdf", {"GET", "POST"}),
+            ("DELETE", mine + "/pdf", {"GET", "POST"}),
             ("GET", "/login", {"POST"}),
             ("POST", "/healthz", {"GET"}),
             ("DELETE", "/openapi.json", {"GET"}),
@@ -659,10 +761,14 @@ class ConventionsTest(ApiTestCase):
             ("DELETE", mine, None),
             ("PUT", mine + "/stats", {"loss_count": 1}),
             ("PATCH", mine + "/stats", {"loss_count": 1}),
+            ("GET", mine + "/pdf", None),
+            ("POST", mine + "/pdf", None),
         ]:
             with self.subTest(method=method, path=path):
                 self.assertUnauthorized(self.request(method, path, body))
         self.assertOwnerUnchanged()
+        # Nothing was queued: the report was never requested.
+        self.assertError(self.request("GET", mine + "/pdf", token=self.token), 404)
 
 
 # Users
@@ -780,25 +886,34 @@ class UsersTest(ApiTestCase):
                 if field != "username":  # the name is still free
                     self.sign_up(username=body["username"])
 
-    def test_lone_surrogates_are_refused_or_handled_never_500(self):
-        for field in ("username", "password", "email", "gender"):
-            value = {"email": LONE_SURROGATE + "@example.com"}.get(field, "a" + LONE_SURROGATE)
-            with self.subTest(field=field):
+    def test_lone_surrogates_are_400_naming_the_field_and_create_or_change_nothing(self):
+        # A lone surrogate is no character: UTF-8 cannot hold it, nor can the
+        # database. Every text field refuses it, the username by its rule besides.
+        def with_surrogate(field):
+            return LONE_SURROGATE + "@example.com" if field == "email" else "a" + LONE_SURROGATE
+
+        for field in ("username", "password", "email", "gender", "profile_pic"):
+            with self.subTest(sign_up=field):
+                body = {"username": unique_name(), "password": "pw", field: with_surrogate(field)}
+                self.assertError(self.request("POST", "/users", body), 400, mentions=field)
+                if field != "username":  # nothing was created: the name is still free
+                    self.sign_up(username=body["username"])
+        user, token = self.sign_up(gender="before")
+        for verb, field in product(("PUT", "PATCH"), ("username", "email", "gender")):
+            with self.subTest(verb=verb, update=field):
                 answer = self.request(
-                    "POST", "/users", {"username": unique_name(), "password": "pw", field: value}
+                    verb, f"/users/{user['id']}", {field: with_surrogate(field)}, token=token
                 )
-                if answer.status == 400:
-                    self.assertError(answer, 400, mentions=field)
-                else:
-                    self.assertJson(answer, 201)
-        user, token = self.sign_up()
-        for field in ("username", "email", "gender"):
-            with self.subTest(update=field):
-                answer = self.request(
-                    "PATCH", f"/users/{user['id']}", {field: "a" + LONE_SURROGATE}, token=token
-                )
-                self.assertIn(answer.status, (200, 400), answer.body)
-                self.assertIsInstance(answer.json, dict)
+                self.assertError(answer, 400, mentions=field)
+        answer = self.request(
+            "PATCH",
+            f"/users/{user['id']}",
+            {"password": with_surrogate("password"), "current_password": "secret-pw"},
+            token=token,
+        )
+        self.assertError(answer, 400, mentions="password")
+        self.assertEqual(self.fetch_user(user["id"]), user)
+        self.assertJson(self.request("GET", "/users/me", token=token), 200)
 
     def test_taken_username_is_409_and_changes_nothing(self):
         first, token = self.sign_up(email="first@example.com")
@@ -813,16 +928,25 @@ class UsersTest(ApiTestCase):
 
     def test_password_is_never_returned(self):
         password = "very-secret-" + unique_name()
-        user, token = self.sign_up(password=password)
-        for answer in [
-            self.request("GET", f"/users/{user['id']}"),
-            self.request("GET", "/users/me", token=token),
-            self.request("GET", "/users?limit=1000"),
-            self.request("PATCH", f"/users/{user['id']}", {"gender": "x"}, token=token),
+        signed_up = self.request(
+            "POST", "/users", {"username": unique_name(), "password": password}
+        )
+        user, token = self.assertJson(signed_up, 201)["user"], signed_up.json["token"]
+        self.assertNotIn(password.encode(), signed_up.body)
+        for what, answer in [
+            ("user", self.request("GET", f"/users/{user['id']}")),
+            ("me", self.request("GET", "/users/me", token=token)),
+            ("list", self.request("GET", "/users?limit=1000")),
+            ("update", self.request("PATCH", f"/users/{user['id']}", {"gender": "x"}, token=token)),
+            ("login", self.log_in(user["username"], password)),
         ]:
-            self.assertNotIn(password.encode(), answer.body)
-            self.assertNotIn(b"password", answer.body)
-            self.assertNotIn(b"scrypt", answer.body)
+            with self.subTest(what):
+                # Whole answers, each with the user in it: an error would prove nothing.
+                body = self.assertJson(answer, 200)
+                self.assertIn(str(user["id"]), json.dumps(body))
+                self.assertNotIn(password.encode(), answer.body)
+                self.assertNotIn(b"password", answer.body)
+                self.assertNotIn(b"scrypt", answer.body)
 
     def test_get_user_returns_it(self):
         user, _ = self.sign_up(gender="female")
@@ -874,7 +998,7 @@ class UsersTest(ApiTestCase):
     def test_default_limit_is_100(self):
         total = int(self.request("GET", "/users").header("X-Total-Count"))
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda _: self.sign_up(), range(max(0, 101 - total))))
+            list(pool.map(lambda _: self.sign_up(), range(max(0, 101 - total)), timeout=120))
         answer = self.request("GET", "/users")
         self.assertEqual(len(self.assertJson(answer, 200)), 100)
         self.assertEqual(answer.header("Link"), '</users?limit=100&offset=100>; rel="next"')
@@ -1074,7 +1198,7 @@ class PasswordChangeTest(ApiTestCase):
         for verb in ("PUT", "PATCH"):
             with self.subTest(verb=verb):
                 answer = self.change({"password": "new-pw", "gender": "after"}, verb=verb)
-                self.assertError(answer, 400, mentions="current_password")
+                self.assertError(answer, 400, mentions="current_password", also=["password"])
         self.assertNothingChanged()
         self.assertEqual(self.log_in(self.user["username"], "new-pw").status, 401)
 
@@ -1085,7 +1209,7 @@ class PasswordChangeTest(ApiTestCase):
                     {"password": "new-pw", "current_password": "wrong", "gender": "after"},
                     verb=verb,
                 )
-                self.assertError(answer, 403, mentions="current_password")
+                self.assertError(answer, 403, mentions="current_password", also=["password"])
         self.assertNothingChanged()
 
     def test_current_password_alone_is_400(self):
@@ -1094,7 +1218,9 @@ class PasswordChangeTest(ApiTestCase):
             {"current_password": "old-pw", "gender": "after"},
         ):
             with self.subTest(body=body):
-                self.assertError(self.change(body), 400, mentions="current_password")
+                self.assertError(
+                    self.change(body), 400, mentions="current_password", also=["password"]
+                )
         self.assertNothingChanged()
 
     def test_invalid_new_or_current_password_is_400_naming_it(self):
@@ -1351,6 +1477,7 @@ class LoginTest(ApiTestCase):
                 pool.map(
                     lambda _: past_busy(lambda: self.log_in(user["username"], "wrong")).status,
                     range(24),
+                    timeout=120,
                 )
             )
         self.assertEqual(sorted(statuses), [401] * 10 + [429] * 14)
@@ -1363,13 +1490,117 @@ class LoginTest(ApiTestCase):
         self.fail_logins(user["username"], 9)
         with ThreadPoolExecutor(8) as pool:
             answers = list(
-                pool.map(lambda _: past_busy(lambda: self.log_in(user["username"])), range(16))
+                pool.map(
+                    lambda _: past_busy(lambda: self.log_in(user["username"])),
+                    range(16),
+                    timeout=120,
+                )
             )
         for answer in answers:
             self.assertJson(answer, 200)
         self.assertJson(self.log_in(user["username"]), 200)
         self.fail_logins(user["username"], 1)  # the tenth failure, so nine before it
         self.assertError(self.log_in(user["username"]), 429)
+
+
+class LoginWindowTest(ApiTestCase):
+    # For tests only (config.py): a window of 3 s instead of 300, to see it pass.
+    window = 3
+    service_env = {**ApiTestCase.service_env, "LOGIN_FAILURE_WINDOW": str(window)}
+
+    def test_the_throttle_lifts_once_the_window_has_passed(self):
+        user, _ = self.sign_up()
+        for _ in range(10):
+            self.assertEqual(
+                self.assertJson(self.log_in(user["username"], "wrong"), 401), BAD_LOGIN
+            )
+        throttled = self.log_in(user["username"])
+        self.assertError(throttled, 429)
+        self.assertTrue(0 < int(throttled.header("Retry-After")) <= self.window, throttled.headers)
+
+        def logged_in():
+            answer = self.log_in(user["username"])
+            if answer.status == 429:
+                return None  # still inside the window
+            return self.assertJson(answer, 200)
+
+        body = wait_until(logged_in, timeout=self.window + 20, what="the throttle to lift")
+        self.assertJson(self.request("GET", "/users/me", token=body["token"]), 200)
+        # The old failures no longer count: a wrong password is a plain 401 again.
+        self.assertEqual(self.assertJson(self.log_in(user["username"], "wrong"), 401), BAD_LOGIN)
+
+
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return (ordered[middle] + ordered[~middle]) / 2
+
+
+class RealPasswordCostTest(ApiTestCase):
+    """With the production cost of a hash (SCRYPT_N as in production), where
+    the hash is most of what a login costs."""
+
+    service_env = {**ApiTestCase.service_env, "SCRYPT_N": str(2**14)}
+
+    def test_unknown_usernames_take_as_long_as_wrong_passwords(self):
+        user, _ = self.sign_up()
+
+        def seconds(username):
+            started = time.monotonic()
+            answer = past_busy(lambda: self.log_in(username, "wrong"))
+            took = time.monotonic() - started
+            self.assertEqual(self.assertJson(answer, 401), BAD_LOGIN)
+            return took
+
+        times = {"wrong password": [], "unknown username": [], "impossible username": []}
+        for round_ in range(7):  # interleaved, so that a busy moment hits all alike
+            times["wrong password"].append(seconds(user["username"]))  # 7 of 10 failures
+            times["unknown username"].append(seconds(unique_name("nobody")))
+            times["impossible username"].append(seconds(f"no such/user {round_}!"))
+        medians = {what: median(values) for what, values in times.items()}
+        reference = medians["wrong password"]
+        for what in ("unknown username", "impossible username"):
+            with self.subTest(what):
+                # Generous: a login that skipped the hash would take a fraction of one.
+                self.assertTrue(0.5 * reference < medians[what] < 2 * reference, medians)
+
+    def test_passwords_are_stored_only_as_salted_slow_scrypt_hashes(self):
+        password = "stored-" + unique_name()
+        first, _ = self.sign_up(password=password)
+        second, _ = self.sign_up(password=password)
+        with self.service.database() as db:
+            stored = dict(
+                db.execute(
+                    text("SELECT id, password_hash FROM users WHERE id IN (:first, :second)"),
+                    {"first": first["id"], "second": second["id"]},
+                ).all()
+            )
+        self.assertEqual(set(stored), {first["id"], second["id"]})
+        salts = set()
+        for user_id, value in stored.items():
+            with self.subTest(user=user_id):
+                for form in (password, base64.b64encode(password.encode()).decode()):
+                    self.assertNotIn(form, value)
+                scheme, n, r, p, salt, digest = value.split("$")
+                self.assertEqual(scheme, "scrypt")
+                # OWASP's minimum for scrypt: N=2**14, r=8, p=5 (16 MiB per hash).
+                self.assertEqual((int(n), int(r), int(p)), (2**14, 8, 5))
+                salt, digest = base64.b64decode(salt), base64.b64decode(digest)
+                self.assertGreaterEqual(len(salt), 16)
+                # It is the hash of this very password, with this salt.
+                computed = hashlib.scrypt(
+                    password.encode(),
+                    salt=salt,
+                    n=int(n),
+                    r=int(r),
+                    p=int(p),
+                    maxmem=256 * int(n) * int(r),
+                    dklen=len(digest),
+                )
+                self.assertEqual(computed, digest)
+                salts.add(salt)
+        self.assertEqual(len(salts), 2, "two users with one password share a salt")
+        self.assertNotEqual(stored[first["id"]], stored[second["id"]])
 
 
 # Headers on every response
@@ -1396,7 +1627,11 @@ class HeadersTest(ApiTestCase):
         doomed, doomed_token = self.sign_up()
         _, other_token = self.sign_up()
         mine = f"/users/{user['id']}"
+        # No embedded worker here: the report stays pending (the PDF's own
+        # answers, 200 and 304, are test_reports.py's; the 503 too).
         answers = {
+            "202 report requested": self.request("POST", mine + "/pdf", token=token),
+            "202 report pending": self.request("GET", mine + "/pdf", token=token),
             "200 list": self.request("GET", "/users"),
             "200 user": self.request("GET", mine),
             "200 stats": self.request("GET", mine + "/stats", token=token),
@@ -1418,6 +1653,9 @@ class HeadersTest(ApiTestCase):
         }
         for what, answer in answers.items():
             with self.subTest(what):
+                status = what.split()[0]
+                if status.isdigit():
+                    self.assertEqual(answer.status, int(status), answer.body)
                 self.assertEqual(answer.header("X-Content-Type-Options"), "nosniff")
         _, headers, _ = raw_exchange(self.service.port, b"GARBAGE\r\n\r\n")
         self.assertEqual(headers.get("x-content-type-options"), "nosniff")
@@ -1440,6 +1678,7 @@ class HeadersTest(ApiTestCase):
             mine: {"GET", "PUT", "PATCH", "DELETE"},
             "/users/me": {"GET"},
             mine + "/stats": {"GET", "PUT", "PATCH"},
+            mine + "/pdf": {"GET", "POST"},
             "/login": {"POST"},
             "/healthz": {"GET"},
             "/openapi.json": {"GET"},
@@ -1476,6 +1715,8 @@ class CorsTest(ApiTestCase):
                 ("list", "GET", "/users", None, None),
                 ("sign-up", "POST", "/users", {"username": unique_name(), "password": "pw"}, None),
                 ("stats", "GET", f"/users/{user['id']}/stats", None, token),
+                ("report requested", "POST", f"/users/{user['id']}/pdf", None, token),
+                ("report pending", "GET", f"/users/{user['id']}/pdf", None, token),
                 ("401", "GET", "/users/me", None, None),
                 ("404", "GET", "/nope", None, None),
             ]:
@@ -1496,6 +1737,7 @@ class CorsTest(ApiTestCase):
                 ("/users", "POST", {"GET", "POST"}),
                 (mine, "PATCH", {"GET", "PUT", "PATCH", "DELETE"}),
                 (mine + "/stats", "PUT", {"GET", "PUT", "PATCH"}),
+                (mine + "/pdf", "POST", {"GET", "POST"}),
                 ("/login", "POST", {"POST"}),
             ]:
                 with self.subTest(origin=origin, path=path):
@@ -1888,8 +2130,80 @@ class BrokenDatabaseTest(ApiTestCase):
             with open(path, "r+b") as file:
                 file.write(os.urandom(max(path.stat().st_size, 4096)))
         body = self.assertJson(self.request("GET", "/healthz"), 503)
-        self.assertNotEqual(body.get("status"), "ok")
-        self.assertNotEqual(body.get("database"), "ok")
+        self.assertEqual(body, {"status": "down", "database": "down", "broker": "ok"})
+
+
+class ProvokedServerErrorTest(ApiTestCase):
+    """A route that fails for a reason no request can cause: the stats table
+    dropped behind the server's back (on SQLite and PostgreSQL alike)."""
+
+    log_must_stay_clean = False  # the traceback is the point
+
+    def test_an_unexpected_error_is_a_json_500_and_its_traceback_is_logged(self):
+        user, token = self.sign_up()
+        with self.service.database() as db:
+            db.execute(text("DROP TABLE stats"))
+        path = f"/users/{user['id']}/stats"
+        answer = self.request("GET", path, token=token)
+        self.assertEqual(
+            self.assertJson(answer, 500),
+            {"success": False, "message": "Internal server error; it has been logged."},
+        )
+        self.assertEqual(answer.header("X-Content-Type-Options"), "nosniff")
+        server = self.service.server
+        wait_until(lambda: f"GET {path} 500 " in server.output(), what="the 500's access-log line")
+        log = server.output()
+        self.assertIn(f"Unhandled error on GET {path}", log)
+        traceback = log[log.index(f"Unhandled error on GET {path}") :]
+        self.assertIn("Traceback (most recent call last)", traceback)
+        self.assertRegex(traceback, r"(?i)no such table: stats|relation \"stats\" does not exist")
+        self.assertNotIn(token, log)
+        # The rest of the service carries on.
+        self.assertEqual(self.fetch_user(user["id"]), user)
+
+
+class EnvironmentIsolationTest(ServiceClient, BoundedTestCase):
+    """What the caller's shell holds does not reach the service under test."""
+
+    def test_service_settings_in_the_callers_environment_do_not_reach_the_service(self):
+        meddling = {
+            "BROKER_URL": "amqp://guest:guest@127.0.0.1:9//",
+            "EMBEDDED_WORKER": "off",
+            "CORS_ORIGINS": "https://app.example",
+            "JWT_TTL": "7",
+            "METRICS": "off",
+            "REPORT_QUEUE": "somebody-elses",
+        }
+        saved = {name: os.environ.get(name) for name in meddling}
+        os.environ.update(meddling)
+        try:
+            self.service = LiveService()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        self.addCleanup(self.service.stop)
+        for name in meddling:
+            self.assertNotIn(name, self.service.env)
+        server = self.service.start_server()
+        user, token = self.sign_up()
+        claims = jwt.decode(token, self.service.env["JWT_SECRET"], algorithms=["HS256"])
+        self.assertEqual(claims["exp"] - claims["iat"], 86400)
+        answer = self.request("GET", "/users", headers={"Origin": "https://app.example"})
+        self.assertEqual(cors_headers(answer), {})
+        self.assertEqual(self.request("GET", "/metrics").status, 200)
+        # memory:// and its embedded worker, as by default: the report gets made.
+        self.assertEqual(
+            self.request("GET", "/healthz").json, {"status": "ok", "database": "ok", "broker": "ok"}
+        )
+        self.assertEqual(self.request("POST", user["pdf"], token=token).status, 202)
+        wait_until(
+            lambda: self.request("GET", user["pdf"], token=token).status == 200,
+            what="the report, made by the embedded worker",
+        )
+        self.assertIn("consuming report jobs from memory://", server.output())
 
 
 # Concurrency: 8 Waitress threads at once, no 500 and no "database is locked" (see tearDown)
@@ -1897,9 +2211,9 @@ class BrokenDatabaseTest(ApiTestCase):
 
 class ConcurrencyTest(ApiTestCase):
     @staticmethod
-    def in_parallel(function, items):
+    def in_parallel(function, items, timeout=120):
         with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(function, items))
+            return list(pool.map(function, items, timeout=timeout))
 
     def test_concurrent_sign_ups_of_one_name_give_one_201_and_409s(self):
         name = unique_name()
@@ -1996,38 +2310,50 @@ class ConcurrencyTest(ApiTestCase):
                 ("POST", path + "/pdf", None),
             ]
 
-        def until_gone(user, token, method, path, body, started):
-            wrong = []
-            while True:
+        def until_gone(user, token, method, path, body, started, stop):
+            # Until the 401 that the deletion brings, or told to stop (the
+            # deletion failed), or the deadline: never forever.
+            wrong, deadline = [], time.monotonic() + 10
+            while not stop.is_set():
                 answer = self.request(method, path, body, token=token)
                 started.set()
                 if answer.status == 401:
                     return wrong
                 if answer.status not in (200, 202) or not answer.body.startswith(b"{"):
                     wrong.append(f"{method} {path}: {answer.status} {answer.body[:60]!r}")
+                if time.monotonic() > deadline:
+                    return wrong + [f"{method} {path}: still no 401 after 10 s"]
+            return wrong + [f"{method} {path}: stopped before its 401"]
 
         wrong = []
+        stop = threading.Event()
         with ThreadPoolExecutor(4) as pool:
-            for _ in range(30):
-                user, token = self.sign_up()
-                path = f"/users/{user['id']}"
-                started = [threading.Event() for _ in racing_requests(path)]
-                racers = [
-                    pool.submit(until_gone, user, token, *request, event)
-                    for request, event in zip(racing_requests(path), started, strict=True)
-                ]
-                for event in started:
-                    self.assertTrue(event.wait(10), "a racing request got no answer")
-                self.assertNoContent(self.request("DELETE", path, token=token))
-                for racer in racers:
-                    wrong += racer.result(timeout=30)
+            try:
+                for _ in range(30):
+                    user, token = self.sign_up()
+                    path = f"/users/{user['id']}"
+                    started = [threading.Event() for _ in racing_requests(path)]
+                    racers = [
+                        pool.submit(until_gone, user, token, *request, event, stop)
+                        for request, event in zip(racing_requests(path), started, strict=True)
+                    ]
+                    for event in started:
+                        self.assertTrue(event.wait(10), "a racing request got no answer")
+                    self.assertNoContent(self.request("DELETE", path, token=token))
+                    for racer in racers:
+                        wrong += racer.result(timeout=60)
+                    if wrong:
+                        break  # one round tells: no need for 29 more
+            finally:
+                stop.set()  # whatever failed above, the racers end
         self.assertEqual(wrong, [])
 
     def test_the_total_count_always_matches_the_page_during_sign_ups_and_deletions(self):
         changing = True
+        deadline = time.monotonic() + 120
 
         def sign_up_and_delete():
-            while changing:
+            while changing and time.monotonic() < deadline:
                 user, token = self.sign_up()
                 self.assertNoContent(self.request("DELETE", f"/users/{user['id']}", token=token))
 
@@ -2043,7 +2369,7 @@ class ConcurrencyTest(ApiTestCase):
             finally:
                 changing = False
             for changer in changers:
-                changer.result()
+                changer.result(timeout=60)
         self.assertEqual(mismatches, [])
 
     def assertIdNotReused(self, restart):

@@ -4,26 +4,33 @@ and RabbitMQ. After each, every accepted job ends as a PDF, no request got
 a 500, and nothing had to be restarted by hand.
 """
 
+import http.client
+import json
 import os
+import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 from kombu import Connection
 
 from test_api import (
     TEST_DATABASE_URL,
+    BoundedTestCase,
     LiveService,
+    Response,
     ServiceClient,
     past_busy,
     unique_name,
     wait_until,
 )
-from test_reports import RABBITMQ_URL, ReportClient, pdf_text, rabbitmq_answers
+from test_reports import RABBITMQ_URL, ReportClient, card_values, pdf_text, rabbitmq_answers
 
 CI = os.environ.get("CI") == "true"
 
@@ -33,7 +40,7 @@ def require(condition, reason):
     return unittest.skipUnless(condition or CI, f"{reason} (CI requires it)")
 
 
-class FaultTestCase(ReportClient, ServiceClient, unittest.TestCase):
+class FaultTestCase(ReportClient, ServiceClient, BoundedTestCase):
     """Each test starts (and stops) the services it needs."""
 
     def start_service(self, **env):
@@ -54,37 +61,58 @@ class FaultTestCase(ReportClient, ServiceClient, unittest.TestCase):
             self.assertNotIn(" 500 ", process.output(), process.log_path)
 
 
+def hashes_in_flight(service):
+    """The server's password_hashes_in_flight, read from GET /metrics."""
+    answer = service.request("GET", "/metrics")
+    found = re.search(rb"^password_hashes_in_flight ([0-9.]+)$", answer.body, re.MULTILINE)
+    if answer.status != 200 or not found:
+        raise AssertionError(f"no password_hashes_in_flight in /metrics: {answer.body[:200]!r}")
+    return float(found.group(1))
+
+
 class GracefulStopTest(FaultTestCase):
     def test_sigterm_finishes_the_request_in_flight_then_exits_within_10_s(self):
-        # Real password cost: a login takes long enough to be caught in flight.
+        # Real password cost: a login's hash (0.2 s or more) is long enough to
+        # be seen in flight on /metrics, and to be in flight still at SIGTERM.
         service = self.start_service(SCRYPT_N="16384")
-        server = service.start_server()
+        # No embedded worker, whose stop would give the login time of its own.
+        server = service.start_server(EMBEDDED_WORKER="off")
         username = unique_name()
-        self.request("POST", "/users", {"username": username, "password": "pw"})
-        statuses = []
-
-        def log_in_until_refused():
-            try:
-                while True:
-                    statuses.append(
-                        self.request(
-                            "POST", "/login", {"username": username, "password": "pw"}
-                        ).status
-                    )
-            except OSError:
-                pass  # refused: the server stopped accepting
-
-        client = threading.Thread(target=log_in_until_refused)
-        client.start()
-        wait_until(lambda: statuses, what="a first login")
-        stopped_at = time.monotonic()
-        exit_code = server.stop(signal.SIGTERM)
-        client.join(30)
+        self.sign_up(username=username, password="pw")
+        pool = ThreadPoolExecutor(1)
+        self.addCleanup(pool.shutdown)
+        for _ in range(5):
+            # Any error of the request (refused, RemoteDisconnected when dropped
+            # mid-flight, IncompleteRead when cut mid-body) is raised by result().
+            login = pool.submit(
+                self.request, "POST", "/login", {"username": username, "password": "pw"}
+            )
+            seen = wait_until(
+                lambda login=login: (
+                    "done" if login.done() else "in flight" if hashes_in_flight(service) else None
+                ),
+                what="the login in flight",
+            )
+            if seen == "in flight" and not login.done():
+                break
+            login.result(timeout=30)  # it finished before it was seen: again
+        else:
+            self.fail("no login could be caught in flight in five tries")
+        signalled_at = time.monotonic()
+        server.popen.send_signal(signal.SIGTERM)
+        answer = login.result(timeout=30)
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertIn("token", answer.json)
+        exit_code = server.stop(timeout=15)  # it is already stopping: this waits
         self.assertEqual(exit_code, 0, server.output())
-        self.assertLess(time.monotonic() - stopped_at, 10)
-        self.assertGreaterEqual(len(statuses), 2)  # the one in flight at SIGTERM finished
-        self.assertEqual(set(statuses), {200})
-        self.assertIn("stopped", server.output())
+        self.assertLess(time.monotonic() - signalled_at, 10)
+        log = server.output()
+        # The login was answered after the stop began, and before it ended.
+        stopping = log.index("stopping: no new connections")
+        self.assertRegex(log[stopping:], r"access POST /login 200 [\d.]+ms user=")
+        self.assertIn("stopped", log[stopping:])
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", service.port), timeout=5).close()
 
     def test_embedded_worker_stops_with_the_server(self):
         service = self.start_service()
@@ -160,7 +188,7 @@ class RestartTest(FaultTestCase):
         self.assertEqual(server.stop(signal.SIGTERM), 0)
 
         restarted = service.start_server()
-        self.assertIn("100007", pdf_text(self.wait_for_report(user, token).body))
+        self.assertEqual(card_values(self.wait_for_report(user, token).body)["Victories"], "100007")
         self.assertIn("queued 1 unfinished report(s) again", restarted.output())
 
     @require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
@@ -178,48 +206,76 @@ class RestartTest(FaultTestCase):
             self.wait_for_report(user, token)
 
 
+def sent_then_answered(port, sent, method, path, body, token=None):
+    """A request whose sent event is set once its bytes are all sent; its Response."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        connection.request(method, path, body=json.dumps(body).encode(), headers=headers)
+        sent.set()
+        return Response(connection.getresponse())
+    finally:
+        connection.close()
+
+
 @unittest.skipIf(TEST_DATABASE_URL, "it locks an SQLite file; PostgreSQL locks rows")
 class LockedDatabaseTest(FaultTestCase):
-    def test_writes_wait_for_another_writer_and_then_succeed(self):
+    def test_writes_meet_another_programs_write_lock_wait_for_it_and_then_succeed(self):
         service = self.start_service()
-        service.start_server()
+        # Threads for the twelve writes that will wait, and for a read besides.
+        service.start_server(WEB_THREADS="16")
         user, token = self.sign_up()
-        held = threading.Event()
+        held, release = threading.Event(), threading.Event()
 
-        def hold_the_write_lock(seconds):
-            with sqlite3.connect(service.dir / "app.db", isolation_level=None) as db:
+        def hold_the_write_lock():
+            # The fault: another program keeps the database locked, until told.
+            db = sqlite3.connect(service.dir / "app.db", isolation_level=None, timeout=10)
+            with closing(db):
                 db.execute("BEGIN IMMEDIATE")
                 held.set()
-                time.sleep(seconds)  # the fault: another program keeps the database locked
+                if not release.wait(60):
+                    raise AssertionError("the test never released the lock")
                 db.execute("COMMIT")
 
-        locker = threading.Thread(target=hold_the_write_lock, args=(2,))
-        locker.start()
-        held.wait(10)
-        with ThreadPoolExecutor(8) as pool:
-            writes = list(
-                pool.map(
-                    lambda n: (
-                        self.request(
-                            "PATCH", f"/users/{user['id']}/stats", {"victory_count": n}, token=token
-                        ).status
-                    ),
-                    range(8),
-                )
-            )
-            sign_ups = list(
-                pool.map(
-                    lambda _: (
-                        self.request(
-                            "POST", "/users", {"username": unique_name(), "password": "pw"}
-                        ).status
-                    ),
-                    range(4),
-                )
-            )
-        locker.join()
-        self.assertEqual(writes, [200] * 8)
-        self.assertEqual(sign_ups, [201] * 4)
+        pool = ThreadPoolExecutor(13)
+        self.addCleanup(pool.shutdown)
+        self.addCleanup(release.set)  # first, whatever fails below
+        locker = pool.submit(hold_the_write_lock)
+        if not held.wait(10):
+            locker.result(timeout=5)  # its error, if it had one
+            self.fail("the lock was not taken within 10 s")
+        requests = [
+            ("PATCH", f"/users/{user['id']}/stats", {"victory_count": n}, token) for n in range(8)
+        ] + [
+            ("POST", "/users", {"username": unique_name(), "password": "pw"}, None)
+            for _ in range(4)
+        ]
+        sent = [threading.Event() for _ in requests]
+        answers = [
+            pool.submit(sent_then_answered, service.port, event, *request)
+            for event, request in zip(sent, requests, strict=True)
+        ]
+        for event in sent:
+            self.assertTrue(event.wait(10), "a write could not be sent")
+        # Waitress hands requests to its threads in the order they came, and a
+        # read does not wait for the write lock: once a read sent after the
+        # writes is answered, every write is in a thread of the server, waiting.
+        self.assertEqual(self.request("GET", f"/users/{user['id']}").status, 200)
+        self.assertEqual(
+            [answer.done() for answer in answers],
+            [False] * len(answers),
+            "a write was answered while another program held the write lock",
+        )
+        release.set()
+        locker.result(timeout=30)
+        statuses = [answer.result(timeout=60).status for answer in answers]
+        self.assertEqual(statuses, [200] * 8 + [201] * 4)
+        self.assertIn(
+            self.request("GET", f"/users/{user['id']}/stats", token=token).json["victory_count"],
+            range(8),
+        )
         self.post_report(user, token)
         self.wait_for_report(user, token)
         self.assertNoServerErrors(service.server)

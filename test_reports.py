@@ -1,26 +1,50 @@
 """PDF reports end to end: server, broker and worker processes, over HTTP.
 
 The RabbitMQ tests use the real broker at RABBITMQ_URL (127.0.0.1:5672 by
-default), each class on a queue of its own. Under CI=true they must run;
+default), each test on a queue of its own. Under CI=true they must run;
 elsewhere they skip, saying why, when no RabbitMQ answers.
+
+A report is read as a reader would: its text with pypdf (and with
+`pdftotext`, the contract's own words, where poppler-utils is installed; a
+must under CI=true), each value in its place beside its label, and its
+drawing, the paths painted on the page.
 """
 
 import io
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 from kombu import Connection, Exchange, Queue
 from pypdf import PdfReader
+from pypdf.generic import ContentStream
 from sqlalchemy import text
 
-from test_api import PROJECT, ServiceTestCase, unique_name, wait_until
+from test_api import (
+    PROJECT,
+    BoundedTestCase,
+    LiveService,
+    ServiceClient,
+    ServiceTestCase,
+    header_words,
+    unique_name,
+    wait_until,
+)
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+CI = os.environ.get("CI") == "true"
+PDFTOTEXT = shutil.which("pdftotext")
 
 
 def rabbitmq_answers():
@@ -34,6 +58,87 @@ def rabbitmq_answers():
 
 def pdf_text(data):
     return PdfReader(io.BytesIO(data)).pages[0].extract_text()
+
+
+def pdf_lines(data):
+    """The page's text lines as pypdf reads them, in the order they were drawn."""
+    return [line.strip() for line in pdf_text(data).splitlines() if line.strip()]
+
+
+def expected_cards(victory_count, loss_count, session_count, total_time):
+    """What the report's cards must show for these stats: {label: value}."""
+    games = victory_count + loss_count
+    hours, rest = divmod(total_time, 3600)
+    return {
+        "Victories": str(victory_count),
+        "Losses": str(loss_count),
+        "Sessions": str(session_count),
+        f"Total time ({total_time} s)": f"{hours} h {rest // 60:02d} min",
+        "Games played": str(games),
+        "Win rate": f"{victory_count / games:.1%}" if games else "no games yet",
+    }
+
+
+def card_values(data, labels=("Victories", "Losses", "Sessions", "Games played", "Win rate")):
+    """{label: the whole line drawn right after the label's first appearance}."""
+    lines = pdf_lines(data)
+    found = {}
+    for label in labels:
+        matching = [index for index, line in enumerate(lines) if line == label]
+        if matching and matching[0] + 1 < len(lines):
+            found[label] = lines[matching[0] + 1]
+    return found
+
+
+GENERATED = re.compile(r"Generated (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
+
+
+def generated_at(data):
+    found = GENERATED.search(pdf_text(data))
+    return found and datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+PAINT = {b"f", b"F", b"f*", b"B", b"B*", b"b", b"b*"}
+
+
+def painted_shapes(data):
+    """[(fill colour, (x0, y0, x1, y1), number of curve segments)] of every path
+    filled on the page, read from its content stream."""
+    reader = PdfReader(io.BytesIO(data))
+    content = ContentStream(reader.pages[0].get_contents(), reader)
+    shapes, fill, points, curves = [], None, [], 0
+    for operands, operator in content.operations:
+        if operator == b"rg":
+            fill = tuple(round(float(value), 3) for value in operands)
+        elif operator in (b"m", b"l"):
+            points.append((float(operands[0]), float(operands[1])))
+        elif operator == b"c":
+            points.append((float(operands[4]), float(operands[5])))
+            curves += 1
+        elif operator in PAINT or operator in (b"S", b"s", b"n"):
+            if operator in PAINT and points:
+                xs, ys = [x for x, _ in points], [y for _, y in points]
+                shapes.append((fill, (min(xs), min(ys), max(xs), max(ys)), curves))
+            points, curves = [], 0
+    return shapes
+
+
+def embedded_fonts(data):
+    """{font name: whether its program is embedded in the file} of the page's fonts."""
+    fonts = {}
+    resources = PdfReader(io.BytesIO(data)).pages[0]["/Resources"]
+    for font in resources["/Font"].values():
+        font = font.get_object()
+        descriptors = [font.get("/FontDescriptor")] + [
+            descendant.get_object().get("/FontDescriptor")
+            for descendant in font.get("/DescendantFonts", [])
+        ]
+        fonts[str(font["/BaseFont"])] = any(
+            descriptor is not None
+            and {"/FontFile", "/FontFile2", "/FontFile3"} & set(descriptor.get_object())
+            for descriptor in descriptors
+        )
+    return fonts
 
 
 class ReportClient:
@@ -63,6 +168,20 @@ class ReportClient:
 
         return wait_until(served, timeout, what=f"the report of user {user['id']}")
 
+    def report_rows(self, user):
+        """[(id, state, finished_at)] of the user's reports, as the database holds them."""
+        with self.service.database() as db:
+            return [
+                tuple(row)
+                for row in db.execute(
+                    text(
+                        "SELECT id, state, finished_at FROM reports"
+                        " WHERE user_id = :user_id ORDER BY id"
+                    ),
+                    {"user_id": user["id"]},
+                )
+            ]
+
     def run_one_job(self, user, renderer):
         """Queues a report for user and runs its job in a worker process of
         its own whose report.render is replaced by renderer (Python source)."""
@@ -82,45 +201,133 @@ class ReportClient:
             timeout=60,
         )
 
+    def pdftotext_lines(self, data):
+        """The report's text as `pdftotext` extracts it, in whole lines. Without
+        pdftotext the test is skipped, saying so, except under CI=true."""
+        if PDFTOTEXT is None:
+            if CI:
+                self.fail("pdftotext (poppler-utils) is required under CI=true")
+            self.skipTest("pdftotext is not installed (poppler-utils): its checks are skipped")
+        done = subprocess.run(
+            [PDFTOTEXT, "-enc", "UTF-8", "-", "-"], input=data, capture_output=True, timeout=30
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return [line.strip() for line in done.stdout.decode().splitlines() if line.strip()]
+
+
+def job_process_of(server):
+    """The pid of the embedded worker's job process (worker.JobProcess), a child of
+    the server started by multiprocessing's spawn."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if parent == server.popen.pid and b"spawn_main" in command:
+            return int(stat.parent.name)
+    return None
+
+
+def signal_if_alive(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+ORIGIN = "https://app.example"
+# Values that no date, time, label or other value of the page holds: each found
+# as a whole line in its place is the value itself.
+STATS = {"victory_count": 41_357, "loss_count": 17_723, "session_count": 55_373}
+STATS["total_time"] = 9_876_543
+
 
 class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
     """The default set-up: memory:// broker, the worker in a server thread."""
 
-    def test_report_holds_the_users_values_and_follows_stats_changes(self):
-        user, token = self.new_user_with_stats(
-            victory_count=8, loss_count=4, session_count=12, total_time=5000
-        )
+    service_env = {"CORS_ORIGINS": ORIGIN}
+
+    def test_report_holds_each_value_in_its_place_and_follows_stats_changes(self):
+        user, token = self.new_user_with_stats(**STATS)
         accepted = self.post_report(user, token)
         url = f"/users/{user['id']}/pdf"
         self.assertEqual(accepted.json, {"url": url, "status": "pending"})
         self.assertEqual(accepted.header("Location"), url)
+        self.assertEqual(accepted.header("X-Content-Type-Options"), "nosniff")
 
         first = self.wait_for_report(user, token)
         self.assertEqual(first.header("Content-Type"), "application/pdf")
+        self.assertEqual(first.header("X-Content-Type-Options"), "nosniff")
         self.assertEqual(
             first.header("Content-Disposition"), f'inline; filename="{user["username"]}_stats.pdf"'
         )
-        self.assertTrue(first.header("Last-Modified"))
-        text = pdf_text(first.body)
-        for value in (
-            user["username"],
-            "player@example.com",
-            "female",
-            "8",
-            "4",
-            "12",
-            "5000",
-            "1 h 23 min",
-            "66.7%",
-            "UTC",
-        ):
-            self.assertIn(value, text)
         self.assertEqual(len(PdfReader(io.BytesIO(first.body)).pages), 1)
+        lines = pdf_lines(first.body)
+        self.assertEqual(lines[0], user["username"])
+        self.assertIn("Game statistics report", lines)
+        self.assertIn("Email: player@example.com", lines)
+        self.assertIn("Gender: female", lines)
+        cards = expected_cards(**STATS)
+        self.assertEqual(card_values(first.body, labels=cards), cards)
+        # The bar chart: each count above its label; the ring: the share won.
+        chart = lines.index("Victories against losses")
+        share = lines.index("Share of games won")
+        self.assertEqual(lines[chart + 1 : share], ["41357", "Victories", "17723", "Losses"], lines)
+        self.assertEqual(lines[share + 1], "70%")  # 41357 of 59080 games
 
-        self.request("PATCH", f"/users/{user['id']}/stats", {"victory_count": 31}, token=token)
+        # Generated now (UTC), and Last-Modified is the time the report was stored.
+        made = generated_at(first.body)
+        self.assertIsNotNone(made, lines)
+        self.assertLess(abs((datetime.now(UTC) - made).total_seconds()), 60, made)
+        ((report_id, state, finished_at),) = self.report_rows(user)
+        self.assertEqual(state, "done")
+        last_modified = parsedate_to_datetime(first.header("Last-Modified"))
+        self.assertEqual(last_modified, datetime.fromtimestamp(int(finished_at), UTC))
+        self.assertLess(abs((last_modified - made).total_seconds()), 60)
+
+        changed = self.request(
+            "PATCH", f"/users/{user['id']}/stats", {"victory_count": 52_817}, token=token
+        )
+        self.assertEqual(changed.status, 200, changed.body)
         self.post_report(user, token)
         second = self.wait_for_report(user, token, unlike_etag=first.header("ETag"))
-        self.assertIn("31", pdf_text(second.body))
+        self.assertEqual(
+            card_values(second.body),
+            {
+                "Victories": "52817",
+                "Losses": "17723",
+                "Sessions": "55373",
+                "Games played": "70540",
+                "Win rate": "74.9%",
+            },
+        )
+        # The newer report replaced the older one.
+        ((newer_id, state, _),) = self.report_rows(user)
+        self.assertEqual(state, "done")
+        self.assertGreater(newer_id, report_id)
+
+    def test_report_draws_a_chart_of_the_stats(self):
+        user, token = self.new_user_with_stats(victory_count=30_000, loss_count=10_000)
+        self.post_report(user, token)
+        shapes = painted_shapes(self.wait_for_report(user, token).body)
+        # The bars: two filled rectangles of two colours on one baseline, as
+        # tall as the counts (3 to 1).
+        rectangles = [shape for shape in shapes if shape[2] == 0]
+        bars = [
+            (first, second)
+            for first in rectangles
+            for second in rectangles
+            if first[0] != second[0]
+            and abs(first[1][1] - second[1][1]) < 0.5
+            and second[1][3] - second[1][1] > 1
+            and abs((first[1][3] - first[1][1]) / (second[1][3] - second[1][1]) - 3) < 0.03
+        ]
+        self.assertTrue(bars, f"no pair of bars 3 to 1 among the painted shapes {shapes}")
+        victories, losses = bars[0]
+        # The ring: curved shapes in the bars' colours, won and lost.
+        ring_colours = {colour for colour, _, curves in shapes if curves}
+        self.assertLessEqual({victories[0], losses[0]}, ring_colours, shapes)
 
     def test_report_shows_every_field_exactly_even_dollars_and_longest_values(self):
         largest = 2**63 - 1
@@ -128,16 +335,56 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         user, token = self.sign_up(
             username=username, email="a$b$@c.de" + "e" * 200 + ".com", gender="$\\frac{$ is text"
         )
-        self.request(
+        answer = self.request(
             "PUT",
             f"/users/{user['id']}/stats",
             dict.fromkeys(("victory_count", "loss_count", "session_count", "total_time"), largest),
             token=token,
         )
+        self.assertEqual(answer.status, 200, answer.body)
         self.post_report(user, token)
-        text = pdf_text(self.wait_for_report(user, token).body).replace("\n", " ")
-        for value in (username, user["email"], "$\\frac{$ is text", str(largest), "50.0%"):
+        report = self.wait_for_report(user, token)
+        text = pdf_text(report.body).replace("\n", " ")
+        for value in (username, user["email"], "$\\frac{$ is text"):
             self.assertIn(value, text)
+        self.assertEqual(
+            card_values(report.body),
+            {
+                "Victories": str(largest),
+                "Losses": str(largest),
+                "Sessions": str(largest),
+                "Games played": str(2 * largest),
+                "Win rate": "50.0%",
+            },
+        )
+
+    def test_report_beyond_latin_1_embeds_its_font_and_keeps_its_text(self):
+        # The PDF core fonts hold cp1252 only: this gender takes the embedded font.
+        gender = "Ωμέγα ✓"
+        user, token = self.sign_up(gender=gender)
+        self.post_report(user, token)
+        report = self.wait_for_report(user, token).body
+        self.assertIn(f"Gender: {gender}", pdf_lines(report))
+        fonts = embedded_fonts(report)
+        self.assertTrue(fonts and all(fonts.values()), fonts)
+        self.assertTrue(any("DejaVu" in name for name in fonts), fonts)
+        self.assertIn(f"Gender: {gender}", self.pdftotext_lines(report))
+
+    def test_pdftotext_shows_the_username_and_each_value_in_whole_lines(self):
+        user, token = self.new_user_with_stats(**STATS)
+        self.post_report(user, token)
+        report = self.wait_for_report(user, token).body
+        lines = self.pdftotext_lines(report)
+        cards = expected_cards(**STATS)
+        for value in (
+            user["username"],
+            "Email: player@example.com",
+            "Gender: female",
+            *cards,  # the labels
+            *cards.values(),
+        ):
+            self.assertIn(value, lines)
+        self.assertTrue(any(GENERATED.fullmatch(line) for line in lines), lines)
 
     def test_report_is_an_a4_page_made_by_matplotlib(self):
         user, token = self.new_user_with_stats()
@@ -147,16 +394,54 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         box = reader.pages[0].mediabox
         self.assertEqual((round(box.width), round(box.height)), (595, 842))
 
+    def test_any_valid_token_may_read_another_users_report(self):
+        owner, owner_token = self.new_user_with_stats(victory_count=12_345)
+        _, reader_token = self.new_user_with_stats()
+        self.post_report(owner, owner_token)
+        mine = self.wait_for_report(owner, owner_token)
+        theirs = self.request("GET", f"/users/{owner['id']}/pdf", token=reader_token)
+        self.assertEqual(theirs.status, 200, theirs.body)
+        self.assertEqual(theirs.body, mine.body)
+        self.assertEqual(card_values(theirs.body)["Victories"], "12345")
+
     def test_unchanged_report_answers_304_to_its_etag(self):
         user, token = self.new_user_with_stats()
         self.post_report(user, token)
+        served = self.wait_for_report(user, token)
+        etag = served.header("ETag")
+        for headers in (
+            {"If-None-Match": etag},
+            {"If-Modified-Since": served.header("Last-Modified")},
+        ):
+            with self.subTest(headers=headers):
+                again = self.request(
+                    "GET", f"/users/{user['id']}/pdf", token=token, headers=headers
+                )
+                self.assertEqual(again.status, 304)
+                self.assertEqual(again.body, b"")
+                self.assertEqual(again.header("ETag"), etag)
+                self.assertEqual(again.header("X-Content-Type-Options"), "nosniff")
+
+    def test_the_report_is_readable_cross_origin_with_its_headers_exposed(self):
+        user, token = self.new_user_with_stats()
+        self.post_report(user, token)
         etag = self.wait_for_report(user, token).header("ETag")
-        again = self.request(
-            "GET", f"/users/{user['id']}/pdf", token=token, headers={"If-None-Match": etag}
-        )
-        self.assertEqual(again.status, 304)
-        self.assertEqual(again.body, b"")
-        self.assertEqual(again.header("ETag"), etag)
+        url = f"/users/{user['id']}/pdf"
+        for what, headers, status in [
+            ("200", {"Origin": ORIGIN}, 200),
+            ("304", {"Origin": ORIGIN, "If-None-Match": etag}, 304),
+        ]:
+            with self.subTest(what):
+                answer = self.request("GET", url, token=token, headers=headers)
+                self.assertEqual(answer.status, status)
+                self.assertEqual(answer.header("Access-Control-Allow-Origin"), ORIGIN)
+                if status == 200:
+                    self.assertLessEqual(
+                        {"etag", "last-modified", "retry-after"},
+                        header_words(answer.header("Access-Control-Expose-Headers")),
+                    )
+        other = self.request("GET", url, token=token, headers={"Origin": "https://evil.example"})
+        self.assertIsNone(other.header("Access-Control-Allow-Origin"))
 
     def test_fetches_while_new_reports_replace_old_ones_always_get_a_whole_pdf(self):
         # A finished report deletes the one it replaces; a GET that chose the
@@ -165,11 +450,13 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         url = f"/users/{user['id']}/pdf"
         self.post_report(user, token)
         etag = self.wait_for_report(user, token).header("ETag")
-        replacing = True
+        replacing = threading.Event()
+        replacing.set()
+        deadline = time.monotonic() + 120
         wrong = []
 
         def fetch_until_the_replacing_ends():
-            while replacing:
+            while replacing.is_set() and time.monotonic() < deadline:
                 answer = self.request("GET", url, token=token)
                 if answer.status != 200 or not answer.body.startswith(b"%PDF-"):
                     wrong.append((answer.status, answer.body[:40]))
@@ -181,9 +468,9 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
                     self.post_report(user, token)
                     etag = self.wait_for_report(user, token, unlike_etag=etag).header("ETag")
             finally:
-                replacing = False
+                replacing.clear()
             for fetcher in fetchers:
-                fetcher.result()  # a fetcher's own failure fails the test too
+                fetcher.result(timeout=60)  # a fetcher's own failure fails the test too
         self.assertEqual(wrong, [])
 
     def test_get_before_any_request_is_404(self):
@@ -194,25 +481,65 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         user, token = self.new_user_with_stats()
         _, other_token = self.new_user_with_stats()
         url = f"/users/{user['id']}/pdf"
-        self.assertError(self.request("POST", url), 401)
-        self.assertError(self.request("GET", url), 401)
+        for method in ("POST", "GET"):
+            for bad in (None, "not-a-token"):
+                with self.subTest(method=method, token=bad):
+                    self.assertUnauthorized(self.request(method, url, token=bad))
         self.assertError(self.request("POST", url, token=other_token), 403)
         self.assertError(self.request("POST", "/users/999999/pdf", token=token), 404)
         self.assertError(self.request("GET", "/users/999999/pdf", token=token), 404)
+        self.assertEqual(self.report_rows(user), [])  # none of those queued a report
 
-    def test_deleting_a_user_deletes_their_report(self):
+    def test_deleting_a_user_deletes_their_reports(self):
         user, token = self.new_user_with_stats()
         self.post_report(user, token)
         self.wait_for_report(user, token)
+        self.assertEqual([row[1] for row in self.report_rows(user)], ["done"])
         self.assertEqual(self.request("DELETE", f"/users/{user['id']}", token=token).status, 204)
+        self.assertEqual(self.report_rows(user), [])  # the rows, PDF and all, are gone
         _, reader_token = self.new_user_with_stats()
         self.assertError(self.request("GET", f"/users/{user['id']}/pdf", token=reader_token), 404)
 
     def test_healthz_reports_database_and_broker(self):
+        # On memory:// "broker ok" means: the in-process broker answers, and
+        # the embedded worker consumes its queue.
         answer = self.request("GET", "/healthz")
         self.assertEqual(
             (answer.status, answer.json), (200, {"status": "ok", "database": "ok", "broker": "ok"})
         )
+
+    def test_a_post_while_the_report_is_pending_queues_no_second_job(self):
+        # The embedded worker's job process frozen: the job it is handed stays
+        # pending (it marks the report "rendering" first thing, in that process).
+        job_process = wait_until(
+            lambda: job_process_of(self.service.server), what="the embedded worker's job process"
+        )
+        os.kill(job_process, signal.SIGSTOP)
+        self.addCleanup(signal_if_alive, job_process, signal.SIGCONT)
+        user, token = self.new_user_with_stats(victory_count=24_680)
+        url = f"/users/{user['id']}/pdf"
+        self.post_report(user, token)
+        ((report_id, state, _),) = self.report_rows(user)
+        self.assertEqual(state, "pending")
+        pending = self.request("GET", url, token=token)
+        self.assertEqual((pending.status, pending.json), (202, {"status": "pending"}))
+        self.assertTrue(int(pending.header("Retry-After")) >= 1, pending.headers)
+        self.assertEqual(pending.header("X-Content-Type-Options"), "nosniff")
+        again = self.post_report(user, token)
+        self.assertEqual(again.json, {"url": url, "status": "pending"})
+        self.assertEqual(self.report_rows(user), [(report_id, "pending", None)])
+
+        os.kill(job_process, signal.SIGCONT)
+        self.assertEqual(card_values(self.wait_for_report(user, token).body)["Victories"], "24680")
+        # A job queued after those two POSTs comes out after any they queued
+        # (one queue, one consumer, one job at a time): once it is done, the
+        # log tells every job of that report.
+        marker, marker_token = self.new_user_with_stats()
+        self.post_report(marker, marker_token)
+        self.wait_for_report(marker, marker_token)
+        log = self.service.server.output()
+        jobs_of_the_report = re.findall(rf"\b(\w+) job {report_id}\b", log)
+        self.assertEqual(jobs_of_the_report, ["finished"], log[-2000:])
 
     def test_failed_render_is_a_clear_error_and_a_new_post_starts_over(self):
         user, token = self.new_user_with_stats()
@@ -245,7 +572,7 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
                     data=body and json.dumps(body).encode(),
                     headers={{"Authorization": "Bearer {token}",
                               "Content-Type": "application/json"}})
-                urllib.request.urlopen(request).close()
+                urllib.request.urlopen(request, timeout=30).close()
             def render(data):  # the user changes their stats and asks again meanwhile
                 call("PATCH", "/users/{user["id"]}/stats", {{"victory_count": 100_002}})
                 call("POST", "/users/{user["id"]}/pdf")
@@ -256,60 +583,71 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
 
         def served_with_the_new_stats():
             answer = self.wait_for_report(user, token)
-            return "100002" in pdf_text(answer.body)
+            return card_values(answer.body)["Victories"] == "100002"
 
         wait_until(served_with_the_new_stats, timeout=20, what="a report with the new stats")
 
 
 def require_rabbitmq(test_class):
     """Skip without RabbitMQ, except in CI, where it is required."""
-    if rabbitmq_answers() or os.environ.get("CI") == "true":
+    if rabbitmq_answers() or CI:
         return test_class
     return unittest.skip(f"no RabbitMQ answers at {RABBITMQ_URL} (CI requires one)")(test_class)
 
 
+# A worker whose render never ends: the job stays "rendering" until the worker dies.
+STUCK_WORKER = """
+import sys, threading
+sys.path.insert(0, {project!r})
+import report, worker
+report.render = lambda data: threading.Event().wait(120)  # the fault: a render that hangs
+worker.main()
+"""
+
+
 @require_rabbitmq
-class RabbitMQReportTest(ReportClient, ServiceTestCase):
-    """Server and separate worker processes sharing RabbitMQ."""
+class RabbitMQReportTest(ReportClient, ServiceClient, BoundedTestCase):
+    """A server and separate worker processes sharing RabbitMQ, each test on
+    a queue of its own: a job a killed worker left behind cannot reach the
+    next test."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.queue_name = unique_name("test-reports-")
-        cls.service_env = {"BROKER_URL": RABBITMQ_URL, "REPORT_QUEUE": cls.queue_name}
-        super().setUpClass()
+    def setUp(self):
+        self.queue_name = unique_name("test-reports-")
+        self.addCleanup(self.delete_queue)
+        self.service = LiveService(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=self.queue_name)
+        self.addCleanup(self.service.stop)  # SIGTERM, SIGKILL after 15 s
+        self.service.start_server()
 
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        with Connection(RABBITMQ_URL) as connection:
-            cls.queue()(connection.default_channel).delete()
-
-    @classmethod
-    def queue(cls):
+    def queue(self):
         return Queue(
-            cls.queue_name,
-            Exchange(cls.queue_name, type="direct", durable=True),
+            self.queue_name,
+            Exchange(self.queue_name, type="direct", durable=True),
             routing_key="report",
             durable=True,
         )
 
-    def tearDown(self):
-        for worker in self.service.processes[1:]:
-            worker.stop(signal.SIGKILL)
-        del self.service.processes[1:]
+    def delete_queue(self):
+        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
+            channel = connection.default_channel
+            channel.queue_delete(self.queue_name)
+            channel.exchange_delete(self.queue_name)
 
     def ready_jobs(self):
-        with Connection(RABBITMQ_URL) as connection:
+        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
             return (
                 self.queue()(connection.default_channel).queue_declare(passive=True).message_count
             )
+
+    def start_consuming_worker(self, script="worker.py"):
+        worker = self.service.start(script)
+        wait_until(lambda: "consuming report jobs" in worker.output(), what="a worker consuming")
+        return worker
 
     def test_server_queues_and_a_separate_worker_renders(self):
         user, token = self.new_user_with_stats(victory_count=3, loss_count=1)
         self.service.start_worker()
         self.post_report(user, token)
-        text = pdf_text(self.wait_for_report(user, token).body)
-        self.assertIn("75.0%", text)
+        self.assertEqual(card_values(self.wait_for_report(user, token).body)["Win rate"], "75.0%")
 
     def test_jobs_wait_in_the_queue_for_a_worker(self):
         user, token = self.new_user_with_stats(victory_count=5)
@@ -344,22 +682,29 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
         wait_until(lambda: "already finished" in worker.output(), what="the duplicate dropped")
         self.assertEqual(self.ready_jobs(), 0)
 
-    def test_worker_killed_mid_job_leaves_it_to_another_worker(self):
-        user, token = self.new_user_with_stats(victory_count=7)
-        first = self.service.start_worker()
-        wait_until(lambda: "consuming report jobs" in first.output(), what="worker 1 consuming")
-        first.popen.send_signal(signal.SIGSTOP)  # frozen: takes the job, never acks it
+    def test_worker_killed_mid_render_leaves_the_job_to_another_worker(self):
+        user, token = self.new_user_with_stats(victory_count=70_007)
+        script = self.service.dir / "stuck_worker.py"
+        script.write_text(STUCK_WORKER.format(project=str(PROJECT)))
+        stuck = self.start_consuming_worker(script)
         self.post_report(user, token)
-        wait_until(lambda: self.ready_jobs() == 0, what="the job delivered to worker 1")
-        first.stop(signal.SIGKILL)
+        wait_until(
+            lambda: [row[1] for row in self.report_rows(user)] == ["rendering"],
+            what="the job rendering in the first worker",
+        )
+        self.assertEqual(self.ready_jobs(), 0)  # in the first worker's hands, unacked
+        stuck.stop(signal.SIGKILL)  # dies mid-render
 
-        self.service.start_worker()
-        self.assertIn("7", pdf_text(self.wait_for_report(user, token).body))
+        second = self.start_consuming_worker()
+        report = self.wait_for_report(user, token)
+        self.assertEqual(card_values(report.body)["Victories"], "70007")
+        self.assertEqual([row[1] for row in self.report_rows(user)], ["done"])
+        wait_until(lambda: "finished job" in second.output(), what="the second worker's log")
+        self.assertEqual(self.ready_jobs(), 0)
 
     def test_malformed_jobs_are_acked_logged_and_skipped(self):
-        worker = self.service.start_worker()
-        wait_until(lambda: "consuming report jobs" in worker.output(), what="worker consuming")
-        with Connection(RABBITMQ_URL) as connection:
+        worker = self.start_consuming_worker()
+        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
             producer = connection.Producer()
             for body, content_type in (
                 (b"\x00not json", "application/octet-stream"),
@@ -382,8 +727,7 @@ class RabbitMQReportTest(ReportClient, ServiceTestCase):
         self.assertEqual(self.ready_jobs(), 0)
 
     def test_worker_stops_cleanly_on_sigterm(self):
-        worker = self.service.start_worker()
-        wait_until(lambda: "consuming report jobs" in worker.output(), what="worker consuming")
+        worker = self.start_consuming_worker()
         self.assertEqual(worker.stop(signal.SIGTERM), 0)
         self.assertIn("worker stopped", worker.output())
 
@@ -397,6 +741,9 @@ class UnreachableBrokerTest(ReportClient, ServiceTestCase):
         user, token = self.new_user_with_stats()
         answer = self.request("POST", f"/users/{user['id']}/pdf", token=token)
         self.assertError(answer, 503)
+        self.assertTrue((answer.header("Retry-After") or "").isdigit(), answer.headers)
+        self.assertEqual(answer.header("X-Content-Type-Options"), "nosniff")
+        self.assertEqual(self.report_rows(user), [])
         self.assertError(self.request("GET", f"/users/{user['id']}/pdf", token=token), 404)
 
     def test_healthz_names_the_broker_as_down(self):
@@ -405,10 +752,6 @@ class UnreachableBrokerTest(ReportClient, ServiceTestCase):
             (answer.status, answer.json),
             (503, {"status": "down", "database": "ok", "broker": "down"}),
         )
-
-
-if __name__ == "__main__":
-    unittest.main()
 
 
 class ReportLibraryTest(unittest.TestCase):
@@ -437,3 +780,7 @@ class ReportLibraryTest(unittest.TestCase):
         self.assertIn(
             "cache_check", "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
         )
+
+
+if __name__ == "__main__":
+    unittest.main()

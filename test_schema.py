@@ -44,7 +44,7 @@ import textwrap
 import unittest
 from pathlib import Path
 
-from test_api import PROJECT, ServiceTestCase, unique_name
+from test_api import PROJECT, ServiceTestCase, inherited_environment, unique_name
 
 SEED = int(os.environ.get("SCHEMATHESIS_SEED", "20261126"))
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "100"))
@@ -83,6 +83,8 @@ fail-on = ["validation_mismatch", "unsupported_regex", "unresolvable_reference",
 class SchemathesisTest(ServiceTestCase):
     # The default broker and embedded worker: PDFs are really made, so the
     # 200 application/pdf and 304 answers are tested too.
+
+    test_timeout = DEADLINE + 60  # a run's own deadline fails it first, with its report
 
     def new_secret_user(self):
         """A new user with a random password: (user id, token)."""
@@ -125,8 +127,9 @@ class SchemathesisTest(ServiceTestCase):
         ]
         if token:
             command += ["--header", f"Authorization: Bearer {token}"]
+        # Not the caller's environment: an HTTP_PROXY there would reroute the run.
         env = {
-            **os.environ,
+            **inherited_environment(),
             "SCHEMATHESIS_HOOKS": str(PROJECT / "tools" / "schemathesis_hooks.py"),
             "PYTHONIOENCODING": "utf-8",
             "COLUMNS": "120",
