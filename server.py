@@ -99,10 +99,11 @@ def query_int(name, default, minimum, maximum):
 
 @app.post("/users")
 def create_user():
+    # The rate first: a flooding client's 429 then costs less than a read.
+    limits.count(limits.sign_ups, request.environ)
     fields = checked_fields(
         json_object(), USER_FIELDS, ignored=READ_ONLY_USER_FIELDS, required=("username", "password")
     )
-    limits.count(limits.sign_ups, request.environ)
     with limits.hash_budget.held():
         fields["password_hash"] = auth.hash_password(fields.pop("password"))
     try:
@@ -321,12 +322,12 @@ BAD_LOGIN = "Bad username or password"
 
 @app.post("/login")
 def login():
+    limits.count(limits.logins, request.environ)  # first: see create_user
     body = json_object()
     reject_unknown_fields(body, ("username", "password"))
     username, password = body.get("username"), body.get("password")
     if not (isinstance(username, str) and username and isinstance(password, str) and password):
         raise ApiError(400, BAD_LOGIN)
-    limits.count(limits.logins, request.environ)
     user = auth.log_in(username, password)
     if user is None:
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
