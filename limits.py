@@ -36,7 +36,7 @@ class _HashBudget:
         self._slots = threading.BoundedSemaphore(size)
         self._waiters = threading.BoundedSemaphore(waiters)
         self._lock = threading.Lock()
-        self.in_flight = 0  # for the metrics to come, and the tests' eyes
+        self.in_flight = 0  # both read by metrics.py
         self.refused = 0
 
     def _acquire(self):

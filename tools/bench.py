@@ -1451,7 +1451,7 @@ def gentle_rows(section, settings, setups, results, service_ms):
         if workers == 1:
             targets.append(section.target(rate >= 25, "≥ 25 PDFs/s"))
         share = ""
-        if workers == 2:  # no target: this machine's two cores cannot show it (issue 4)
+        if workers == 2:  # no target: two cores shared with the server and RabbitMQ cannot show it
             one_worker = statistics.median(results["RabbitMQ, 1 worker"].pdfs_per_second)
             share = f"{rate / one_worker:.2f}x"
         rows.append(
