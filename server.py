@@ -99,7 +99,7 @@ def query_int(name, default, minimum, maximum):
 
 @app.post("/users")
 def create_user():
-    # The rate first: a flooding client's 429 then costs less than a read.
+    # The rate first: a refused sign-up reads no body and waits for no hash.
     limits.count(limits.sign_ups, request.environ)
     fields = checked_fields(
         json_object(), USER_FIELDS, ignored=READ_ONLY_USER_FIELDS, required=("username", "password")

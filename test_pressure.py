@@ -7,14 +7,17 @@ the limits it tests (test_api's LiveService lifts them for the other tests).
 """
 
 import http.client
+import json
 import socket
 import threading
+import time
 import unittest
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import text
 
+from serving import REFUSED_PAUSE
 from test_api import ServiceTestCase, unique_name, wait_until
 
 PRODUCTION_SCRYPT_N = "16384"  # 16 MiB and about 0.2 s of a core per hash, as in production
@@ -179,12 +182,37 @@ class RatesTest(PressureTestCase):
         self.assertEqual(statuses, [201] * 3 + [429] * 3)
 
     def test_logins_beyond_the_rate_get_429_even_for_the_right_password(self):
+        self.service.start_server()  # a rate of its own
         user, _ = self.sign_up()
         statuses = [self.log_in(user["username"], "wrong").status for _ in range(4)]
         self.assertEqual(statuses, [401] * 4)
         answer = self.log_in(user["username"])
         self.assertRefused(answer, 429)
         self.assertNotIn("token", answer.json)
+
+    def test_a_client_deaf_to_429_gets_one_answer_per_pause_on_its_connection(self):
+        self.service.start_server()  # a rate of its own
+        for _ in range(3):  # SIGNUP_RATE, used up
+            self.sign_up_from()
+        connection = http.client.HTTPConnection("127.0.0.1", self.service.port, timeout=30)
+        self.addCleanup(connection.close)
+        answers = 0
+        started = time.monotonic()
+        # Back to back on one keep-alive connection, as a load tool sends them:
+        # unpaced, hundreds of 429s would come back in this time.
+        while time.monotonic() - started < 4 * REFUSED_PAUSE:
+            body = json.dumps({"username": unique_name("deaf"), "password": "pw"})
+            connection.request("POST", "/users", body, {"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            answer.read()
+            self.assertEqual(answer.status, 429)
+            answers += 1
+        elapsed = time.monotonic() - started
+        # Each answer but the first waited out the pause the one before set.
+        self.assertLessEqual(answers, elapsed / REFUSED_PAUSE + 1, f"in {elapsed:.2f} s")
+        self.assertGreater(answers, 1)
+        # The pause is the connection's, not the address's: a new one is answered.
+        self.assertEqual(self.request("GET", "/healthz").status, 200)
 
 
 class TrustedProxyTest(PressureTestCase):
