@@ -3,6 +3,7 @@
 cannot drift from the server), their examples, the headers, and the answers
 many operations share."""
 
+from conventions import ID_PATTERN
 from models import MAX_ID
 from validation import (
     PASSWORD_CHANGE_FIELDS,
@@ -46,7 +47,7 @@ ID_PARAMETER = {
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
 }
 # What the server writes, exactly.
-USER_PATH = "/users/[1-9][0-9]{0,18}"
+USER_PATH = f"/users/{ID_PATTERN}"
 JWT = {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"}
 # format binary: bytes, which generated clients hand over as a file.
 PDF = {"type": "string", "format": "binary", "contentMediaType": "application/pdf"}

@@ -39,14 +39,16 @@ HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = _int("PORT", 5000)
 WEB_THREADS = _int("WEB_THREADS", 8, minimum=1)
 
-# Where the default SQLite file and the generated JWT secret live.
+# Where the generated JWT secret lives (the default SQLite file is data/ of the project).
 DATA_DIR = Path(os.environ.get("DATA_DIR") or PROJECT_DIR / "data")
 DATABASE_URL = os.environ.get("DATABASE_URL") or "sqlite:///data/app.db"
 
 BROKER_URL = os.environ.get("BROKER_URL") or "memory://"
+# kombu's in-process broker: the server's own memory, so the worker must be in it.
+IN_PROCESS_BROKER = BROKER_URL.startswith("memory://")
 # Lets several deployments (or test runs) share one RabbitMQ without mixing jobs.
 REPORT_QUEUE = os.environ.get("REPORT_QUEUE") or "reports"
-EMBEDDED_WORKER = _flag("EMBEDDED_WORKER", BROKER_URL.startswith("memory://"))
+EMBEDDED_WORKER = _flag("EMBEDDED_WORKER", IN_PROCESS_BROKER)
 
 JWT_SECRET = os.environ.get("JWT_SECRET", "")
 JWT_TTL = _int("JWT_TTL", 86400, minimum=1)
@@ -93,6 +95,9 @@ def _networks(name):
 
 # Peers whose X-Forwarded-For names the client (addresses or CIDR ranges).
 TRUSTED_PROXIES = _networks("TRUSTED_PROXIES")
+
+# Every process's log lines on stderr (the access log is serving.py's own).
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 # GET /metrics (on by default); a worker process's own metrics port (0: none).
 METRICS = _flag("METRICS", True)

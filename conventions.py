@@ -14,6 +14,8 @@ from validation import MAX_BODY
 log = logging.getLogger("server")
 
 ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+# An id: positive, and at most 19 digits (models.MAX_ID checks the rest).
+ID_PATTERN = "[1-9][0-9]{0,18}"
 ERROR_MESSAGES = {
     400: "The request is malformed.",
     404: "There is nothing at this path.",
@@ -28,9 +30,8 @@ def new_app():
     app = bottle.Bottle()
     # Bottle keeps bodies up to this size in memory; larger ones get the JSON 413.
     bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
-    # Ids are positive and fit a signed 64-bit column (checked in models.find_user):
-    # anything else is simply not a route, hence a 404.
-    app.router.add_filter("id", lambda _conf: (r"[1-9][0-9]{0,18}", int, str))
+    # Anything but an id is simply not a route, hence a 404.
+    app.router.add_filter("id", lambda _conf: (ID_PATTERN, int, str))
 
     def allowed_methods(path):
         allowed = []
@@ -47,7 +48,7 @@ def new_app():
     @app.hook("before_request")
     def refuse_large_bodies_and_answer_options():
         if request.content_length > MAX_BODY:  # on every route, body read or not
-            raise ApiError(413, "The request body is larger than 1 MiB.")
+            raise ApiError(413, ERROR_MESSAGES[413])
         if request.method == "OPTIONS":
             allow = allowed_methods(request.path)
             if not allow:
@@ -63,5 +64,4 @@ def new_app():
         return error_body(ERROR_MESSAGES.get(error.status_code, error.status_line))
 
     app.default_error_handler = json_error_page
-    app.catchall = True
     return app

@@ -38,10 +38,10 @@ def engine():
     """The one engine of this process, made when first needed."""
     if not SQLITE:
         return create_engine(URL, pool_pre_ping=True, pool_size=config.WEB_THREADS + 2)
-    url = URL
+    url, folder = URL, None  # folder: of the database file, made on first connect
     if url.database and url.database != ":memory:":
         path = config.PROJECT_DIR / url.database  # relative paths: to the project
-        url = url.set(database=str(path))
+        url, folder = url.set(database=str(path)), path.parent
     # "named" (:name) parameters: sqlite3 then takes the same dicts as psycopg.
     # No rollback when a connection goes back to the pool: in autocommit, reads
     # leave no transaction open, and writing() ends its own. (Half the cost of
@@ -56,8 +56,8 @@ def engine():
 
     @event.listens_for(sqlite_engine, "do_connect")
     def _make_folder(_dialect, _record, _args, _kwargs):
-        if url.database != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
 
     @event.listens_for(sqlite_engine, "connect")
     def _tune(dbapi_connection, _record):

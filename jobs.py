@@ -11,6 +11,7 @@ made on the first publish.
 import logging
 import os
 import socket
+import time
 import uuid
 import weakref
 from functools import cache
@@ -52,7 +53,7 @@ def connect(heartbeat=0):
             "polling_interval": 0.005,
         },
     )
-    if IN_PROCESS:
+    if config.IN_PROCESS_BROKER:
         _in_process_connections.add(connection)
     return connection
 
@@ -92,7 +93,7 @@ def publish(report_id, user_id):
 def waiting_count():
     """Jobs in the queue, not yet taken by a worker: RabbitMQ's count; None on
     memory:// (the metrics count pending reports instead)."""
-    if IN_PROCESS:
+    if config.IN_PROCESS_BROKER:
         return None
     try:
         with connect() as connection:
@@ -102,7 +103,7 @@ def waiting_count():
 
 
 def broker_is_up():
-    if IN_PROCESS:
+    if config.IN_PROCESS_BROKER:
         # In this very process: it must take the queue's declaration, and when
         # the embedded worker is configured, the worker must be consuming it.
         return _in_process_broker_answers() and (
@@ -144,7 +145,6 @@ def _in_process_queue_consumed():
 # the in-process broker the worker is in this very process: the news is a
 # call. On RabbitMQ every worker broadcasts it on a fanout exchange, and
 # every server hears it on a queue of its own, whichever server queued the job.
-IN_PROCESS = config.BROKER_URL.startswith("memory://")
 news_exchange = Exchange(f"{config.REPORT_QUEUE}.settled", type="fanout", durable=False)
 _listeners = []
 
@@ -161,7 +161,7 @@ def _tell_listeners(user_id, seconds):
 
 def announce_settled(user_id, seconds):
     """Tells the servers that a job of the user settled (done, failed or dropped)."""
-    if IN_PROCESS:
+    if config.IN_PROCESS_BROKER:
         _tell_listeners(user_id, seconds)
         return
     try:
@@ -180,8 +180,9 @@ def announce_settled(user_id, seconds):
         log.warning("could not announce a settled job of user %s: %r", user_id, error)
 
 
-def listen_for_news(stopping, reconnect_delay=2):
-    """Hears the workers' news until stopping is set (a server's thread, on RabbitMQ)."""
+def listen_for_news(reconnect_delay=2):
+    """Hears the workers' news for as long as the process lives (a server's
+    daemon thread, on RabbitMQ)."""
     name = f"{news_exchange.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     mine = Queue(name, news_exchange, exclusive=True, auto_delete=True, durable=False)
 
@@ -190,12 +191,12 @@ def listen_for_news(stopping, reconnect_delay=2):
             seconds = body.get("seconds")
             _tell_listeners(body["user_id"], seconds if isinstance(seconds, float) else None)
 
-    while not stopping.is_set():
+    while True:
         try:
             with connect(heartbeat=30) as connection:
                 connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
                 with Consumer(connection, [mine], callbacks=[heard], accept=["json"], no_ack=True):
-                    while not stopping.is_set():
+                    while True:
                         try:
                             connection.drain_events(timeout=1)
                         except TimeoutError:
@@ -203,4 +204,4 @@ def listen_for_news(stopping, reconnect_delay=2):
                         connection.heartbeat_check()
         except Exception as error:
             log.warning("not hearing job news (%r); listening again in %ss", error, reconnect_delay)
-            stopping.wait(reconnect_delay)
+            time.sleep(reconnect_delay)

@@ -118,8 +118,9 @@ logins = _Rate("logins", config.LOGIN_RATE)
 
 def count(rate, environ):
     """Counts the request toward its client's rate; ApiError 429 beyond it.
-    Every request counts, a 503 too: a flooding client then meets the cheap
-    429 within a minute, and stops competing with everyone else for the budget."""
+    Every request counts, a 503 too: a flooding client then meets the 429
+    within a minute (and serving.py's pause after it), and stops competing
+    with everyone else for the budget."""
     rate.take(client_address(environ))
 
 

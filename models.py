@@ -342,7 +342,7 @@ INSERT_ATTEMPT = Statement(
 )
 END_ATTEMPT = Statement(delete(login_attempts).where(login_attempts.c.id == bindparam("id")))
 # PostgreSQL lets two transactions count the same rows at once; SQLite's
-# writing() already lets one writer in at a time. (7250: create_tables has 7249.)
+# writing() already lets one writer in at a time. (7250: database.schema_lock has 7249.)
 LOCK_LOGINS_OF = Statement(
     select(func.pg_advisory_xact_lock(literal(7250), func.hashtext(bindparam("username"))))
 )

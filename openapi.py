@@ -3,6 +3,8 @@ its operationId, summary and tag. The schemas, examples, headers and shared
 answers they refer to are api_schemas.py's.
 """
 
+from functools import cache
+
 from api_schemas import (
     BAD_REQUEST,
     BEARER,
@@ -22,6 +24,7 @@ from api_schemas import (
     ref,
 )
 from models import MAX_ID
+from responses import to_json
 
 PATHS = {
     "/users": {
@@ -57,7 +60,6 @@ PATHS = {
                 ),
                 "400": BAD_REQUEST,
                 "409": answer("Username taken", ERROR),
-                "413": TOO_LARGE,
                 "429": TOO_MANY_SIGN_UPS,
                 "503": BUSY_HASHING,
             },
@@ -89,7 +91,6 @@ PATHS = {
                     "403": answer("Another user's token, or a wrong current_password", ERROR),
                     "404": NOT_FOUND,
                     "409": answer("Username taken", ERROR),
-                    "413": TOO_LARGE,
                     "503": BUSY_HASHING,
                 },
             }
@@ -128,7 +129,6 @@ PATHS = {
                     "401": UNAUTHORIZED,
                     "403": FORBIDDEN,
                     "404": NOT_FOUND,
-                    "413": TOO_LARGE,
                 },
             }
             for verb in ("put", "patch")
@@ -149,7 +149,6 @@ PATHS = {
                 "401": UNAUTHORIZED,
                 "403": FORBIDDEN,
                 "404": NOT_FOUND,
-                "413": TOO_LARGE,
                 "503": answer(
                     "The broker cannot take the job; nothing was queued", ERROR, ["Retry-After"]
                 ),
@@ -222,7 +221,6 @@ PATHS = {
                     "Bad username or password (missing or not a non-empty string)", ERROR
                 ),
                 "401": answer("Bad username or password", ERROR, ["WWW-Authenticate"]),
-                "413": TOO_LARGE,
                 "429": answer(
                     "Too many failed logins for this username, or too many logins from "
                     "this client address (LOGIN_RATE a minute)",
@@ -290,6 +288,7 @@ TAGS = [
     {"name": "service", "description": "Health, metrics and this document"},
 ]
 
+# Every operation may meet the 413 of a body over 1 MiB (conventions.py).
 for _path, _operations in PATHS.items():
     for _verb, _operation in _operations.items():
         if _verb != "parameters":
@@ -316,3 +315,9 @@ DOCUMENT = {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
     },
 }
+
+
+@cache
+def document_json():
+    """The document in the one JSON style, made once: it never changes."""
+    return to_json(DOCUMENT)

@@ -12,7 +12,9 @@ import os
 import bottle
 from swagger_ui_bundle import swagger_ui_path
 
-CONSOLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console")
+import config
+
+CONSOLE = str(config.PROJECT_DIR / "console")
 SWAGGER_UI = str(swagger_ui_path)
 # What docs.html loads; the package's own index.html would start on a petstore.
 SWAGGER_UI_FILES = {"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png"}

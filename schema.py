@@ -97,6 +97,6 @@ def check():
 
 
 if __name__ == "__main__":  # ./run.sh migrate, and ensure_newest()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     upgrade()
     log.info("schema at %s", HEAD)

@@ -365,22 +365,20 @@ def metrics_page():
 
 @app.get("/openapi.json")
 def openapi_document():
-    return json_response(openapi.DOCUMENT)
+    return json_text_response(openapi.document_json())
 
 
 def main():
     serving.tune_process()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     schema.ensure_newest()
     auth.secret()  # made now, if it must be generated: not on the first request
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
-    if config.BROKER_URL.startswith("memory://"):
-        requeue_unfinished_reports()
     jobs.on_settled(waiting.wake)
-    if not jobs.IN_PROCESS:  # the workers' news comes through the broker
-        threading.Thread(
-            target=jobs.listen_for_news, args=(threading.Event(),), name="job-news", daemon=True
-        ).start()
+    if config.IN_PROCESS_BROKER:
+        requeue_unfinished_reports()
+    else:  # the workers' news comes through the broker
+        threading.Thread(target=jobs.listen_for_news, name="job-news", daemon=True).start()
     embedded_worker = None
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib

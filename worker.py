@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from kombu import Consumer
 
+import config
 import database
 import jobs
 import metrics
@@ -125,7 +126,7 @@ def _job_process_starts():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A server killed outright (SIGKILL) cannot stop it: it goes by itself.
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
 
 
 def _exit_with(parent):
@@ -245,7 +246,7 @@ def start_in_thread():
 
 
 def main():
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     schema.ensure_newest()
     _ready()  # matplotlib loads now, not during the first job
     metrics.serve_for_worker()
