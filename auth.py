@@ -102,60 +102,91 @@ def log_in(username, password):
     """The user for this pair, or None for a bad one; ApiError 429 while the
     username is throttled, 503 when the hashing budget or attempts in flight
     leave no room. Only a checked, wrong pair counts as a failed login."""
-    # The budget first: a login it refuses has written nothing. (Recording the
-    # attempt first cost a refused login two writes: under a login flood, reads
-    # fell to 0.18-0.28x of their rate alone, in the benchmark's abuse section.)
-    with limits.hash_budget.held():
-        if not USER_FIELDS["username"].accepts(username):
+    if not USER_FIELDS["username"].accepts(username):
+        with limits.hash_budget.held():
             spend_one_hash(password)  # no such user can exist; answer as slowly
-            return None
-        wait, attempt = start_login_attempt(username)
-        if wait:
-            raise ApiError(
-                429,
-                f"Too many failed logins for '{username}'; try again in {wait} seconds.",
-                Retry_After=wait,
-            )
-        # Should this fail (the database), the attempt is left in flight, and
-        # stops counting after ATTEMPT_TIMEOUT: it is never taken for a failure.
-        with database.reading() as db:
-            user = check_login(db, username, password)
+        return None
+    deadline = time.monotonic() + SETTLE_WAIT
+    while True:
+        # Reads only, before the budget: a throttled username gets its 429
+        # however busy the budget is, and no slot is held while attempts in
+        # flight settle.
+        wait_for_room(username, deadline)
+        # The budget before the attempt is written: a login it refuses has
+        # written nothing. (Recording the attempt first cost a refused login
+        # two writes: under a login flood, reads fell to 0.18-0.28x of their
+        # rate alone, in the benchmark's abuse section.)
+        with limits.hash_budget.held():
+            attempt = start_login_attempt(username)
+            if attempt is not None:
+                # Should this fail (the database), the attempt is left in flight, and
+                # stops counting after ATTEMPT_TIMEOUT: it is never taken for a failure.
+                with database.reading() as db:
+                    user = check_login(db, username, password)
+                break
+        # Attempts begun meanwhile took the room: let them settle, till the deadline.
+        if time.monotonic() > deadline:
+            raise _busy(username)
+        time.sleep(SETTLE_POLL)
     end_login_attempt(username, attempt, failed=user is None)
     return user
 
 
-def start_login_attempt(username):
-    """(0, the attempt) when its password may be checked, else (seconds to wait, None).
+def _throttled(username, wait):
+    return ApiError(
+        429,
+        f"Too many failed logins for '{username}'; try again in {wait} seconds.",
+        Retry_After=wait,
+    )
 
-    Attempts in flight count toward the limit, so that guesses sent at once
-    cannot all get in under it: counting and adding one is a single write
-    transaction with the username locked. A right password is still refused
-    only after ten failures: while attempts in flight fill the limit, this
-    waits for them to settle.
+
+def _busy(username):
+    # Not a throttle (failures may stay under ten): busy, so try again soon.
+    # An attempt of a process that died mid-check counts a while yet.
+    return ApiError(
+        503,
+        f"Other logins for '{username}' are being checked; try again in a moment.",
+        Retry_After=1,
+    )
+
+
+def wait_for_room(username, deadline):
+    """Returns when a login of username may begin; ApiError 429 while it is
+    throttled, 503 when attempts in flight still fill the limit at deadline
+    (time.monotonic()).
+
+    A right password is refused only after ten failures: while attempts in
+    flight fill the limit, this waits for them to settle (they may yet succeed).
+    It only reads: a flood of throttled logins writes nothing.
     """
-    deadline = time.monotonic() + SETTLE_WAIT
     while True:
-        with database.reading() as db:  # a flood of throttled logins writes nothing
+        with database.reading() as db:
             wait = _login_room(db, username)
         if wait == 0:
-            with database.writing() as db:
-                models.lock_logins_of(db, username)
-                wait = _login_room(db, username)
-                if wait == 0:
-                    return 0, models.begin_login_attempt(
-                        db, username, forget_before=time.time() - ATTEMPT_TIMEOUT
-                    )
+            return
         if wait is not None:
-            return wait, None
+            raise _throttled(username, wait)
         if time.monotonic() > deadline:
-            # Not a throttle (failures may stay under ten): busy, so try again soon.
-            # An attempt of a process that died mid-check counts a while yet.
-            raise ApiError(
-                503,
-                f"Other logins for '{username}' are being checked; try again in a moment.",
-                Retry_After=1,
-            )
+            raise _busy(username)
         time.sleep(SETTLE_POLL)
+
+
+def start_login_attempt(username):
+    """The attempt, recorded in flight; ApiError 429 if the username is now
+    throttled, None if attempts in flight now fill the limit. They count
+    toward it, so that guesses sent at once cannot all get in under it:
+    counting and adding one is a single write transaction with the username
+    locked."""
+    with database.writing() as db:
+        models.lock_logins_of(db, username)
+        wait = _login_room(db, username)
+        if wait == 0:
+            return models.begin_login_attempt(
+                db, username, forget_before=time.time() - ATTEMPT_TIMEOUT
+            )
+    if wait is not None:
+        raise _throttled(username, wait)
+    return None
 
 
 def end_login_attempt(username, attempt, failed):

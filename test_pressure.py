@@ -156,6 +156,23 @@ class HashingBudgetTest(PressureTestCase):
             ).scalar()
         self.assertEqual(failures, statuses[401])
 
+    def test_a_throttled_username_gets_429_however_busy_the_budget_is(self):
+        user, _ = self.sign_up()
+        for _ in range(10):  # the failures that throttle the username
+            self.assertEqual(self.log_in(user["username"], "wrong").status, 401)
+        names = [unique_name("busy") for _ in range(4)]
+        with ThreadPoolExecutor(16) as pool:
+            # Four sign-ups keep the one slot busy while 12 logins come.
+            sign_ups = [
+                pool.submit(self.request, "POST", "/users", {"username": name, "password": "pw"})
+                for name in names
+            ]
+            logins = [pool.submit(self.log_in, user["username"]) for _ in range(12)]
+            statuses = Counter(login.result(timeout=60).status for login in logins)
+            self.assertLessEqual({s.result(timeout=60).status for s in sign_ups}, {201, 503})
+        # The throttle is known without a hash: never the budget's 503.
+        self.assertEqual(statuses, {429: 12})
+
 
 class RatesTest(PressureTestCase):
     service_env = {"EMBEDDED_WORKER": "off", "SIGNUP_RATE": "3", "LOGIN_RATE": "4"}
