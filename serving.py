@@ -62,7 +62,14 @@ def tune_process():
 
 # The headers of every response, and its line in the access log
 
-EXPOSED_HEADERS = "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After"
+# CONTRACT.md's six, and Preference-Applied: a page that waits for a report
+# (Prefer: wait=N) reads whether it waited.
+EXPOSED_HEADERS = (
+    "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After, Preference-Applied"
+)
+# What a page may send beyond the safe headers: the token, JSON, the
+# conditional GETs of a report, and Prefer: wait=N.
+ALLOWED_HEADERS = "Authorization, Content-Type, If-None-Match, If-Modified-Since, Prefer"
 
 
 def with_common_headers(wsgi_app, on_answered=None):
@@ -112,7 +119,7 @@ def cors_headers(origin, environ, headers):
         if allow:
             extra += [
                 ("Access-Control-Allow-Methods", allow),
-                ("Access-Control-Allow-Headers", "Authorization, Content-Type, If-None-Match"),
+                ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
                 ("Access-Control-Max-Age", "600"),
             ]
     return extra
