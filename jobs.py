@@ -91,10 +91,7 @@ def publish(report_id, user_id):
 
 
 def waiting_count():
-    """Jobs in the queue, not yet taken by a worker: RabbitMQ's count; None on
-    memory:// (the metrics count pending reports instead)."""
-    if config.IN_PROCESS_BROKER:
-        return None
+    """Jobs in RabbitMQ's queue, not yet taken by a worker; None when unknown."""
     try:
         with connect() as connection:
             return queue(connection.default_channel).queue_declare(passive=True).message_count

@@ -101,14 +101,16 @@ class ServiceCollector:
         for state in ("pending", "rendering", "done", "failed"):
             states.add_metric([state], counted.get(state, 0))
         yield states
-        waiting = self.jobs_waiting()
-        if waiting is None:  # memory://: each pending report's job is in the queue
+        if config.IN_PROCESS_BROKER:  # each pending report's job is in the queue
             waiting = counted.get("pending", 0)
-        yield GaugeMetricFamily(
-            "report_jobs_waiting",
-            "Jobs queued for a worker (RabbitMQ: the queue's depth)",
-            value=waiting,
-        )
+        else:  # the queue's depth; None when RabbitMQ does not answer
+            waiting = self.jobs_waiting()
+        if waiting is not None:  # no figure rather than a wrong one
+            yield GaugeMetricFamily(
+                "report_jobs_waiting",
+                "Jobs queued for a worker (RabbitMQ: the queue's depth)",
+                value=waiting,
+            )
         yield GaugeMetricFamily(
             "password_hashes_in_flight",
             "Password hashes running now",

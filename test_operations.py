@@ -9,10 +9,21 @@ import threading
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
+from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
-from test_api import PROJECT, TEST_DATABASE_URL, ServiceTestCase, free_port, wait_until
-from test_reports import ReportClient
+from test_api import (
+    PROJECT,
+    TEST_DATABASE_URL,
+    BoundedTestCase,
+    LiveService,
+    ServiceClient,
+    ServiceTestCase,
+    free_port,
+    unique_name,
+    wait_until,
+)
+from test_reports import RABBITMQ_URL, ReportClient, require_rabbitmq
 
 
 def samples(text):
@@ -24,13 +35,15 @@ def samples(text):
     }
 
 
-class MetricsTest(ReportClient, ServiceTestCase):
+class Scraping:
     def scrape(self, port=None):
         answer = self.request("GET", "/metrics", port=port)
         self.assertEqual(answer.status, 200, answer.body)
         self.assertTrue(answer.header("Content-Type").startswith("text/plain"))
         return samples(answer.body.decode())
 
+
+class MetricsTest(Scraping, ReportClient, ServiceTestCase):
     def test_requests_are_counted_by_route_template_never_by_raw_path(self):
         user, token = self.sign_up()
         for _ in range(3):
@@ -99,6 +112,53 @@ class MetricsTest(ReportClient, ServiceTestCase):
                 loader.result(timeout=30)
         self.assertEqual(counts, sorted(counts))
         self.assertGreater(counts[-1], counts[0])
+
+
+JOBS_WAITING = ("report_jobs_waiting", frozenset())
+
+
+def pending_reports(client, number):
+    """Posts a report for each of `number` new users, with no worker to take them."""
+    for _ in range(number):
+        client.post_report(*client.new_user_with_stats(victory_count=1))
+
+
+class JobsWaitingInProcessTest(Scraping, ReportClient, ServiceTestCase):
+    service_env = {"EMBEDDED_WORKER": "off"}
+
+    def test_jobs_waiting_are_the_pending_reports_on_the_in_process_broker(self):
+        pending_reports(self, 3)
+        scraped = self.scrape()
+        self.assertEqual(scraped[("reports", frozenset({"state": "pending"}.items()))], 3)
+        self.assertEqual(scraped[JOBS_WAITING], 3)
+
+
+@require_rabbitmq
+class JobsWaitingOnRabbitMQTest(Scraping, ReportClient, ServiceClient, BoundedTestCase):
+    def setUp(self):
+        queue_name = unique_name("test-metrics-")
+        self.addCleanup(self.delete_queue, queue_name)
+        self.service = LiveService(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue_name)
+        self.addCleanup(self.service.stop)
+        self.service.start_server()
+
+    def delete_queue(self, name):
+        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
+            connection.default_channel.queue_delete(name)
+            connection.default_channel.exchange_delete(name)
+
+    def test_jobs_waiting_are_the_depth_of_the_queue(self):
+        pending_reports(self, 2)
+        self.assertEqual(self.scrape()[JOBS_WAITING], 2)
+
+
+class JobsWaitingUnknownTest(Scraping, ServiceTestCase):
+    service_env = {"BROKER_URL": "amqp://guest:guest@127.0.0.1:9//"}
+
+    def test_no_figure_of_jobs_waiting_when_the_broker_does_not_answer(self):
+        scraped = self.scrape()
+        self.assertNotIn(JOBS_WAITING, scraped)
+        self.assertIn(("reports", frozenset({"state": "pending"}.items())), scraped)
 
 
 class MetricsOffTest(ServiceTestCase):
