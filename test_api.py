@@ -22,6 +22,7 @@ import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from html.parser import HTMLParser
 from itertools import count, product
 from pathlib import Path
 from urllib.parse import quote
@@ -145,6 +146,8 @@ class Process:
 # Set to a PostgreSQL URL (whose user may create databases) to run every test
 # on PostgreSQL: each LiveService then gets a database of its own.
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+# Under CI=true what a test needs must be there: a test that would skip fails instead.
+CI = os.environ.get("CI") == "true"
 
 
 class ScratchPostgres:
@@ -1273,6 +1276,7 @@ class PasswordChangeTest(ApiTestCase):
                         200,
                     )
                     fresh = self.token_of(self.user["username"], new)
+                    self.assertGreater(token_version(fresh), token_version(before))
                     self.assertJson(self.request("GET", "/users/me", token=fresh), 200)
                     self.set_stats(self.user, fresh, session_count=round_)
                     self.assertUnauthorized(self.request("GET", "/users/me", token=before))
@@ -1653,6 +1657,8 @@ class HeadersTest(ApiTestCase):
             "413": self.request("POST", "/users", raw=b" " * (MAX_BODY + 1)),
             "healthz": self.request("GET", "/healthz"),
             "openapi": self.request("GET", "/openapi.json"),
+            "metrics": self.request("GET", "/metrics"),
+            **{f"page {path}": self.request("GET", path) for path in PAGES},
         }
         for what, answer in answers.items():
             with self.subTest(what):
@@ -1706,6 +1712,53 @@ class HeadersTest(ApiTestCase):
 
 
 ALLOWED_ORIGINS = ("https://app.example", "https://admin.example")
+
+
+# The browser pages and a file of each kind they load (CONTRACT.md, Browser pages).
+PAGES = ("/", "/docs", "/console/console.js", "/swagger-ui/swagger-ui.css")
+
+
+class InlineScript(HTMLParser):
+    """Collects what a page would run inline: script bodies and on* attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.found, self.in_script = [], False
+
+    def handle_starttag(self, tag, attrs):
+        self.in_script = tag == "script"
+        self.found += [f"{tag} {name}=" for name, _ in attrs if name.startswith("on")]
+        if tag == "script" and not dict(attrs).get("src"):
+            self.found.append("script without src")
+
+    def handle_data(self, data):
+        if self.in_script and data.strip():
+            self.found.append(f"script body {data.strip()[:40]!r}")
+
+    def handle_endtag(self, tag):
+        self.in_script = False
+
+
+class PagesTest(ApiTestCase):
+    def test_pages_and_their_files_hold_the_browser_to_this_origin(self):
+        for path in PAGES:
+            with self.subTest(path):
+                answer = self.request("GET", path)
+                self.assertEqual(answer.status, 200)
+                policy = answer.header("Content-Security-Policy") or ""
+                directives = dict(d.strip().partition(" ")[::2] for d in policy.split(";"))
+                self.assertEqual(directives.get("default-src"), "'self'", policy)
+                self.assertNotIn("unsafe-inline", policy)
+                self.assertNotIn("unsafe-eval", policy)
+
+    def test_pages_run_no_inline_script(self):
+        for path in ("/", "/docs"):
+            with self.subTest(path):
+                answer = self.request("GET", path)
+                self.assertTrue(answer.header("Content-Type").startswith("text/html"))
+                parser = InlineScript()
+                parser.feed(answer.body.decode())
+                self.assertEqual(parser.found, [])
 
 
 class CorsTest(ApiTestCase):
@@ -1786,6 +1839,11 @@ class CorsTest(ApiTestCase):
 # Tokens
 
 
+def token_version(token):
+    """The ver claim of a token the server issued (read, not verified)."""
+    return jwt.decode(token, options={"verify_signature": False})["ver"]
+
+
 def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -1832,6 +1890,9 @@ class TokensTest(ApiTestCase):
             "no exp": self.forge(drop=["exp"]),
             "no iat": self.forge(drop=["iat"]),
             "no sub": self.forge(drop=["sub"]),
+            "no ver": self.forge(drop=["ver"]),
+            "ver ahead of the user's": self.forge(ver=1),
+            **{f"ver {value!r}": self.forge(ver=value) for value in ("0", True, False, 0.0, None)},
             "exp not a number": self.forge(exp="tomorrow"),
             "iat not a number": self.forge(iat="now"),
             **{f"sub {what}": self.forge(sub=sub) for what, sub in subs.items()},
@@ -1842,7 +1903,7 @@ class TokensTest(ApiTestCase):
             "three parts of garbage": "a.b.c",
         }
 
-    def test_issued_tokens_are_hs256_with_string_sub_iat_and_exp(self):
+    def test_issued_tokens_are_hs256_with_string_sub_iat_exp_and_ver_0(self):
         for what, token in [
             ("sign-up", self.token),
             ("login", self.token_of(self.user["username"])),
@@ -1853,6 +1914,8 @@ class TokensTest(ApiTestCase):
                 self.assertEqual(claims["sub"], str(self.user["id"]))
                 self.assertIsInstance(claims["iat"], int)
                 self.assertEqual(claims["exp"] - claims["iat"], 86400)
+                self.assertIs(type(claims["ver"]), int)
+                self.assertEqual(claims["ver"], 0)
 
     def test_a_token_forged_with_the_secret_is_accepted(self):
         # The forgeries below fail only for what each one changes.
@@ -2039,6 +2102,19 @@ class ServiceTest(ApiTestCase):
     def test_healthz_reports_the_database_ok(self):
         body = self.assertJson(self.request("GET", "/healthz"), 200)
         self.assertEqual(body, {"status": "ok", "database": "ok", "broker": "ok"})
+
+    def test_every_operation_has_a_unique_operation_id_a_summary_and_a_known_tag(self):
+        tags = {tag["name"] for tag in self.document["tags"]}
+        ids = []
+        for (path, verb), operation in self.operations().items():
+            with self.subTest(path=path, verb=verb):
+                self.assertRegex(operation.get("operationId", ""), r"^[a-z][A-Za-z]+$")
+                self.assertTrue(operation.get("summary"))
+                self.assertTrue(operation.get("tags"))
+                self.assertLessEqual(set(operation["tags"]), tags)
+                ids.append(operation["operationId"])
+        self.assertEqual(len(ids), len(set(ids)), sorted(ids))
+        self.assertGreaterEqual(len(ids), sum(len(verbs) for verbs in ROUTES.values()))
 
     def test_openapi_is_3_1_and_describes_every_route(self):
         self.assertRegex(self.document["openapi"], r"^3\.1\.")

@@ -25,11 +25,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as shows
 from selenium.webdriver.support.ui import WebDriverWait
 
-from test_api import PROJECT, ServiceTestCase, unique_name
+from test_api import CI, PROJECT, ServiceTestCase, unique_name
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-IN_CI = os.environ.get("CI") == "true"
 SCREENSHOTS = os.environ.get("SCREENSHOTS") == "1"
 # Headless as root, in a container: no sandbox, no GPU, /tmp for shared
 # memory, and nothing of Chromium's own that would talk to the network.
@@ -52,7 +51,7 @@ def setUpModule():
     if CHROMIUM and CHROMEDRIVER:
         return
     missing = "no chromium or chromedriver on PATH (apt-get install chromium chromium-driver)"
-    if IN_CI:
+    if CI:
         raise AssertionError(f"CI=true and {missing}: the browser tests must run")
     raise unittest.SkipTest(f"browser tests skipped: {missing}")
 

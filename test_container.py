@@ -25,10 +25,9 @@ import unittest
 from kombu import Connection
 from sqlalchemy.exc import OperationalError
 
-from test_api import PROJECT, Response, ScratchPostgres, free_port, unique_name, wait_until
+from test_api import CI, PROJECT, Response, ScratchPostgres, free_port, unique_name, wait_until
 from test_reports import RABBITMQ_URL, pdf_text, rabbitmq_answers
 
-CI = os.environ.get("CI") == "true"
 IMAGE = os.environ.get("CONTAINER_IMAGE") or "localhost/game-stats-api:latest"
 POSTGRES_URL = os.environ.get("POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # What podman needs on this machine: runc (crun cannot set rlimits here), the

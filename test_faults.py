@@ -6,7 +6,6 @@ a 500, and nothing had to be restarted by hand.
 
 import http.client
 import json
-import os
 import re
 import signal
 import socket
@@ -21,6 +20,7 @@ from contextlib import closing
 from kombu import Connection
 
 from test_api import (
+    CI,
     TEST_DATABASE_URL,
     BoundedTestCase,
     LiveService,
@@ -31,8 +31,6 @@ from test_api import (
     wait_until,
 )
 from test_reports import RABBITMQ_URL, ReportClient, card_values, pdf_text, rabbitmq_answers
-
-CI = os.environ.get("CI") == "true"
 
 
 def require(condition, reason):

@@ -6,12 +6,11 @@ answer is written in the same style (compact, UTF-8 as it is).
 """
 
 import json
-import os
 import unittest
 
 from sqlalchemy.exc import OperationalError
 
-from test_api import TEST_DATABASE_URL, LiveService, ScratchPostgres
+from test_api import CI, TEST_DATABASE_URL, LiveService, ScratchPostgres
 
 POSTGRES_URL = TEST_DATABASE_URL or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 USER_FIELD_ORDER = ["id", "username", "email", "gender", "profile_pic", "self", "stats", "pdf"]
@@ -42,7 +41,7 @@ class OneJsonStyleTest(unittest.TestCase):
         try:
             cls.postgres = ScratchPostgres(POSTGRES_URL)
         except OperationalError as error:
-            if os.environ.get("CI") == "true":
+            if CI:
                 raise
             raise unittest.SkipTest(f"no PostgreSQL at {POSTGRES_URL} ({error})") from error
         cls.services = {

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from test_api import (
+    CI,
     PROJECT,
     TEST_DATABASE_URL,
     LiveService,
@@ -190,7 +191,7 @@ class PostgresUpgradeTest(UpgradeChecks, unittest.TestCase):
         try:
             postgres = ScratchPostgres(POSTGRES_URL)
         except OperationalError as error:
-            if os.environ.get("CI") == "true":
+            if CI:
                 raise
             self.skipTest(f"no PostgreSQL at {POSTGRES_URL} ({error})")
         self.addCleanup(postgres.drop)

@@ -32,6 +32,7 @@ from pypdf.generic import ContentStream
 from sqlalchemy import text
 
 from test_api import (
+    CI,
     PROJECT,
     BoundedTestCase,
     LiveService,
@@ -43,7 +44,6 @@ from test_api import (
 )
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-CI = os.environ.get("CI") == "true"
 PDFTOTEXT = shutil.which("pdftotext")
 
 
