@@ -40,6 +40,9 @@ class BrokerUnavailable(Exception):
 _in_process_connections = weakref.WeakSet()
 
 
+HEARTBEAT = 30  # seconds, for a consumer; the broker drops one that misses two
+
+
 def connect(heartbeat=0):
     """A new connection; the worker asks for heartbeats, publishers need none."""
     connection = Connection(
@@ -177,6 +180,14 @@ def announce_settled(user_id, seconds):
         log.warning("could not announce a settled job of user %s: %r", user_id, error)
 
 
+def drain(connection, timeout):
+    """Delivers what the broker sent, waiting at most timeout seconds for it."""
+    try:
+        connection.drain_events(timeout=timeout)
+    except TimeoutError:
+        pass
+
+
 def listen_for_news(reconnect_delay=2):
     """Hears the workers' news for as long as the process lives (a server's
     daemon thread, on RabbitMQ)."""
@@ -190,14 +201,11 @@ def listen_for_news(reconnect_delay=2):
 
     while True:
         try:
-            with connect(heartbeat=30) as connection:
+            with connect(heartbeat=HEARTBEAT) as connection:
                 connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
                 with Consumer(connection, [mine], callbacks=[heard], accept=["json"], no_ack=True):
                     while True:
-                        try:
-                            connection.drain_events(timeout=1)
-                        except TimeoutError:
-                            pass
+                        drain(connection, timeout=1)
                         connection.heartbeat_check()
         except Exception as error:
             log.warning("not hearing job news (%r); listening again in %ss", error, reconnect_delay)

@@ -81,9 +81,17 @@ def observe_request(environ, status, seconds):
     observers[1].observe(seconds)
 
 
-def observe_job(outcome, seconds):
+def observe_heard_job(_user_id, seconds):
+    """A job that another process's worker settled, from its news (jobs.on_settled)."""
+    if seconds is not None:
+        JOB_DURATION.observe(seconds)
+
+
+def observe_job(outcome, seconds=None):
+    """Counts a settled job; seconds: how long its render took (None: it drew nothing)."""
     JOBS.labels(outcome).inc()
-    JOB_DURATION.observe(seconds)
+    if seconds is not None:
+        JOB_DURATION.observe(seconds)
 
 
 class ServiceCollector:

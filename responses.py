@@ -37,11 +37,17 @@ def error_body(message):
     return to_json({"success": False, "message": message})
 
 
-class ApiError(HTTPResponse):
+class JsonAnswer(HTTPResponse):
+    """An answer with data as its JSON body, to return or raise; headers as
+    keywords, with _ for - (Retry_After=1)."""
+
+    def __init__(self, data, status, **headers):
+        headers = {key.replace("_", "-"): str(value) for key, value in headers.items()}
+        super().__init__(to_json(data), status, {"Content-Type": "application/json", **headers})
+
+
+class ApiError(JsonAnswer):
     """Raise anywhere in a request to answer with a JSON error: {"success": false, "message"}."""
 
     def __init__(self, status, message, **headers):
-        headers = {key.replace("_", "-"): str(value) for key, value in headers.items()}
-        super().__init__(
-            error_body(message), status, {"Content-Type": "application/json", **headers}
-        )
+        super().__init__({"success": False, "message": message}, status, **headers)

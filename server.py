@@ -29,7 +29,7 @@ import schema
 import serving
 import waiting
 from models import MAX_ID
-from responses import ApiError, json_response, json_text_response, to_json
+from responses import ApiError, JsonAnswer, json_response, json_text_response, to_json
 from validation import (
     PASSWORD_CHANGE_FIELDS,
     READ_ONLY_USER_FIELDS,
@@ -295,11 +295,7 @@ def report_not_ready(db, latest, user_id):
         )
     if latest.state in reports.UNFINISHED:
         retry_after = waiting.retry_after(reports.unfinished_before(db, latest.id))
-        return bottle.HTTPResponse(
-            to_json({"status": "pending"}),
-            202,
-            {"Content-Type": "application/json", "Retry-After": str(retry_after)},
-        )
+        return JsonAnswer({"status": "pending"}, 202, Retry_After=retry_after)
     return ApiError(
         409, f"The last report failed: {latest.error}. POST /users/{user_id}/pdf to try again."
     )
@@ -390,6 +386,8 @@ def main():
             reports_by_state=reports.count_by_state, jobs_waiting=jobs.waiting_count
         )
         on_answered = metrics.observe_request
+        if not config.EMBEDDED_WORKER:  # render durations: the separate workers' news
+            jobs.on_settled(metrics.observe_heard_job)
     serving.serve(app, on_stop=embedded_worker and embedded_worker.stop, on_answered=on_answered)
 
 

@@ -151,6 +151,16 @@ class JobsWaitingOnRabbitMQTest(Scraping, ReportClient, ServiceClient, BoundedTe
         pending_reports(self, 2)
         self.assertEqual(self.scrape()[JOBS_WAITING], 2)
 
+    def test_the_servers_metrics_have_the_render_durations_of_separate_workers(self):
+        user, token = self.new_user_with_stats(victory_count=1)
+        self.service.start_worker()
+        self.post_report(user, token)
+        self.wait_for_report(user, token)
+        count = ("report_job_duration_seconds_count", frozenset())
+        wait_until(
+            lambda: self.scrape().get(count), what="a render duration in the server's metrics"
+        )
+
 
 class JobsWaitingUnknownTest(Scraping, ServiceTestCase):
     service_env = {"BROKER_URL": "amqp://guest:guest@127.0.0.1:9//"}

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as StillRunning
 from concurrent.futures.process import BrokenProcessPool
+from typing import NamedTuple
 
 from kombu import Consumer
 
@@ -35,7 +36,6 @@ import schema
 log = logging.getLogger("worker")
 
 RENDER_ATTEMPTS = 3
-HEARTBEAT = 30  # seconds; the broker drops a worker that misses two
 RECONNECT_DELAYS = (0.5, 1, 2, 5)  # then 5 s between attempts
 
 
@@ -53,31 +53,46 @@ def report_data(db, user_id):
     )
 
 
+class Settled(NamedTuple):
+    """What became of a job: outcome "finished", "failed" or "dropped" (the
+    metrics' label), its user when the job named one, and a line for the log."""
+
+    outcome: str
+    user_id: int | None
+    text: str
+
+
 def run_job(body):
-    """Render and store one report. Returns what happened, for the log."""
+    """Render and store one report."""
     if not (
         isinstance(body, dict)
         and type(body.get("report_id")) is int
         and type(body.get("user_id")) is int
     ):
-        return f"dropped malformed job {body!r:.200}"
+        return Settled("dropped", None, f"dropped malformed job {body!r:.200}")
+    user_id = body["user_id"]
     with database.writing() as db:
         job = reports.find(db, body["report_id"])
-        if job is None or job.user_id != body["user_id"]:
-            return f"dropped job {body['report_id']}: no such report (its user was deleted?)"
+        if job is None or job.user_id != user_id:
+            return Settled(
+                "dropped",
+                user_id,
+                f"dropped job {body['report_id']}: no such report (its user was deleted?)",
+            )
         if not reports.start(db, job.id):  # it starts only a pending or rendering one
-            return f"dropped job {job.id}: already finished"
+            return Settled("dropped", user_id, f"dropped job {job.id}: already finished")
     # The data is read only after that commit. A POST that still found the job
     # pending came before it, so its stats change is read here; a POST after it
     # finds the job rendering and queues another.
     with database.reading() as db:
         data = report_data(db, job.user_id)
     if data is None:
-        return f"dropped job {job.id}: its user was deleted"
+        return Settled("dropped", user_id, f"dropped job {job.id}: its user was deleted")
     pdf, error = render_with_retries(data)
     with database.writing() as db:
         reports.finish(db, job, pdf, error)
-    return f"{'finished' if pdf else 'failed'} job {job.id}" + (f": {error}" if error else "")
+    outcome = "finished" if pdf else "failed"
+    return Settled(outcome, user_id, f"{outcome} job {job.id}" + (f": {error}" if error else ""))
 
 
 def render_with_retries(data):
@@ -159,7 +174,7 @@ class Worker:
         failures = 0
         while not self._stopping.is_set():
             try:
-                with jobs.connect(heartbeat=HEARTBEAT) as connection:
+                with jobs.connect(heartbeat=jobs.HEARTBEAT) as connection:
                     connection.ensure_connection(max_retries=1, timeout=jobs.CONNECT_TIMEOUT)
                     failures = 0
                     self._consume(connection)
@@ -192,18 +207,11 @@ class Worker:
             # On stop, the job in hand is finished and acked before leaving.
             while not (self._stopping.is_set() and self._job is None):
                 if self._job is None:
-                    self._drain(connection, timeout=1)
+                    jobs.drain(connection, timeout=1)
                 elif not self._settle_job(wait=1):
                     # Still rendering: keep reading the broker's heartbeats meanwhile.
-                    self._drain(connection, timeout=0.01)
+                    jobs.drain(connection, timeout=0.01)
                 connection.heartbeat_check()
-
-    @staticmethod
-    def _drain(connection, timeout):
-        try:
-            connection.drain_events(timeout=timeout)
-        except TimeoutError:
-            pass
 
     def _take_job(self, body, message):
         # Prefetch 1: no other job arrives until this one is acked.
@@ -213,8 +221,8 @@ class Worker:
         """Ack the job in hand once it is done; False while it is still running."""
         message, running, began = self._job
         try:
-            outcome = running.result(timeout=wait)
-            log.info(outcome)
+            settled = running.result(timeout=wait)
+            log.info(settled.text)
             message.ack()
         except StillRunning:
             return False
@@ -226,10 +234,12 @@ class Worker:
             self._job = None
             return True
         self._job = None
-        metrics.observe_job(outcome.split(" ", 1)[0], time.monotonic() - began)
-        body = message.payload
-        if isinstance(body, dict) and type(body.get("user_id")) is int:
-            jobs.announce_settled(body["user_id"], time.monotonic() - began)
+        # A dropped job drew nothing: its few milliseconds are no render's
+        # duration, and would make waiting.py's Retry-After too hopeful.
+        seconds = None if settled.outcome == "dropped" else time.monotonic() - began
+        metrics.observe_job(settled.outcome, seconds)
+        if settled.user_id is not None:
+            jobs.announce_settled(settled.user_id, seconds)
         return True
 
     def _on_undecodable(self, message, error):
