@@ -53,7 +53,8 @@ class PressureTestCase(ServiceTestCase):
     def flood(self, send, seconds=3, connections=16):
         """Runs send(name) from `connections` threads with fresh names for
         `seconds`, while a reader GETs a user; (the flood's answers by status,
-        the reads' statuses)."""
+        the reads' statuses). On a new server: rates untouched by another flood."""
+        self.service.start_server()
         reader, _ = self.sign_up()
         stop = threading.Event()
         answers, reads = Counter(), []
@@ -109,6 +110,13 @@ class FloodTest(PressureTestCase):
         self.assertEqual(set(reads), {200}, Counter(reads))
         self.assertLessEqual(set(answers), {401, 429, 503}, answers)
         self.assertGreater(answers[429] + answers[503], 0, answers)
+        # Only the checked logins count as failed ones, not those refused unchecked.
+        with self.service.database() as db:
+            failures = db.execute(
+                text("SELECT count(*) FROM login_failures WHERE username LIKE :flood"),
+                {"flood": "flood%"},
+            ).scalar()
+        self.assertEqual(failures, answers[401])
 
 
 class HashingBudgetTest(PressureTestCase):
@@ -270,8 +278,8 @@ class ConnectionsTest(PressureTestCase):
             sockets.append(sock)
             sock.settimeout(5)
             sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", self.service.port))  # the server accepts them all
             try:
-                sock.connect(("127.0.0.1", self.service.port))
                 sock.sendall(request_start)
             except OSError:
                 pass  # shed already: the server is doing its job
@@ -325,6 +333,10 @@ class ConnectionsTest(PressureTestCase):
             return closed == 50
 
         wait_until(closed_by_server, timeout=10, what="the 50 oldest connections to be shed")
+        for sock in sockets[50:]:  # the newest 100 are kept, open and silent
+            sock.setblocking(False)
+            with self.assertRaises(BlockingIOError):
+                sock.recv(1)
         self.assertEqual(self.request("GET", "/healthz").status, 200)
 
 
