@@ -2,7 +2,8 @@
 
 Both are files, of this project (console/) and of the pinned Swagger UI
 package, all served from this origin: each page's Content-Security-Policy
-holds the browser to that, with no inline script. Every other answer stays
+holds the browser to that, with no inline script, and they send no Referer
+to anyone (Referrer-Policy). Every other answer stays
 JSON: a file that is not there is the API's JSON 404 (conventions.py).
 """
 
@@ -55,7 +56,11 @@ def swagger_ui_file(name):
 def static_file(root, name, policy):
     """Bottle's static_file (a 304 for a matching If-None-Match or If-Modified-Since),
     with a quoted ETag as HTTP has it, which no-cache makes browsers revalidate."""
-    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": policy}
+    headers = {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": policy,
+        "Referrer-Policy": "no-referrer",
+    }
     try:
         stat = os.stat(os.path.join(root, name))
     except (OSError, ValueError):

@@ -7,6 +7,11 @@ live server (test_api.LiveService, its defaults: the embedded worker makes
 real PDFs). They wait with Selenium's waits, never with sleeps, and every wait
 and page load is bounded. With SCREENSHOTS=1 they also rewrite the README's
 pictures, docs/console.png and docs/docs.png.
+
+Each page is also checked with axe-core (CONTRACT.md, Browser pages: no
+critical or serious violation): the pinned copy in tools/axe.min.js, put into
+the page by WebDriver, which the pages' CSP does not govern, so the pages
+themselves never serve or allow it.
 """
 
 import io
@@ -25,7 +30,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as shows
 from selenium.webdriver.support.ui import WebDriverWait
 
-from test_api import CI, PROJECT, ServiceTestCase, unique_name
+from test_api import CI, PAGES, PROJECT, ServiceTestCase, unique_name
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -45,9 +50,16 @@ CHROMIUM_ARGUMENTS = (
 )
 WAIT = 30  # seconds, at most, for anything the page is to show
 REPORT_WAIT = 60  # a first report: the worker's child process starts matplotlib
+# axe-core 4.14.1 as npm publishes it (axe.min.js, its licence header kept);
+# sha256-KTSJmUUM3yhJqOcLeRL8LahahJ2jnA0NU5T1HUqe2Vw= in its sri-history.json.
+AXE = PROJECT / "tools" / "axe.min.js"
+AXE_VERSION = "4.14.1"
+FAILING_IMPACTS = ("critical", "serious")
+# Beyond axe's default rules: WCAG 2.2's 24 by 24 pixel targets (2.5.8, AA).
+AXE_ALSO = {"target-size": {"enabled": True}}
 
 
-def setUpModule():
+def skip_without_a_browser():
     if CHROMIUM and CHROMEDRIVER:
         return
     missing = "no chromium or chromedriver on PATH (apt-get install chromium chromium-driver)"
@@ -66,6 +78,11 @@ def drawn_on_paper(png):
 
 class BrowserTestCase(ServiceTestCase):
     """A live server for the class; a new headless Chromium for each test."""
+
+    @classmethod
+    def setUpClass(cls):
+        skip_without_a_browser()  # before the server starts
+        super().setUpClass()
 
     def setUp(self):
         profile = tempfile.TemporaryDirectory(prefix="chromium-profile-")
@@ -128,6 +145,27 @@ class BrowserTestCase(ServiceTestCase):
             self.assertTrue(url.startswith(self.origin + "/"), url)
         for entry in self.browser.get_log("browser"):
             self.assertNotIn("Content Security Policy", entry["message"], entry)
+
+    def assertAccessible(self, where):
+        """axe-core finds no critical or serious violation on the page as it is now."""
+        if not self.script("return typeof window.axe === 'object'"):
+            self.script(AXE.read_text(encoding="utf-8"))
+        self.assertEqual(self.script("return axe.version"), AXE_VERSION)
+        found = self.browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "axe.run(document, {resultTypes: ['violations'], rules: arguments[0]})"
+            ".then((results) => done(results.violations), (error) => done(String(error)));",
+            AXE_ALSO,
+        )
+        self.assertIsInstance(found, list, f"axe-core did not run on {where}: {found}")
+        failing = [rule for rule in found if rule["impact"] in FAILING_IMPACTS]
+        lines = [
+            f"{rule['impact']} {rule['id']} ({rule['help']}), {len(rule['nodes'])} nodes: "
+            + ", ".join(" > ".join(map(str, node["target"])) for node in rule["nodes"])
+            for rule in failing
+        ]
+        if lines:
+            self.fail(f"axe-core on {where}: {len(lines)} rules fail\n" + "\n".join(lines))
 
     def screenshot(self, name):
         if SCREENSHOTS:
@@ -262,8 +300,34 @@ class ConsoleTest(BrowserTestCase):
         self.assertEqual(self.stats(me["id"], self.signed_in_token())["victory_count"], 0)
         self.assertStayedOnTheOrigin()
 
+    def test_axe_finds_nothing_serious_signed_out_and_in_with_a_report(self):
+        self.sign_up()  # a user to list
+        self.open("/")
+        self.wait_for_text("#users-caption", "Users 1 to")
+        self.assertAccessible("/ signed out")
+
+        name = unique_name("axe")
+        self.fill("sign-up", username=name, password="pw")
+        self.submit("sign-up")
+        self.wait_for_text("#status", f"Signed in as {name}.")
+        self.submit("report")
+        self.wait_for_text("#report-status", "Ready", timeout=REPORT_WAIT)
+        frame = self.find("#report-frame")
+        self.wait.until(lambda _: frame.get_attribute("data-etag"), "no report shown")
+        self.assertAccessible("/ signed in, a report shown")
+
 
 class DocsTest(BrowserTestCase):
+    def test_axe_finds_nothing_serious_with_or_without_the_authorize_dialog(self):
+        self.open("/docs")
+        self.wait_for_text(".swagger-ui .info .title", "Game stats API")
+        self.wait.until(shows.visibility_of_element_located((By.ID, "operations-users-getMe")))
+        self.assertAccessible("/docs")
+
+        self.find(".auth-wrapper .btn.authorize").click()
+        self.wait.until(shows.visibility_of_element_located((By.ID, "auth-bearer-value")))
+        self.assertAccessible("/docs, the Authorize dialog open")
+
     def test_authorize_and_try_it_out(self):
         user, token = self.sign_up()
         self.open("/docs")
@@ -273,6 +337,7 @@ class DocsTest(BrowserTestCase):
         field.send_keys(token)
         self.find(".auth-container button[type=submit]").click()
         self.wait_for_text(".auth-container", "Authorized")
+        self.assertAccessible("/docs, the Authorize dialog saying Authorized")
         self.find(".auth-container .btn-done").click()
 
         operation = "#operations-users-getMe"
@@ -287,7 +352,22 @@ class DocsTest(BrowserTestCase):
         self.assertIn(user["username"], self.find(f"{operation} .live-responses-table").text)
         self.script("window.scrollTo(0, 0)")
         self.screenshot("docs.png")
+        self.assertAccessible("/docs, an operation tried")
         self.assertStayedOnTheOrigin()
+
+
+class PageHeadersTest(ServiceTestCase):
+    """What the pages' answers tell the browser; no browser needed for that."""
+
+    def test_pages_and_their_files_send_no_referrer(self):
+        for path in (*PAGES, "/console/docs.js", "/console/docs.css"):
+            with self.subTest(path):
+                answer = self.request("GET", path)
+                self.assertEqual(answer.status, 200)
+                self.assertEqual(answer.header("Referrer-Policy"), "no-referrer")
+                again = self.request("GET", path, headers={"If-None-Match": answer.header("ETag")})
+                self.assertEqual(again.status, 304)
+                self.assertEqual(again.header("Referrer-Policy"), "no-referrer")
 
 
 if __name__ == "__main__":
