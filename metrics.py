@@ -4,7 +4,10 @@ Counts and durations only, never user data: requests by route template
 (`/users/{id}`, never `/users/17`), method and status, with their durations;
 report jobs and their durations; reports by state and jobs waiting, read
 when scraped; password hashes in flight and requests refused under
-pressure. A worker process serves its own on WORKER_METRICS_PORT.
+pressure; and the process's own figures (start time, memory, open files,
+CPU: process_*), by which restarts and leaks show. A worker process serves
+its own on WORKER_METRICS_PORT. No `*_created` series: they would double
+the series of every counter and histogram for a figure nobody reads.
 """
 
 import re
@@ -15,6 +18,8 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
     start_http_server,
 )
@@ -22,7 +27,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import config
 
+disable_created_metrics()  # process-wide, read at each scrape
 registry = CollectorRegistry()
+# process_start_time_seconds, process_resident_memory_bytes, process_open_fds,
+# process_cpu_seconds_total and the rest, read from /proc at each scrape.
+ProcessCollector(registry=registry)
 
 REQUESTS = Counter(
     "http_requests_total",
