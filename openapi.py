@@ -307,6 +307,9 @@ DOCUMENT = {
         "other method is 405 with Allow. Request bodies are read as "
         "JSON whatever their Content-Type.",
     },
+    # Relative, so right on any host and port: OpenAPI 3.1 reads a relative
+    # server URL against the document's own location (this service's root).
+    "servers": [{"url": "/", "description": "This service, where this document was read"}],
     "tags": TAGS,
     "paths": PATHS,
     "components": {

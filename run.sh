@@ -2,7 +2,8 @@
 # ./run.sh          serve the API on $HOST:$PORT (127.0.0.1:5000)
 # ./run.sh worker   run a PDF worker (for BROKER_URL=amqp://...)
 # ./run.sh test     run every test
-# ./run.sh lint     check the code with ruff (lint rules and formatting)
+# ./run.sh lint     check the code with ruff (lint rules and formatting), the shell
+#                   scripts with shellcheck and the Containerfile with hadolint
 # ./run.sh bench    run the benchmark (tools/bench.py; --quick for a smoke run), write BENCHMARKS.md
 # ./run.sh soak [SECONDS]  mixed load on server and two workers on RabbitMQ (tools/soak.py; 60 s)
 # ./run.sh migrate  bring the database to the newest schema (servers and workers also do at start)
@@ -17,7 +18,8 @@ PYTHON=${PYTHON:-python3}
   || { echo "Python 3.11 or newer is needed (set PYTHON=...)" >&2; exit 1; }
 
 make_venv() {  # a .venv made by this very interpreter, with pip; else start it over
-  local made_by=".venv/.made-by-$("$PYTHON" -c 'import sys; print(sys.executable)' | sha256sum | cut -c1-16)"
+  local made_by
+  made_by=".venv/.made-by-$("$PYTHON" -c 'import sys; print(sys.executable)' | sha256sum | cut -c1-16)"
   [ -e "$made_by" ] && [ -x .venv/bin/python ] && return
   rm -rf .venv
   if ! "$PYTHON" -m venv .venv || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
@@ -30,9 +32,11 @@ make_venv() {  # a .venv made by this very interpreter, with pip; else start it 
 }
 
 install() {  # install requirement files into .venv unless already done for this content
-  local stamp=".venv/.installed-$(cat "$@" | sha256sum | cut -c1-16)"
+  local stamp file requirements=()
+  stamp=".venv/.installed-$(cat "$@" | sha256sum | cut -c1-16)"
   [ -e "$stamp" ] && return
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check $(printf -- '-r %s ' "$@")
+  for file in "$@"; do requirements+=(-r "$file"); done
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "${requirements[@]}"
   touch "$stamp"
 }
 
@@ -44,7 +48,8 @@ case "$command" in
   test)   install requirements.txt requirements-dev.txt
           shift; exec .venv/bin/python -m unittest "${@:-discover}" ;;
   lint)   install requirements.txt requirements-dev.txt
-          .venv/bin/ruff check . && exec .venv/bin/ruff format --check . ;;
+          .venv/bin/ruff check . && .venv/bin/ruff format --check . \
+            && shellcheck run.sh tools/*.sh .ci/run && exec .venv/bin/hadolint Containerfile ;;
   bench)  install requirements.txt requirements-dev.txt
           shift; exec .venv/bin/python tools/bench.py "$@" ;;
   soak)   install requirements.txt requirements-dev.txt

@@ -1,6 +1,7 @@
 """What an operator's tools read: /metrics as Prometheus's own `promtool
 check metrics` judges it, with the process_* figures by which restarts and
-leaks show and no `*_created` series.
+leaks show and no `*_created` series; and an OpenAPI document that tells a
+generated client where the API is.
 
 promtool is Debian's prometheus package (.ci/run installs it); where it is
 missing that check is skipped, saying so, except under CI=true, where it
@@ -119,6 +120,19 @@ class WorkerMetricsForOperatorsTest(OperatorMetrics, ServiceTestCase):
         self.assertProcessMetrics(text)
         self.assertNoCreatedSeries(text)
         self.assertPromtoolClean(text)
+
+
+class OpenApiServersTest(ServiceTestCase):
+    def test_openapi_names_its_server_by_a_url_relative_to_the_document(self):
+        answer = self.request("GET", "/openapi.json")
+        self.assertEqual(answer.status, 200, answer.body)
+        servers = answer.json.get("servers")
+        self.assertTrue(servers, "no servers entry: a generated client guesses its base URL")
+        url = servers[0]["url"]
+        # Relative (no scheme, no host): right on whatever host and port serve it.
+        self.assertNotRegex(url, r"^[A-Za-z][A-Za-z0-9+.-]*:|^//", url)
+        # Read against http://host/openapi.json it is the root, where the paths are.
+        self.assertIn(url, ("/", ""))
 
 
 if __name__ == "__main__":
