@@ -15,7 +15,6 @@ tests it afterwards, with `./run.sh container-test`.
 import http.client
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ import unittest
 from kombu import Connection
 from sqlalchemy.exc import OperationalError
 
-from test_api import CI, PROJECT, Response, ScratchPostgres, free_port, unique_name, wait_until
+from test_api import CI, Response, ScratchPostgres, free_port, unique_name, wait_until
 from test_reports import RABBITMQ_URL, pdf_text, rabbitmq_answers
 
 IMAGE = os.environ.get("CONTAINER_IMAGE") or "localhost/game-stats-api:latest"
@@ -134,18 +133,6 @@ class Container:
 
     def remove(self):
         podman("rm", "--force", "--volumes", self.name, check=False, timeout=60)
-
-
-class ContainerfileTest(unittest.TestCase):
-    """What can be checked without building: runs wherever the tests do."""
-
-    def test_the_image_installs_the_postgresql_driver_pinned_in_requirements_dev(self):
-        # requirements.txt leaves the driver to requirements-dev.txt; the image needs it.
-        pin = re.search(
-            r"^psycopg\[binary\]==\S+", (PROJECT / "requirements-dev.txt").read_text(), re.M
-        )
-        self.assertIsNotNone(pin, "requirements-dev.txt pins no psycopg[binary]")
-        self.assertIn(f"'{pin.group()}'", (PROJECT / "Containerfile").read_text())
 
 
 class ContainerTest(unittest.TestCase):
