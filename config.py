@@ -51,6 +51,14 @@ REPORT_QUEUE = os.environ.get("REPORT_QUEUE") or "reports"
 EMBEDDED_WORKER = _flag("EMBEDDED_WORKER", IN_PROCESS_BROKER)
 
 JWT_SECRET = os.environ.get("JWT_SECRET", "")
+# RFC 7518 section 3.2: an HS256 key has at least as many bits as the hash (256).
+JWT_SECRET_MIN_BYTES = 32
+if 0 < len(JWT_SECRET.encode("utf-8", "surrogateescape")) < JWT_SECRET_MIN_BYTES:
+    raise SystemExit(
+        f"JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long (RFC 7518 section 3.2), "
+        f"got {len(JWT_SECRET.encode('utf-8', 'surrogateescape'))}. Leave it unset to have one "
+        "generated, or make one: python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    )
 JWT_TTL = _int("JWT_TTL", 86400, minimum=1)
 
 CORS_ORIGINS = frozenset(
@@ -70,6 +78,10 @@ if SCRYPT_N & (SCRYPT_N - 1):
 # without waiting five minutes; production keeps 300.
 LOGIN_FAILURE_WINDOW = _int("LOGIN_FAILURE_WINDOW", 300, minimum=1)
 
+# Seconds after which a report still pending is taken for one whose job was
+# lost (its server died before publishing) and is published again: 60. Only
+# the tests shorten it, to see a lost job found without waiting a minute.
+REPUBLISH_AFTER = _int("REPUBLISH_AFTER", 60, minimum=1)
 
 # Under pressure (CONTRACT.md): what one client, or a flood, may take.
 HASH_CONCURRENCY = _int("HASH_CONCURRENCY", max(1, (os.cpu_count() or 2) // 2), minimum=1)

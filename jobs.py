@@ -13,7 +13,6 @@ import os
 import socket
 import time
 import uuid
-import weakref
 from functools import cache
 
 from kombu import Connection, Consumer, Exchange, Queue, pools
@@ -35,11 +34,6 @@ class BrokerUnavailable(Exception):
     pass
 
 
-# The in-process broker's connections, for its health check: the embedded
-# worker's is the one that consumes the queue.
-_in_process_connections = weakref.WeakSet()
-
-
 HEARTBEAT = 30  # seconds, for a consumer; the broker drops one that misses two
 
 
@@ -56,8 +50,6 @@ def connect(heartbeat=0):
             "polling_interval": 0.005,
         },
     )
-    if config.IN_PROCESS_BROKER:
-        _in_process_connections.add(connection)
     return connection
 
 
@@ -103,42 +95,15 @@ def waiting_count():
 
 
 def broker_is_up():
-    if config.IN_PROCESS_BROKER:
-        # In this very process: it must take the queue's declaration, and when
-        # the embedded worker is configured, the worker must be consuming it.
-        return _in_process_broker_answers() and (
-            not config.EMBEDDED_WORKER or _in_process_queue_consumed()
-        )
+    """Whether the broker takes the queue's declaration (idempotent: as every publish does)."""
     try:
         with connect() as connection:
-            connection.ensure_connection(max_retries=0, timeout=CONNECT_TIMEOUT)
+            if not config.IN_PROCESS_BROKER:
+                connection.ensure_connection(max_retries=0, timeout=CONNECT_TIMEOUT)
+            queue(connection.default_channel).declare()
         return True
     except Exception:
         return False
-
-
-def _in_process_broker_answers():
-    try:
-        with connect() as connection:
-            queue(connection.default_channel).declare()  # idempotent: as every publish does
-        return True
-    except Exception:
-        log.exception("the in-process broker does not answer")
-        return False
-
-
-def _in_process_queue_consumed():
-    """Whether an open connection of this process consumes the report queue.
-
-    kombu's virtual transports keep a connection's consumers by queue name
-    (Transport._callbacks): a worker that stopped, or is reconnecting, has
-    none. Should a kombu upgrade rename that, this says no, and the health
-    tests fail: never a false "ok"."""
-    for connection in list(_in_process_connections):
-        transport = getattr(connection, "_transport", None)
-        if queue.name in (getattr(transport, "_callbacks", None) or {}):
-            return True
-    return False
 
 
 # News of settled jobs, for the requests waiting on them (waiting.py). With

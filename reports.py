@@ -23,15 +23,17 @@ import time
 
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 
+import config
 import database
 import models
 from database import Statement
 from models import reports as table  # the reports table
 
 # A job still pending after this long was probably lost between commit and
-# publish (a crash): the next POST queues it again. Workers drop a duplicate
-# of a finished job; one of a job in hand is rendered again, as a redelivery is.
-REPUBLISH_AFTER = 60  # seconds
+# publish (a server died): every server's sweep (claim_lost_jobs) and the next
+# POST queue it again. Workers drop a duplicate of a finished job; one of a job
+# in hand is rendered again, as a redelivery is.
+REPUBLISH_AFTER = config.REPUBLISH_AFTER  # seconds (60)
 
 UNFINISHED = ("pending", "rendering")
 # Spelt out, not IN (...): IN compiles to an expanding parameter that only
@@ -105,6 +107,18 @@ DROP_REPLACED_REPORTS = Statement(
 )
 
 
+# Claimed in one statement: of servers sweeping at once, one publishes each.
+CLAIM_LOST_JOBS = Statement(
+    update(table)
+    .where(table.c.state == "pending", table.c.published_at < bindparam("before"))
+    .values(published_at=bindparam("at"))
+    .returning(table.c.id, table.c.user_id)
+)
+DUE_AGAIN = Statement(
+    update(table)
+    .where(table.c.id == bindparam("id"), table.c.state == "pending")
+    .values(published_at=0)
+)
 COUNT_BY_STATE = Statement(select(table.c.state, func.count()).group_by(table.c.state))
 UNFINISHED_BEFORE = Statement(
     select(func.count()).select_from(table).where(_unfinished, table.c.id < bindparam("id"))
@@ -124,6 +138,18 @@ def queue(db, user_id):
         return None
     REPUBLISHED.run(db, {"id": pending.id, "at": now})
     return pending.id
+
+
+def claim_lost_jobs(db):
+    """The pending reports whose job was published over REPUBLISH_AFTER ago, each
+    marked as published now: the caller publishes them again (an outbox relay)."""
+    now = time.time()
+    return CLAIM_LOST_JOBS.rows(db, {"before": now - REPUBLISH_AFTER, "at": now})
+
+
+def due_again(db, report_id):
+    """A claimed job that could not be published: the next sweep tries again."""
+    DUE_AGAIN.run(db, {"id": report_id})
 
 
 def forget(db, report_id):

@@ -69,6 +69,17 @@ def owned_user(db, user_id, lock=True):
     raise ApiError(403, "Only the user themself may change this resource.")
 
 
+@app.hook("after_request")
+def keep_private_answers_private():
+    """CONTRACT.md: what a route that needs a token answers is the caller's own:
+    no shared cache keeps it, and a browser asks again before reusing it (a
+    conditional GET of the PDF still gets its 304). An answer that carries a
+    token says no-store itself."""
+    route = request.environ.get("bottle.route")
+    if route is not None and route.config.get("needs_token") and "Cache-Control" not in response:
+        response.set_header("Cache-Control", "private, no-cache")
+
+
 def username_taken(username):
     return ApiError(409, f"The username '{username}' is already taken.")
 
@@ -118,7 +129,7 @@ def create_user():
     )
 
 
-@app.get("/users/me")
+@app.get("/users/me", needs_token=True)
 def get_me():
     with database.reading() as db:
         representation = models.user_json(db, auth.current_user(db, request).id)
@@ -136,7 +147,7 @@ def get_user(user_id):
     return json_text_response(representation)
 
 
-@app.route("/users/<user_id:id>", method=["PUT", "PATCH"])
+@app.route("/users/<user_id:id>", method=["PUT", "PATCH"], needs_token=True)
 def update_user(user_id):
     with database.reading() as db:
         stored_hash = owned_user(db, user_id, lock=False).password_hash
@@ -168,7 +179,7 @@ def new_password_hash(fields, stored_hash):
         return auth.hash_password(fields.pop("password"))
 
 
-@app.delete("/users/<user_id:id>")
+@app.delete("/users/<user_id:id>", needs_token=True)
 def delete_user(user_id):
     with database.writing() as db:
         owned_user(db, user_id)
@@ -181,7 +192,7 @@ def delete_user(user_id):
 # Stats
 
 
-@app.get("/users/<user_id:id>/stats")
+@app.get("/users/<user_id:id>/stats", needs_token=True)
 def get_stats(user_id):
     with database.reading() as db:
         auth.current_user(db, request)
@@ -191,7 +202,7 @@ def get_stats(user_id):
     return json_response(models.stats_json(stats))
 
 
-@app.route("/users/<user_id:id>/stats", method=["PUT", "PATCH"])
+@app.route("/users/<user_id:id>/stats", method=["PUT", "PATCH"], needs_token=True)
 def update_stats(user_id):
     with database.writing() as db:
         owned_user(db, user_id)
@@ -203,7 +214,7 @@ def update_stats(user_id):
 # one. A report's states, and who moves it between them: reports.py.
 
 
-@app.post("/users/<user_id:id>/pdf")
+@app.post("/users/<user_id:id>/pdf", needs_token=True)
 def request_report(user_id):
     url = f"/users/{user_id}/pdf"
     accepted = json_response({"url": url, "status": "pending"}, 202, {"Location": url})
@@ -225,7 +236,7 @@ def request_report(user_id):
     return accepted
 
 
-@app.get("/users/<user_id:id>/pdf")
+@app.get("/users/<user_id:id>/pdf", needs_token=True)
 def get_report(user_id):
     wait = waiting.preferred_wait(request.environ)
     if not wait:
@@ -340,11 +351,17 @@ pages.add_routes(app)
 # Service
 
 
+embedded_worker = None  # worker.Worker, when this server runs one (main)
+
+
 @app.get("/healthz")
 def healthz():
     parts = {
         "database": "ok" if models.database_is_up() else "down",
-        "broker": "ok" if jobs.broker_is_up() else "down",
+        # With the embedded worker, the broker is of no use unless it consumes.
+        "broker": "ok"
+        if jobs.broker_is_up() and (embedded_worker is None or embedded_worker.consuming)
+        else "down",
     }
     up = all(state == "ok" for state in parts.values())
     return json_response({"status": "ok" if up else "down", **parts}, 200 if up else 503)
@@ -375,11 +392,13 @@ def main():
         requeue_unfinished_reports()
     else:  # the workers' news comes through the broker
         threading.Thread(target=jobs.listen_for_news, name="job-news", daemon=True).start()
-    embedded_worker = None
+    threading.Thread(target=republish_lost_jobs, name="lost-jobs", daemon=True).start()
+    global embedded_worker
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib
 
-        embedded_worker = worker.start_in_thread()
+        counted = [lambda settled, seconds: metrics.observe_job(settled.outcome, seconds)]
+        embedded_worker = worker.start_in_thread(on_settled=counted if config.METRICS else ())
     on_answered = None
     if config.METRICS:
         metrics.watch_service(
@@ -389,6 +408,29 @@ def main():
         if not config.EMBEDDED_WORKER:  # render durations: the separate workers' news
             jobs.on_settled(metrics.observe_heard_job)
     serving.serve(app, on_stop=embedded_worker and embedded_worker.stop, on_answered=on_answered)
+
+
+def republish_lost_jobs():
+    """Every server, for as long as it runs: publishes again the jobs of reports
+    pending for over REPUBLISH_AFTER (their server died between commit and
+    publish), so that every POST answered 202 ends in a report, whoever dies
+    and though nobody asks again. Sweeps often enough to find one within a
+    sixth of REPUBLISH_AFTER (10 s) of its being due."""
+    every = min(10, reports.REPUBLISH_AFTER / 6)
+    while True:
+        time.sleep(every)
+        try:
+            with database.writing() as db:
+                lost = reports.claim_lost_jobs(db)
+            for report in lost:
+                log.warning("report %s was pending too long: publishing its job again", report.id)
+                try:
+                    jobs.publish(report.id, report.user_id)
+                except jobs.BrokerUnavailable:
+                    with database.writing() as db:
+                        reports.due_again(db, report.id)
+        except Exception as error:  # the database away: the next sweep tries again
+            log.warning("could not sweep for lost report jobs: %r", error)
 
 
 def requeue_unfinished_reports():

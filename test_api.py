@@ -1679,6 +1679,36 @@ class HeadersTest(ApiTestCase):
                 self.assertIn("token", answer.json)
                 self.assertIn("no-store", header_words(answer.header("Cache-Control")))
 
+    def test_answers_of_routes_that_need_a_token_are_private_no_cache(self):
+        user, token = self.sign_up()
+        doomed, doomed_token = self.sign_up()
+        _, other_token = self.sign_up()
+        mine = f"/users/{user['id']}"
+        answers = {
+            "200 me": self.request("GET", "/users/me", token=token),
+            "200 stats": self.request("GET", mine + "/stats", token=token),
+            "200 stats changed": self.request(
+                "PATCH", mine + "/stats", {"loss_count": 1}, token=token
+            ),
+            "200 user changed": self.request("PATCH", mine, {"gender": "x"}, token=token),
+            "202 report requested": self.request("POST", mine + "/pdf", token=token),
+            "202 report pending": self.request("GET", mine + "/pdf", token=token),
+            "204 delete": self.request("DELETE", f"/users/{doomed['id']}", token=doomed_token),
+            "401 me": self.request("GET", "/users/me"),
+            "401 stats": self.request("GET", mine + "/stats"),
+            "403 user": self.request("PATCH", mine, {"gender": "x"}, token=other_token),
+            "404 stats": self.request("GET", f"/users/{NO_SUCH_ID}/stats", token=token),
+        }
+        for what, answer in answers.items():
+            with self.subTest(what):
+                self.assertEqual(answer.status, int(what.split()[0]), answer.body)
+                words = header_words(answer.header("Cache-Control"))
+                self.assertTrue({"private", "no-cache"} <= words, answer.header("Cache-Control"))
+        # Public reads stay cacheable as they were: no private marking there.
+        for path in ("/users", mine):
+            with self.subTest(path):
+                self.assertIsNone(self.request("GET", path).header("Cache-Control"))
+
     def test_options_on_known_paths_is_204_with_allow_and_needs_no_token(self):
         user, _ = self.sign_up()
         mine = f"/users/{user['id']}"
@@ -2011,6 +2041,35 @@ class GeneratedSecretTest(ApiTestCase):
         self.assertEqual(stranger.status, 201, stranger.body)
         self.assertEqual(stranger.json["user"]["id"], 1)
         self.assertUnauthorized(self.request("GET", "/users/me", token=stranger.json["token"]))
+
+
+class WeakSecretTest(BoundedTestCase):
+    """A JWT_SECRET shorter than 32 bytes (RFC 7518 section 3.2) refuses to start."""
+
+    def start_with_secret(self, secret):
+        service = LiveService(JWT_SECRET=secret)
+        self.addCleanup(service.stop)
+        process = service.start("server.py", PORT=str(free_port()))
+        try:
+            process.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            return None, process.output()
+        return process.popen.returncode, process.output()
+
+    def test_a_31_byte_secret_refuses_to_start_naming_the_variable_and_the_minimum(self):
+        # 31 bytes, of which the "é"s are 2 each: bytes count, not characters.
+        code, output = self.start_with_secret("é" * 10 + "x" * 11)
+        self.assertIsNotNone(code, "the server started with a 31-byte JWT_SECRET")
+        self.assertNotEqual(code, 0)
+        self.assertIn("JWT_SECRET", output)
+        self.assertIn("32 bytes", output)
+        self.assertNotIn("Traceback", output)
+
+    def test_a_32_byte_secret_starts(self):
+        service = LiveService(JWT_SECRET="s" * 32)
+        self.addCleanup(service.stop)
+        service.start_server()
+        self.assertEqual(service.request("GET", "/healthz").status, 200)
 
 
 # Service

@@ -421,6 +421,40 @@ class SeveralMachinesTest(FaultTestCase):
             self.wait_for_report(user, token)
         self.assertNoServerErrors(first, service.server, *workers)
 
+    def test_a_report_answered_202_is_made_though_its_server_died_before_publishing(self):
+        # Lost jobs are looked for after REPUBLISH_AFTER (60 s; 3 s here, to keep the test short).
+        service = self.start_service_on_rabbitmq()
+        service.env["REPUBLISH_AFTER"] = "3"
+        # A broker that takes the connection and never answers holds the first
+        # server inside its publish, after it committed the pending report.
+        black_hole = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(black_hole.close)
+        doomed = service.start_server(
+            BROKER_URL=f"amqp://guest:guest@127.0.0.1:{black_hole.getsockname()[1]}//"
+        )
+        doomed_port = service.port
+        service.start_server()
+        service.start_worker()
+        user, token = self.sign_up()
+
+        posting = ThreadPoolExecutor(1)
+        self.addCleanup(posting.shutdown)
+        cut_off = posting.submit(
+            self.request, "POST", f"/users/{user['id']}/pdf", token=token, port=doomed_port
+        )
+        wait_until(
+            lambda: [row[1] for row in self.report_rows(user)] == ["pending"],
+            what="the pending report committed",
+        )
+        doomed.stop(signal.SIGKILL)  # inside its publish: the job never reached RabbitMQ
+        with self.assertRaises(OSError):
+            cut_off.result(timeout=30)
+
+        # Nobody POSTs again: GETs only, on the server that lives.
+        report = self.wait_for_report(user, token, timeout=90)
+        self.assertIn(user["username"], pdf_text(report.body))
+        self.assertIn("publishing its job again", service.server.output())
+
     def served(self, user, token, port):
         answer = self.request("GET", f"/users/{user['id']}/pdf", token=token, port=port)
         self.assertIn(answer.status, (200, 202), answer.body)

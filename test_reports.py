@@ -421,6 +421,9 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
                 self.assertEqual(again.body, b"")
                 self.assertEqual(again.header("ETag"), etag)
                 self.assertEqual(again.header("X-Content-Type-Options"), "nosniff")
+                self.assertEqual(again.header("Cache-Control"), "private, no-cache")
+        # The PDF itself: no shared cache keeps it, though it has a Last-Modified.
+        self.assertEqual(served.header("Cache-Control"), "private, no-cache")
 
     def test_the_report_is_readable_cross_origin_with_its_headers_exposed(self):
         user, token = self.new_user_with_stats()

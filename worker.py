@@ -15,17 +15,16 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as StillRunning
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import NamedTuple
 
-from kombu import Consumer
+from kombu.mixins import ConsumerMixin
 
 import config
 import database
 import jobs
-import metrics
 import models
 import reports
 import schema
@@ -36,7 +35,9 @@ import schema
 log = logging.getLogger("worker")
 
 RENDER_ATTEMPTS = 3
-RECONNECT_DELAYS = (0.5, 1, 2, 5)  # then 5 s between attempts
+# After a job fails (the database, most likely), before it goes back to the
+# queue: with prefetch 1 it would come straight back to this worker.
+FAILURE_PAUSE = 2  # seconds
 
 
 def report_data(db, user_id):
@@ -154,113 +155,163 @@ def _ready():
     import report  # noqa: F401 (loading it is the point)
 
 
-class Worker:
-    """Consumes jobs until stop(); reconnects by itself when the broker goes away."""
+class Stopping(Exception):
+    """Raised to leave a reconnection loop once the worker is asked to stop."""
 
-    def __init__(self, job_runner=None):
-        self._stopping = threading.Event()
-        # Jobs run in a thread (or process) of their own so that this one keeps
-        # the connection's heartbeats going, however long a render takes.
-        self._job_runner = job_runner or ThreadPoolExecutor(1, thread_name_prefix="render")
-        self._job = None  # (message, future, when it began) of the job in hand
+
+class BrokerLost(Exception):
+    """The consuming connection is gone (and the log says what it cost)."""
+
+
+class Worker(ConsumerMixin):
+    """Consumes report jobs until stop(), one at a time, as kombu's ConsumerMixin does;
+    reconnects by itself when the broker goes away.
+
+    run(body) does a job and returns its Settled (run_job, or the same in the
+    embedded worker's child process); on_settled(settled, seconds) is told of
+    every job settled (the metrics, the news for waiting requests)."""
+
+    def __init__(self, connection, run=run_job, on_settled=(), failure_pause=FAILURE_PAUSE):
+        self.connection = connection
+        self.run_job, self.on_settled = run, list(on_settled)
+        self.failure_pause = failure_pause
+        self._paused = threading.Event()  # set by stop(): a pause ends at once
         self._stopped = threading.Event()
+        self.consuming = False  # connected, with its consumer ready (the health check)
 
-    def stop(self, wait=0):
-        """Asks the worker to stop (the job in hand is finished first); waits up to wait s."""
-        self._stopping.set()
-        self._stopped.wait(wait)
-
-    def run(self):
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                with jobs.connect(heartbeat=jobs.HEARTBEAT) as connection:
-                    connection.ensure_connection(max_retries=1, timeout=jobs.CONNECT_TIMEOUT)
-                    failures = 0
-                    self._consume(connection)
-            except Exception as error:
-                self._job = None  # unacked, so the broker gives it to a worker again
-                # Above all the broker going away; whatever it was, the worker carries on.
-                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
-                failures += 1
-                log.warning(
-                    "consuming stopped (%r); reconnecting in %ss",
-                    error,
-                    delay,
-                    exc_info=not isinstance(error, jobs.connection_errors()),
-                )
-                self._stopping.wait(delay)
-        self._job_runner.shutdown()
-        log.info("worker stopped")
-        self._stopped.set()
-
-    def _consume(self, connection):
-        with Consumer(
-            connection,
-            queues=[jobs.queue],
-            callbacks=[self._take_job],
-            accept=["json"],
-            prefetch_count=1,
-            on_decode_error=self._on_undecodable,
-        ):
-            log.info("consuming report jobs from %s", connection.as_uri())
-            # On stop, the job in hand is finished and acked before leaving.
-            while not (self._stopping.is_set() and self._job is None):
-                if self._job is None:
-                    jobs.drain(connection, timeout=1)
-                elif not self._settle_job(wait=1):
-                    # Still rendering: keep reading the broker's heartbeats meanwhile.
-                    jobs.drain(connection, timeout=0.01)
-                connection.heartbeat_check()
-
-    def _take_job(self, body, message):
+    def get_consumers(self, Consumer, channel):
         # Prefetch 1: no other job arrives until this one is acked.
-        self._job = (message, self._job_runner.submit(run_job, body), time.monotonic())
+        return [
+            Consumer(
+                queues=[jobs.queue], callbacks=[self.on_job], accept=["json"], prefetch_count=1
+            )
+        ]
 
-    def _settle_job(self, wait):
-        """Ack the job in hand once it is done; False while it is still running."""
-        message, running, began = self._job
+    def on_consume_ready(self, connection, channel, consumers, **kwargs):
+        self.consuming = True
+        log.info("consuming report jobs from %s", connection.as_uri())
+
+    def on_consume_end(self, connection, channel):
+        self.consuming = False
+
+    def on_connection_error(self, error, interval):
+        self.consuming = False
+        if self.should_stop:
+            raise Stopping() from error
+        log.warning("cannot reach the broker (%r); trying again in %ss", error, interval)
+
+    @contextmanager
+    def establish_connection(self):
+        # ConsumerMixin's own, with a shorter longest pause (5 s, not 30 s)
+        # between attempts: a restarted broker gets its consumers back soon.
+        with self.create_connection() as connection:
+            connection.ensure_connection(
+                self.on_connection_error, interval_start=0.5, interval_step=1, interval_max=5
+            )
+            yield connection
+
+    def on_job(self, body, message):
+        """Runs the job, then acks it: a worker that dies before the ack loses
+        nothing, as the broker hands the job to the next worker."""
+        began = time.monotonic()
         try:
-            settled = running.result(timeout=wait)
-            log.info(settled.text)
-            message.ack()
-        except StillRunning:
-            return False
+            settled = self.run_job(body)
         except Exception:
             # The database, most likely: leave the job for later, or another worker.
-            log.exception("job %r failed; it goes back to the queue", message.payload)
-            self._stopping.wait(2)
-            message.requeue()
-            self._job = None
-            return True
-        self._job = None
+            log.exception("job %r failed; it goes back to the queue", body)
+            self._paused.wait(self.failure_pause)
+            with self._broker_loss(f"job {body!r:.100} could not go back to the queue"):
+                message.requeue()
+            return
+        log.info(settled.text)
         # A dropped job drew nothing: its few milliseconds are no render's
         # duration, and would make waiting.py's Retry-After too hopeful.
         seconds = None if settled.outcome == "dropped" else time.monotonic() - began
-        metrics.observe_job(settled.outcome, seconds)
-        if settled.user_id is not None:
-            jobs.announce_settled(settled.user_id, seconds)
-        return True
+        with self._broker_loss(f"{settled.text}, but its ack was lost"):
+            try:
+                message.ack()
+            finally:  # the outcome is committed: whoever waits on it hears of it
+                for listener in self.on_settled:
+                    listener(settled, seconds)
 
-    def _on_undecodable(self, message, error):
+    @contextmanager
+    def _broker_loss(self, what):
+        """Says what a lost connection meant, then lets run() reconnect."""
+        try:
+            yield
+        except self.connection.connection_errors + (OSError,) as error:
+            # Nothing is lost: the broker gives the unacked job to a worker
+            # again, which drops it if its report is finished by now.
+            log.warning("%s with the broker's connection (%r); it will be redelivered", what, error)
+            raise BrokerLost() from error
+
+    def on_decode_error(self, message, error):
         log.error("dropped a job that is not JSON (%s): %r", error, message.body[:200])
         message.ack()
 
+    def run(self):
+        """Consumes until stop(), connecting again whenever the broker goes away."""
+        errors = self.connection.connection_errors + self.connection.channel_errors
+        while not self.should_stop:
+            try:
+                for _ in self.consume():
+                    pass
+            except BrokerLost:
+                pass  # said already
+            except Stopping:
+                break
+            except errors as error:
+                log.warning("lost the broker (%r); connecting again", error)
+            self.consuming = False
+        self.consuming = False
+        log.info("worker stopped")
+        self._stopped.set()
 
-def start_in_thread():
+    def stop(self, wait=0):
+        """Asks the worker to stop (the job in hand is finished first); waits up to wait s."""
+        self.should_stop = True
+        self._paused.set()
+        self._stopped.wait(wait)
+
+
+def tell_servers(settled, seconds):
+    """News for the requests waiting on the user's report, whichever server holds them."""
+    if settled.user_id is not None:
+        jobs.announce_settled(settled.user_id, seconds)
+
+
+def start_in_thread(on_settled=()):
     """The embedded worker of a server process: it consumes in a thread, and
     runs the jobs in a child process."""
-    worker = Worker(JobProcess())
-    threading.Thread(target=worker.run, name="embedded-worker", daemon=True).start()
+    job_process = JobProcess()
+    worker = Worker(
+        jobs.connect(heartbeat=jobs.HEARTBEAT),
+        run=lambda body: job_process.submit(run_job, body).result(),
+        on_settled=[tell_servers, *on_settled],
+    )
+
+    def consume():
+        worker.run()
+        job_process.shutdown()
+
+    threading.Thread(target=consume, name="embedded-worker", daemon=True).start()
     return worker
 
 
 def main():
+    import metrics
+
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     schema.ensure_newest()
     _ready()  # matplotlib loads now, not during the first job
     metrics.serve_for_worker()
-    worker = Worker()
+    worker = Worker(
+        jobs.connect(heartbeat=jobs.HEARTBEAT),
+        on_settled=[
+            tell_servers,
+            lambda settled, seconds: metrics.observe_job(settled.outcome, seconds),
+        ],
+    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run()
