@@ -3,19 +3,22 @@
 import base64
 import hashlib
 import hmac
+import math
 import os
 import time
+from contextlib import nullcontext
 from functools import cache, lru_cache
 
 import jwt
 
 import config
 import database
-import limits
 import models
 from responses import ApiError
-from serving import USER_ID_KEY
 from validation import USER_FIELDS
+
+# Where current_user leaves the caller's id in the request's environ.
+USER_ID_KEY = "stats_api.user_id"
 
 # OWASP's minimum for scrypt, in the variant that needs 16 MiB per hash
 # (128 * N * r bytes): eight logins at once stay well inside a small machine.
@@ -62,77 +65,68 @@ def spend_one_hash(password):
     password_matches(password, _hash_of_nobody())
 
 
-def check_login(db, username, password):
-    """The user for this pair, or None. An unknown name costs one hash, as a wrong password does."""
-    user = models.find_user_by_name(db, username)
-    if user is None:
-        spend_one_hash(password)
-        return None
-    return user if password_matches(password, user.password_hash) else None
-
-
 # Login throttling: this many failures for one username within the window
 # (300 s; config.LOGIN_FAILURE_WINDOW, which only the tests shorten).
-MAX_FAILURES, FAILURE_WINDOW = 10, config.LOGIN_FAILURE_WINDOW
-# A check is a hash and two short transactions, each of which may wait for
-# the database (up to 30 s on SQLite): an attempt older than this was left
-# by a process that stopped mid-check, and no longer counts.
-ATTEMPT_TIMEOUT = 120
-# While attempts in flight fill the limit, a login waits for them to settle
-# (they may yet succeed), polling this often, for at most this long: then it
-# is a 503 to try again, for a waiting login holds a Waitress thread.
-SETTLE_POLL, SETTLE_WAIT = 0.02, 0.25
+MAX_FAILURES, FAILURE_WINDOW = models.MAX_LOGIN_SLOTS, config.LOGIN_FAILURE_WINDOW
 
 
-def _login_room(db, username):
-    """0 when a login may begin; seconds to wait when failures throttle the
-    username; None while attempts in flight fill what the failures leave."""
-    now = time.time()
-    # Failures first: an attempt settling between the two reads is then
-    # counted by neither (too few, so writing re-checks), never by both.
-    failures = models.recent_login_failures(db, username, now - FAILURE_WINDOW)
-    if len(failures) >= MAX_FAILURES:
-        # The window opens again when the oldest failure that still counts expires.
-        return max(1, int(failures[MAX_FAILURES - 1] + FAILURE_WINDOW - now) + 1)
-    in_flight = models.login_attempts_in_flight(db, username, now - ATTEMPT_TIMEOUT)
-    return None if len(failures) + in_flight >= MAX_FAILURES else 0
-
-
-def log_in(username, password):
+def log_in(username, password, hashing=nullcontext):
     """The user for this pair, or None for a bad one; ApiError 429 while the
-    username is throttled, 503 when the hashing budget or attempts in flight
-    leave no room. Only a checked, wrong pair counts as a failed login."""
+    username is throttled, 503 while logins being checked fill what its
+    failures leave. hashing() is held around the hash (the server's budget).
+
+    One transaction counts the username's recent failures and records this
+    login as being checked, before the hash, so that logins sent at once each
+    count the others. The hash's outcome then settles it: a failure, or
+    nothing. Only a checked, wrong pair counts as a failed login."""
     if not USER_FIELDS["username"].accepts(username):
-        with limits.hash_budget.held():
+        with hashing():
             spend_one_hash(password)  # no such user can exist; answer as slowly
         return None
-    deadline = time.monotonic() + SETTLE_WAIT
-    while True:
-        # Reads only, before the budget: a throttled username gets its 429
-        # however busy the budget is, and no slot is held while attempts in
-        # flight settle.
-        wait_for_room(username, deadline)
-        # The budget before the attempt is written: a login it refuses has
-        # written nothing. (Recording the attempt first cost a refused login
-        # two writes: under a login flood, reads fell to 0.18-0.28x of their
-        # rate alone, in the benchmark's abuse section.)
-        with limits.hash_budget.held():
-            attempt = start_login_attempt(username)
-            if attempt is not None:
-                # Should this fail (the database), the attempt is left in flight, and
-                # stops counting after ATTEMPT_TIMEOUT: it is never taken for a failure.
-                with database.reading() as db:
-                    user = check_login(db, username, password)
-                break
-        # Attempts begun meanwhile took the room: let them settle, till the deadline.
-        if time.monotonic() > deadline:
-            raise _busy(username)
-        time.sleep(SETTLE_POLL)
-    end_login_attempt(username, attempt, failed=user is None)
-    return user
+    user, slot = _begin_login(username)
+    try:
+        with hashing():
+            matched = _password_matches(user, password)
+    except BaseException:  # never checked (the budget was full): not a failure
+        with database.writing() as db:
+            models.settle_login(db, username, slot, failed=False)
+        raise
+    with database.writing() as db:
+        models.settle_login(db, username, slot, failed=not matched)
+    return user if matched else None
+
+
+def _password_matches(user, password):
+    if user is None:
+        spend_one_hash(password)  # an unknown name costs one hash, as a wrong password does
+        return False
+    return password_matches(password, user.password_hash)
+
+
+def _begin_login(username):
+    """(the user or None, the slot of this login); ApiError 429 or 503."""
+    for _ in range(3):
+        try:
+            with database.writing() as db:
+                now = time.time()
+                slots = models.login_slots(db, username, forget_before=now - FAILURE_WINDOW)
+                failures = sorted(at for _, at, checking in slots if not checking)
+                if len(failures) >= MAX_FAILURES:
+                    # The window opens again when the oldest failure expires.
+                    raise _throttled(username, math.ceil(failures[0] + FAILURE_WINDOW - now))
+                free = set(range(1, MAX_FAILURES + 1)) - {slot for slot, _, _ in slots}
+                if not free:
+                    raise _busy(username)
+                slot = min(free)
+                models.take_login_slot(db, username, slot)
+                return models.find_user_by_name(db, username), slot
+        except database.IntegrityError:
+            pass  # PostgreSQL: a login of the same name took the slot meanwhile; count again
+    raise _busy(username)
 
 
 def _throttled(username, wait):
+    wait = max(1, wait)
     return ApiError(
         429,
         f"Too many failed logins for '{username}'; try again in {wait} seconds.",
@@ -142,62 +136,11 @@ def _throttled(username, wait):
 
 def _busy(username):
     # Not a throttle (failures may stay under ten): busy, so try again soon.
-    # An attempt of a process that died mid-check counts a while yet.
     return ApiError(
         503,
         f"Other logins for '{username}' are being checked; try again in a moment.",
         Retry_After=1,
     )
-
-
-def wait_for_room(username, deadline):
-    """Returns when a login of username may begin; ApiError 429 while it is
-    throttled, 503 when attempts in flight still fill the limit at deadline
-    (time.monotonic()).
-
-    A right password is refused only after ten failures: while attempts in
-    flight fill the limit, this waits for them to settle (they may yet succeed).
-    It only reads: a flood of throttled logins writes nothing.
-    """
-    while True:
-        with database.reading() as db:
-            wait = _login_room(db, username)
-        if wait == 0:
-            return
-        if wait is not None:
-            raise _throttled(username, wait)
-        if time.monotonic() > deadline:
-            raise _busy(username)
-        time.sleep(SETTLE_POLL)
-
-
-def start_login_attempt(username):
-    """The attempt, recorded in flight; ApiError 429 if the username is now
-    throttled, None if attempts in flight now fill the limit. They count
-    toward it, so that guesses sent at once cannot all get in under it:
-    counting and adding one is a single write transaction with the username
-    locked."""
-    with database.writing() as db:
-        models.lock_logins_of(db, username)
-        wait = _login_room(db, username)
-        if wait == 0:
-            return models.begin_login_attempt(
-                db, username, forget_before=time.time() - ATTEMPT_TIMEOUT
-            )
-    if wait is not None:
-        raise _throttled(username, wait)
-    return None
-
-
-def end_login_attempt(username, attempt, failed):
-    """Settles an attempt: a failure, or nothing."""
-    with database.writing() as db:
-        # Locked like the count: _login_room reads failures and attempts in two
-        # statements, and on PostgreSQL each sees the latest commit.
-        models.lock_logins_of(db, username)
-        models.end_login_attempt(db, attempt)
-        if failed:
-            models.record_login_failure(db, username, forget_before=time.time() - FAILURE_WINDOW)
 
 
 # Tokens
@@ -272,5 +215,5 @@ def current_user(db, request, lock=False):
     user = models.find_user(db, int(sub), lock)
     if user is None or user.token_version != version:
         raise token_no_longer_valid()
-    request.environ[USER_ID_KEY] = user.id
+    request.environ[USER_ID_KEY] = user.id  # for the access log
     return user

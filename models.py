@@ -9,6 +9,7 @@ import time
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Float,
@@ -24,7 +25,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal,
     literal_column,
     select,
     text,
@@ -100,24 +100,20 @@ user_count = Table(
     Column("n", BigInteger, nullable=False),
 )
 
-# Failed logins; the recent ones of a username decide throttling. Kept in
-# the database so that every server sharing it throttles alike.
+# Failed logins, and logins being checked, by username: the recent ones decide
+# throttling (auth.py). Kept in the database so that every server sharing it
+# throttles alike. A username has at most MAX_LOGIN_SLOTS rows, one per slot:
+# two logins that take the same slot at once cannot both commit, on any
+# database, so guesses sent at once never get past the limit.
+MAX_LOGIN_SLOTS = 10
 login_failures = Table(
     "login_failures",
     metadata,
-    Column("id", Id, primary_key=True),
-    Column("username", String(32), nullable=False, index=True),
-    Column("failed_at", Float, nullable=False, index=True),
-)
-
-# Logins whose password is being checked right now. They count toward the
-# limit too: otherwise guesses sent at once would all get in under it.
-login_attempts = Table(
-    "login_attempts",
-    metadata,
-    Column("id", Id, primary_key=True),
-    Column("username", String(32), nullable=False, index=True),
-    Column("started_at", Float, nullable=False, index=True),
+    Column("username", String(32), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    # When the login failed; while checking, when it began.
+    Column("at", Float, nullable=False, index=True),
+    Column("checking", Boolean, nullable=False),
 )
 
 
@@ -308,74 +304,45 @@ def update_stats(db, user_id, fields):
     )
 
 
-# Login failures, and the attempts being checked
+# Login failures, and logins being checked
 
-RECENT_FAILURES = Statement(
-    select(login_failures.c.failed_at)
-    .where(
-        login_failures.c.username == bindparam("username"),
-        login_failures.c.failed_at > bindparam("since"),
-    )
-    .order_by(login_failures.c.failed_at.desc())
-)
-FORGET_FAILURES = Statement(
-    delete(login_failures).where(login_failures.c.failed_at <= bindparam("before"))
-)
-INSERT_FAILURE = Statement(
-    insert(login_failures).values(username=bindparam("username"), failed_at=bindparam("at"))
-)
-ATTEMPTS_IN_FLIGHT = Statement(
-    select(func.count())
-    .select_from(login_attempts)
-    .where(
-        login_attempts.c.username == bindparam("username"),
-        login_attempts.c.started_at > bindparam("since"),
+FORGET_LOGINS = Statement(delete(login_failures).where(login_failures.c.at <= bindparam("before")))
+LOGIN_SLOTS = Statement(
+    select(login_failures.c.slot, login_failures.c.at, login_failures.c.checking).where(
+        login_failures.c.username == bindparam("username")
     )
 )
-FORGET_ATTEMPTS = Statement(
-    delete(login_attempts).where(login_attempts.c.started_at <= bindparam("before"))
+TAKE_LOGIN_SLOT = Statement(
+    insert(login_failures).values(
+        username=bindparam("username"), slot=bindparam("slot"), at=bindparam("at"), checking=True
+    )
 )
-INSERT_ATTEMPT = Statement(
-    insert(login_attempts)
-    .values(username=bindparam("username"), started_at=bindparam("at"))
-    .returning(login_attempts.c.id)
+_of_slot = (
+    login_failures.c.username == bindparam("username"),
+    login_failures.c.slot == bindparam("slot"),
 )
-END_ATTEMPT = Statement(delete(login_attempts).where(login_attempts.c.id == bindparam("id")))
-# PostgreSQL lets two transactions count the same rows at once; SQLite's
-# writing() already lets one writer in at a time. (7250: database.schema_lock has 7249.)
-LOCK_LOGINS_OF = Statement(
-    select(func.pg_advisory_xact_lock(literal(7250), func.hashtext(bindparam("username"))))
+LOGIN_FAILED = Statement(
+    update(login_failures).where(*_of_slot).values(at=bindparam("at"), checking=False)
 )
+LOGIN_SUCCEEDED = Statement(delete(login_failures).where(*_of_slot))
 
 
-def recent_login_failures(db, username, since):
-    """Times of the username's failed logins after since, newest first."""
-    return [
-        row.failed_at for row in RECENT_FAILURES.rows(db, {"username": username, "since": since})
-    ]
+def login_slots(db, username, forget_before):
+    """[(slot, at, checking)] of the username's recent logins that failed or are
+    being checked; forgets every username's rows from before forget_before."""
+    FORGET_LOGINS.run(db, {"before": forget_before})
+    return LOGIN_SLOTS.rows(db, {"username": username})
 
 
-def lock_logins_of(db, username):
-    """Until the transaction ends, no other one counts or adds this username's attempts."""
-    if not SQLITE:
-        LOCK_LOGINS_OF.run(db, {"username": username})
+def take_login_slot(db, username, slot):
+    """Records a login of username being checked; IntegrityError if the slot was taken."""
+    TAKE_LOGIN_SLOT.run(db, {"username": username, "slot": slot, "at": time.time()})
 
 
-def login_attempts_in_flight(db, username, since):
-    return ATTEMPTS_IN_FLIGHT.scalar(db, {"username": username, "since": since})
-
-
-def begin_login_attempt(db, username, forget_before):
-    """Records an attempt in flight (and forgets those begun before forget_before); its id."""
-    FORGET_ATTEMPTS.run(db, {"before": forget_before})
-    return INSERT_ATTEMPT.scalar(db, {"username": username, "at": time.time()})
-
-
-def end_login_attempt(db, attempt_id):
-    END_ATTEMPT.run(db, {"id": attempt_id})
-
-
-def record_login_failure(db, username, forget_before):
-    """Records a failure now (and forgets those before forget_before)."""
-    FORGET_FAILURES.run(db, {"before": forget_before})
-    INSERT_FAILURE.run(db, {"username": username, "at": time.time()})
+def settle_login(db, username, slot, failed):
+    """A failed login stays as a failure; one that succeeded (or was never checked) goes."""
+    params = {"username": username, "slot": slot}
+    if failed:
+        LOGIN_FAILED.run(db, {**params, "at": time.time()})
+    else:
+        LOGIN_SUCCEEDED.run(db, params)

@@ -335,7 +335,7 @@ def login():
     username, password = body.get("username"), body.get("password")
     if not (isinstance(username, str) and username and isinstance(password, str) and password):
         raise ApiError(400, BAD_LOGIN)
-    user = auth.log_in(username, password)
+    user = auth.log_in(username, password, hashing=limits.hash_budget.held)
     if user is None:
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
     return json_response(

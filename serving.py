@@ -29,12 +29,10 @@ from waitress.channel import HTTPChannel
 from waitress.task import WSGITask
 
 import config
+from auth import USER_ID_KEY
 from responses import error_body
 
 log = logging.getLogger("serving")
-
-# The user id of a request's token, put in its environ by auth, for the access log.
-USER_ID_KEY = "stats_api.user_id"
 
 
 def tune_process():
