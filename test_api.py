@@ -5,451 +5,44 @@ SQLite file in a temporary folder, and talks to it with http.client.
 """
 
 import base64
-import faulthandler
 import hashlib
-import http.client
 import json
 import os
 import re
-import signal
-import socket
 import stat
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from html.parser import HTMLParser
-from itertools import count, product
-from pathlib import Path
+from itertools import product
 from urllib.parse import quote
 
 import jwt
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-PROJECT = Path(__file__).resolve().parent
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def past_busy(send, timeout=20):
-    """send() again while the server answers 503 (busy: other logins of the
-    name being checked, or the hashing budget full), as a client honouring
-    Retry-After would, only sooner; the first other answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = send()
-        if answer.status != 503:
-            return answer
-        if not (answer.header("Retry-After") or "").isdigit():
-            raise AssertionError(f"a 503 without Retry-After: {answer.body!r}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still busy after {timeout}s: {answer.body!r}")
-        time.sleep(0.02)
-
-
-def wait_until(predicate, timeout=20, what="condition"):
-    """Poll predicate until it returns something truthy; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class TestTimedOut(AssertionError):
-    """A test that ran past its time: it fails instead of hanging the run."""
-
-
-class BoundedTestCase(unittest.TestCase):
-    """Every test ends. After test_timeout seconds (setUp, the test, tearDown
-    and cleanups together) SIGALRM raises TestTimedOut in the main thread,
-    where unittest runs the test, so that it fails and its cleanups stop its
-    processes. Should even that not end it (an exception swallowed by a
-    loop, a thread that ignores it), faulthandler prints every thread's stack
-    a minute later and exits the run. Loops in tests keep deadlines of their
-    own besides; this is the backstop.
-    """
-
-    test_timeout = 300  # seconds: far beyond what any test takes when nothing hangs
-
-    def run(self, result=None):
-        if threading.current_thread() is not threading.main_thread():
-            return super().run(result)  # signals reach the main thread only
-
-        def expire(_signum, _frame):
-            raise TestTimedOut(f"{self.id()} ran for over {self.test_timeout} s")
-
-        previous = signal.signal(signal.SIGALRM, expire)
-        signal.alarm(self.test_timeout)
-        faulthandler.dump_traceback_later(self.test_timeout + 60, exit=True)
-        try:
-            return super().run(result)
-        finally:
-            signal.alarm(0)
-            faulthandler.cancel_dump_traceback_later()
-            signal.signal(signal.SIGALRM, previous)
-
-
-class Response:
-    def __init__(self, raw):
-        self.status = raw.status
-        self.headers = raw.headers
-        self.body = raw.read()
-
-    @property
-    def json(self):
-        return json.loads(self.body)
-
-    def header(self, name):
-        return self.headers.get(name)
-
-
-class Process:
-    """A service process (server or worker) run from this checkout."""
-
-    def __init__(self, script, env, log_path):
-        self.log_path = log_path
-        self.log = open(log_path, "ab")
-        self.popen = subprocess.Popen(
-            [sys.executable, str(PROJECT / script)],
-            env=env,
-            cwd=PROJECT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self, sig=signal.SIGTERM, timeout=15):
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout)
-        self.log.close()
-        return self.popen.returncode
-
-    def output(self):
-        return Path(self.log_path).read_text(errors="replace")
-
-
-# Set to a PostgreSQL URL (whose user may create databases) to run every test
-# on PostgreSQL: each LiveService then gets a database of its own.
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-# Under CI=true what a test needs must be there: a test that would skip fails instead.
-CI = os.environ.get("CI") == "true"
-
-
-class ScratchPostgres:
-    """A new, empty PostgreSQL database, dropped by drop()."""
-
-    def __init__(self, admin_url):
-        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        self.name = f"stats_test_{os.getpid()}_{next(_names)}"
-        with self.admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
-        self.url = self.admin.url.set(database=self.name).render_as_string(hide_password=False)
-
-    def drop(self):
-        with self.admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        self.admin.dispose()
-
-
-# What a service process takes from the caller's environment: what any
-# program needs to run (where programs are, a home for matplotlib's font
-# cache, the locale) and how Python writes bytecode. Nothing that configures
-# the service: a BROKER_URL, CORS_ORIGINS, JWT_TTL or EMBEDDED_WORKER in the
-# caller's shell must not change what a test sees. TEST_DATABASE_URL and
-# RABBITMQ_URL are read by the tests themselves, the only ways in.
-INHERITED_VARIABLES = (
-    "PATH",
-    "HOME",
-    "LANG",
-    "LANGUAGE",
-    "TMPDIR",
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONPYCACHEPREFIX",
+from testing import (
+    BAD_LOGIN,
+    MAX_BODY,
+    NO_SUCH_ID,
+    PAGES,
+    STAT_NAMES,
+    TEST_DATABASE_URL,
+    ZERO_STATS,
+    ApiTestCase,
+    BoundedTestCase,
+    LiveService,
+    ServiceClient,
+    cors_headers,
+    free_port,
+    header_words,
+    method_set,
+    past_busy,
+    raw_exchange,
+    unique_name,
+    wait_until,
 )
-
-
-def inherited_environment():
-    """The few variables of the caller's environment that every process may see."""
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name in INHERITED_VARIABLES or name.startswith("LC_")
-    }
-
-
-class LiveService:
-    """A data folder and database, plus the server (and any workers) started on them.
-
-    Processes get an environment built here, not the caller's (see
-    INHERITED_VARIABLES): what the tests set, on top of the few essentials."""
-
-    def __init__(self, **env):
-        self.folder = tempfile.TemporaryDirectory(prefix="stats-api-test-")
-        self.dir = Path(self.folder.name)
-        self.postgres = ScratchPostgres(TEST_DATABASE_URL) if TEST_DATABASE_URL else None
-        self.env = {
-            **inherited_environment(),
-            "DATA_DIR": str(self.dir),
-            "DATABASE_URL": self.postgres.url if self.postgres else f"sqlite:///{self.dir}/app.db",
-            # 64+ bytes: long enough for every HMAC size, so PyJWT never warns.
-            "JWT_SECRET": "test-secret-" + os.urandom(32).hex(),
-            "SCRYPT_N": "1024",  # tests only: cheap hashes keep hundreds of sign-ups fast
-            # The limits of "Under pressure" are test_pressure.py's; elsewhere one
-            # test client signs up and logs in far more than a person would.
-            "HASH_CONCURRENCY": "8",
-            "SIGNUP_RATE": "1000000",
-            "LOGIN_RATE": "1000000",
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        }
-        self.processes = []
-        self._log_numbers = count(1)
-        self.server = None
-        self.port = None
-
-    def start_server(self, **env):
-        self.port = free_port()
-        self.server = self.start("server.py", PORT=str(self.port), **env)
-        wait_until(self._answers, what=f"the server on port {self.port}")
-        return self.server
-
-    def start_worker(self, **env):
-        return self.start("worker.py", **env)
-
-    def start(self, script, **env):
-        name = f"{Path(script).stem}-{next(self._log_numbers)}.log"
-        process = Process(script, {**self.env, **env}, self.dir / name)
-        self.processes.append(process)
-        return process
-
-    def _answers(self):
-        if self.server.popen.poll() is not None:
-            raise AssertionError("server exited:\n" + self.server.output())
-        # Ours, not another program's: the port was free when picked, and a
-        # server of another test run may have taken it since (ours then exits).
-        if f"serving on http://127.0.0.1:{self.port}" not in self.server.output():
-            return False
-        try:
-            return self.request("GET", "/openapi.json").status == 200
-        except OSError:
-            return False
-
-    def request(self, method, path, body=None, token=None, headers=None, raw=None, port=None):
-        connection = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=30)
-        headers = dict(headers or {})
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if body is not None:
-            raw = json.dumps(body).encode()
-            headers.setdefault("Content-Type", "application/json")
-        try:
-            connection.request(method, path, body=raw, headers=headers)
-            return Response(connection.getresponse())
-        finally:
-            connection.close()
-
-    def stop(self):
-        for process in reversed(self.processes):
-            process.stop()
-        if self.postgres:
-            self.postgres.drop()
-        self.folder.cleanup()
-
-    @contextmanager
-    def database(self):
-        """A transaction on the service's database, for what HTTP cannot reach."""
-        engine = create_engine(self.env["DATABASE_URL"])
-        try:
-            with engine.begin() as connection:
-                yield connection
-        finally:
-            engine.dispose()
-
-
-def raw_exchange(port, data):
-    """Send bytes as they are (no HTTP client to tidy them up): status, headers, body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines)
-    }
-    return int(status_line.split()[1]), headers, body
-
-
-def method_set(header):
-    """The methods of an Allow (or Access-Control-Allow-Methods) header, as a set."""
-    return {method.strip().upper() for method in (header or "").split(",") if method.strip()}
-
-
-_names = count(1)
-
-
-def unique_name(prefix="user"):
-    return f"{prefix}{os.getpid()}_{next(_names)}"
-
-
-STAT_NAMES = ("loss_count", "session_count", "total_time", "victory_count")
-ZERO_STATS = dict.fromkeys(STAT_NAMES, 0)
-BAD_LOGIN = {"success": False, "message": "Bad username or password"}
-MAX_BODY = 1 << 20
-NO_SUCH_ID = 999_999_999  # a well-formed id that no test ever reaches
-
-
-# Every name a client may send in a body or a query: a message about one names only it.
-FIELD_NAMES = frozenset(
-    {"username", "password", "current_password", "email", "gender", "profile_pic"}
-    | set(STAT_NAMES)
-    | {"limit", "offset"}
-)
-
-
-def names_word(text, word):
-    """Whether text holds word whole: not as part of a longer name or number."""
-    return re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", text) is not None
-
-
-class ServiceClient:
-    """What tests do over HTTP against self.service, a LiveService."""
-
-    def request(self, *args, **kwargs):
-        return self.service.request(*args, **kwargs)
-
-    def sign_up(self, **fields):
-        body = {"username": unique_name(), "password": "secret-pw", **fields}
-        answer = self.request("POST", "/users", body)
-        self.assertEqual(answer.status, 201, answer.body)
-        return answer.json["user"], answer.json["token"]
-
-
-class ServiceTestCase(ServiceClient, BoundedTestCase):
-    """One server for the whole class; each test makes the users it needs."""
-
-    service_env = {}
-
-    @classmethod
-    def setUpClass(cls):
-        cls.service = LiveService(**cls.service_env)
-        try:
-            cls.service.start_server()
-        except BaseException:
-            cls.service.stop()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.service.stop()
-
-    def assertError(self, answer, status, mentions=None, also=()):
-        """A JSON error body with the given status (and a message naming a field).
-
-        mentions must be in the message as a whole word ('password' is not in
-        'current_password'); when it is a field, the message must name no other
-        field but those in also, so that a message listing every field (say,
-        the one for unknown fields) does not count as naming this one."""
-        self.assertEqual(answer.status, status, answer.body)
-        self.assertTrue(answer.header("Content-Type").startswith("application/json"))
-        self.assertEqual(answer.json["success"], False)
-        message = answer.json["message"]
-        self.assertIsInstance(message, str)
-        if mentions:
-            self.assertTrue(names_word(message, mentions), f"{mentions!r} not named in {message!r}")
-            if mentions in FIELD_NAMES:
-                others = [
-                    name for name in FIELD_NAMES - {mentions, *also} if names_word(message, name)
-                ]
-                self.assertEqual(others, [], f"{message!r} names other fields than {mentions!r}")
-
-    def assertJson(self, answer, status):
-        """The JSON body of an answer that must have this status."""
-        self.assertEqual(answer.status, status, answer.body)
-        self.assertTrue(
-            (answer.header("Content-Type") or "").startswith("application/json"),
-            answer.header("Content-Type"),
-        )
-        return answer.json
-
-    def assertUnauthorized(self, answer):
-        self.assertError(answer, 401)
-        self.assertEqual(
-            (answer.header("WWW-Authenticate") or "").split(" ")[0],
-            "Bearer",
-            answer.header("WWW-Authenticate"),
-        )
-
-    def assertNoContent(self, answer):
-        self.assertEqual(answer.status, 204, answer.body)
-        self.assertEqual(answer.body, b"")
-
-    def fetch_user(self, user_id):
-        """The user as GET /users/{id} shows it."""
-        return self.assertJson(self.request("GET", f"/users/{user_id}"), 200)
-
-    def stats(self, user_id, token):
-        return self.assertJson(self.request("GET", f"/users/{user_id}/stats", token=token), 200)
-
-    def log_in(self, username, password="secret-pw"):
-        return self.request("POST", "/login", {"username": username, "password": password})
-
-    def token_of(self, username, password="secret-pw"):
-        return self.assertJson(self.log_in(username, password), 200)["token"]
-
-    def set_stats(self, user, token, **values):
-        return self.assertJson(
-            self.request("PATCH", f"/users/{user['id']}/stats", values, token=token), 200
-        )
-
-
-class ApiTestCase(ServiceTestCase):
-    """A ServiceTestCase whose server log must stay clean.
-
-    After each test the log must hold no traceback and no "database is
-    locked": an unexpected exception is a bug even when the client got an
-    answer that looked fine.
-    """
-
-    # These tests make no reports: without the embedded PDF worker (and the
-    # matplotlib it loads) a server starts twice as fast.
-    service_env = {"EMBEDDED_WORKER": "off"}
-    log_must_stay_clean = True
-
-    def setUp(self):
-        self._log_marks = {
-            process.log_path: Path(process.log_path).stat().st_size
-            for process in self.service.processes
-        }
-
-    def tearDown(self):
-        if not self.log_must_stay_clean:
-            return
-        for process in self.service.processes:
-            with open(process.log_path, "rb") as log:
-                log.seek(self._log_marks.get(process.log_path, 0))
-                new = log.read().decode(errors="replace")
-            for sign in ("Traceback", "database is locked"):
-                self.assertNotIn(sign, new, f"server log of this test:\n{new}")
-
 
 # Conventions
 
@@ -1610,18 +1203,6 @@ class RealPasswordCostTest(ApiTestCase):
 # Headers on every response
 
 
-def cors_headers(answer):
-    return {
-        name.lower(): value
-        for name, value in answer.headers.items()
-        if name.lower().startswith("access-control-")
-    }
-
-
-def header_words(value):
-    return {word.strip().lower() for word in (value or "").split(",") if word.strip()}
-
-
 EXPOSED = {"location", "link", "x-total-count", "etag", "last-modified", "retry-after"}
 # Beyond CONTRACT.md's six: what waiting for a report (Prefer: wait=N) needs.
 EXPOSED_FOR_WAITING = {"preference-applied"}
@@ -1742,10 +1323,6 @@ class HeadersTest(ApiTestCase):
 
 
 ALLOWED_ORIGINS = ("https://app.example", "https://admin.example")
-
-
-# The browser pages and a file of each kind they load (CONTRACT.md, Browser pages).
-PAGES = ("/", "/docs", "/console/console.js", "/swagger-ui/swagger-ui.css")
 
 
 class InlineScript(HTMLParser):

@@ -30,7 +30,13 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as shows
 from selenium.webdriver.support.ui import WebDriverWait
 
-from test_api import CI, PAGES, PROJECT, ServiceTestCase, unique_name
+from testing import (
+    CI,
+    PAGES,
+    PROJECT,
+    ServiceTestCase,
+    unique_name,
+)
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")

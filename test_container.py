@@ -24,8 +24,17 @@ import unittest
 from kombu import Connection
 from sqlalchemy.exc import OperationalError
 
-from test_api import CI, Response, ScratchPostgres, free_port, unique_name, wait_until
-from test_reports import RABBITMQ_URL, pdf_text, rabbitmq_answers
+from testing import (
+    CI,
+    RABBITMQ_URL,
+    Response,
+    ScratchPostgres,
+    free_port,
+    pdf_text,
+    rabbitmq_answers,
+    unique_name,
+    wait_until,
+)
 
 IMAGE = os.environ.get("CONTAINER_IMAGE") or "localhost/game-stats-api:latest"
 POSTGRES_URL = os.environ.get("POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

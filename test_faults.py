@@ -17,46 +17,19 @@ import unittest
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
-from kombu import Connection
-
-from test_api import (
-    CI,
+from testing import (
+    RABBITMQ_URL,
     TEST_DATABASE_URL,
-    BoundedTestCase,
-    LiveService,
+    FaultTestCase,
     Response,
-    ServiceClient,
+    card_values,
     past_busy,
+    pdf_text,
+    rabbitmq_answers,
+    require,
     unique_name,
     wait_until,
 )
-from test_reports import RABBITMQ_URL, ReportClient, card_values, pdf_text, rabbitmq_answers
-
-
-def require(condition, reason):
-    """Skip without the service a test needs, except in CI, where it is required."""
-    return unittest.skipUnless(condition or CI, f"{reason} (CI requires it)")
-
-
-class FaultTestCase(ReportClient, ServiceClient, BoundedTestCase):
-    """Each test starts (and stops) the services it needs."""
-
-    def start_service(self, **env):
-        service = LiveService(**env)
-        self.addCleanup(service.stop)
-        self.service = service
-        return service
-
-    def start_service_on_rabbitmq(self):
-        """A service whose jobs go through a queue of this test alone on RabbitMQ."""
-        queue = unique_name("test-faults-")
-        self.addCleanup(delete_queue, queue)
-        return self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
-
-    def assertNoServerErrors(self, *processes):
-        for process in processes:
-            self.assertNotIn("Traceback", process.output(), process.log_path)
-            self.assertNotIn(" 500 ", process.output(), process.log_path)
 
 
 def hashes_in_flight(service):
@@ -279,13 +252,6 @@ class LockedDatabaseTest(FaultTestCase):
         self.post_report(user, token)
         self.wait_for_report(user, token)
         self.assertNoServerErrors(service.server)
-
-
-def delete_queue(name):
-    with Connection(RABBITMQ_URL) as connection:
-        channel = connection.default_channel
-        channel.queue_delete(name)
-        channel.exchange_delete(name)
 
 
 def rabbitmqctl(*args):

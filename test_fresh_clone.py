@@ -10,7 +10,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from test_api import (
+from testing import (
     PROJECT,
     TEST_DATABASE_URL,
     BoundedTestCase,

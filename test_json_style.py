@@ -10,7 +10,12 @@ import unittest
 
 from sqlalchemy.exc import OperationalError
 
-from test_api import CI, TEST_DATABASE_URL, LiveService, ScratchPostgres
+from testing import (
+    CI,
+    TEST_DATABASE_URL,
+    LiveService,
+    ScratchPostgres,
+)
 
 POSTGRES_URL = TEST_DATABASE_URL or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 USER_FIELD_ORDER = ["id", "username", "email", "gender", "profile_pic", "self", "stats", "pdf"]

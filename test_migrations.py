@@ -16,7 +16,7 @@ import jwt
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from test_api import (
+from testing import (
     CI,
     PROJECT,
     TEST_DATABASE_URL,

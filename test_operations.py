@@ -12,18 +12,20 @@ from concurrent.futures import ThreadPoolExecutor
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
-from test_api import (
+from testing import (
     PROJECT,
+    RABBITMQ_URL,
     TEST_DATABASE_URL,
     BoundedTestCase,
     LiveService,
+    ReportClient,
     ServiceClient,
     ServiceTestCase,
     free_port,
+    require_rabbitmq,
     unique_name,
     wait_until,
 )
-from test_reports import RABBITMQ_URL, ReportClient, require_rabbitmq
 
 
 def samples(text):

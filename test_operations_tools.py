@@ -14,7 +14,12 @@ import shutil
 import subprocess
 import unittest
 
-from test_api import CI, ServiceTestCase, free_port, wait_until
+from testing import (
+    CI,
+    ServiceTestCase,
+    free_port,
+    wait_until,
+)
 
 PROMTOOL = shutil.which("promtool")
 PROCESS_METRICS = (

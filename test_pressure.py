@@ -18,7 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import text
 
 from serving import REFUSED_PAUSE
-from test_api import ServiceTestCase, unique_name, wait_until
+from testing import (
+    ServiceTestCase,
+    unique_name,
+    wait_until,
+)
 
 PRODUCTION_SCRYPT_N = "16384"  # 16 MiB and about 0.2 s of a core per hash, as in production
 

@@ -14,7 +14,12 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from test_api import CI, PROJECT, LiveService, wait_until
+from testing import (
+    CI,
+    PROJECT,
+    LiveService,
+    wait_until,
+)
 
 WALK_HEADING = "## A walk through every route"
 

@@ -10,24 +10,18 @@ import select
 import socket
 import struct
 import threading
-import time
 import unittest
 
 from kombu import Connection, Exchange, Queue
 
 import jobs
 import worker
-from test_api import CI, BoundedTestCase
-from test_reports import RABBITMQ_URL, rabbitmq_answers
-
-
-def wait_until(predicate, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from testing import (
+    RABBITMQ_URL,
+    BoundedTestCase,
+    require_rabbitmq,
+    wait_until,
+)
 
 
 class JobsOnABroker(BoundedTestCase):
@@ -104,12 +98,6 @@ class JobFailureTest(JobsOnABroker):
                     wait_until(lambda: self.settled, what="the job settled after its second run")
                 self.assertEqual(len(self.runs), 2)
                 consumer.stop(wait=10)
-
-
-def require_rabbitmq(test_class):
-    if rabbitmq_answers() or CI:
-        return test_class
-    return unittest.skip(f"no RabbitMQ answers at {RABBITMQ_URL} (CI requires one)")(test_class)
 
 
 class CuttableRelay:

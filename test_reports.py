@@ -13,228 +13,41 @@ drawing, the paths painted on the page.
 import io
 import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 
 from kombu import Connection, Exchange, Queue
 from pypdf import PdfReader
-from pypdf.generic import ContentStream
 from sqlalchemy import text
 
-from test_api import (
-    CI,
+from testing import (
+    GENERATED,
     PROJECT,
+    RABBITMQ_URL,
     BoundedTestCase,
     LiveService,
+    ReportClient,
     ServiceClient,
     ServiceTestCase,
+    card_values,
+    embedded_fonts,
+    expected_cards,
+    generated_at,
     header_words,
+    job_process_of,
+    painted_shapes,
+    pdf_lines,
+    pdf_text,
+    require_rabbitmq,
+    signal_if_alive,
     unique_name,
     wait_until,
 )
-
-RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-PDFTOTEXT = shutil.which("pdftotext")
-
-
-def rabbitmq_answers():
-    try:
-        with Connection(RABBITMQ_URL, connect_timeout=2) as connection:
-            connection.ensure_connection(max_retries=0)
-        return True
-    except Exception:
-        return False
-
-
-def pdf_text(data):
-    return PdfReader(io.BytesIO(data)).pages[0].extract_text()
-
-
-def pdf_lines(data):
-    """The page's text lines as pypdf reads them, in the order they were drawn."""
-    return [line.strip() for line in pdf_text(data).splitlines() if line.strip()]
-
-
-def expected_cards(victory_count, loss_count, session_count, total_time):
-    """What the report's cards must show for these stats: {label: value}."""
-    games = victory_count + loss_count
-    hours, rest = divmod(total_time, 3600)
-    return {
-        "Victories": str(victory_count),
-        "Losses": str(loss_count),
-        "Sessions": str(session_count),
-        f"Total time ({total_time} s)": f"{hours} h {rest // 60:02d} min",
-        "Games played": str(games),
-        "Win rate": f"{victory_count / games:.1%}" if games else "no games yet",
-    }
-
-
-def card_values(data, labels=("Victories", "Losses", "Sessions", "Games played", "Win rate")):
-    """{label: the whole line drawn right after the label's first appearance}."""
-    lines = pdf_lines(data)
-    found = {}
-    for label in labels:
-        matching = [index for index, line in enumerate(lines) if line == label]
-        if matching and matching[0] + 1 < len(lines):
-            found[label] = lines[matching[0] + 1]
-    return found
-
-
-GENERATED = re.compile(r"Generated (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
-
-
-def generated_at(data):
-    found = GENERATED.search(pdf_text(data))
-    return found and datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-
-
-PAINT = {b"f", b"F", b"f*", b"B", b"B*", b"b", b"b*"}
-
-
-def painted_shapes(data):
-    """[(fill colour, (x0, y0, x1, y1), number of curve segments)] of every path
-    filled on the page, read from its content stream."""
-    reader = PdfReader(io.BytesIO(data))
-    content = ContentStream(reader.pages[0].get_contents(), reader)
-    shapes, fill, points, curves = [], None, [], 0
-    for operands, operator in content.operations:
-        if operator == b"rg":
-            fill = tuple(round(float(value), 3) for value in operands)
-        elif operator in (b"m", b"l"):
-            points.append((float(operands[0]), float(operands[1])))
-        elif operator == b"c":
-            points.append((float(operands[4]), float(operands[5])))
-            curves += 1
-        elif operator in PAINT or operator in (b"S", b"s", b"n"):
-            if operator in PAINT and points:
-                xs, ys = [x for x, _ in points], [y for _, y in points]
-                shapes.append((fill, (min(xs), min(ys), max(xs), max(ys)), curves))
-            points, curves = [], 0
-    return shapes
-
-
-def embedded_fonts(data):
-    """{font name: whether its program is embedded in the file} of the page's fonts."""
-    fonts = {}
-    resources = PdfReader(io.BytesIO(data)).pages[0]["/Resources"]
-    for font in resources["/Font"].values():
-        font = font.get_object()
-        descriptors = [font.get("/FontDescriptor")] + [
-            descendant.get_object().get("/FontDescriptor")
-            for descendant in font.get("/DescendantFonts", [])
-        ]
-        fonts[str(font["/BaseFont"])] = any(
-            descriptor is not None
-            and {"/FontFile", "/FontFile2", "/FontFile3"} & set(descriptor.get_object())
-            for descriptor in descriptors
-        )
-    return fonts
-
-
-class ReportClient:
-    """What the report tests do over HTTP, against any LiveService."""
-
-    def new_user_with_stats(self, **stats):
-        user, token = self.sign_up(email="player@example.com", gender="female")
-        if stats:
-            answer = self.request("PATCH", f"/users/{user['id']}/stats", stats, token=token)
-            self.assertEqual(answer.status, 200, answer.body)
-        return user, token
-
-    def post_report(self, user, token):
-        answer = self.request("POST", f"/users/{user['id']}/pdf", token=token)
-        self.assertEqual(answer.status, 202, answer.body)
-        return answer
-
-    def wait_for_report(self, user, token, unlike_etag=None, timeout=30):
-        """Poll GET until it serves a PDF (other than the one with unlike_etag)."""
-
-        def served():
-            answer = self.request("GET", f"/users/{user['id']}/pdf", token=token)
-            if answer.status == 200 and answer.header("ETag") != unlike_etag:
-                return answer
-            self.assertIn(answer.status, (200, 202), answer.body)
-            return None
-
-        return wait_until(served, timeout, what=f"the report of user {user['id']}")
-
-    def report_rows(self, user):
-        """[(id, state, finished_at)] of the user's reports, as the database holds them."""
-        with self.service.database() as db:
-            return [
-                tuple(row)
-                for row in db.execute(
-                    text(
-                        "SELECT id, state, finished_at FROM reports"
-                        " WHERE user_id = :user_id ORDER BY id"
-                    ),
-                    {"user_id": user["id"]},
-                )
-            ]
-
-    def run_one_job(self, user, renderer):
-        """Queues a report for user and runs its job in a worker process of
-        its own whose report.render is replaced by renderer (Python source)."""
-        script = textwrap.dedent(renderer) + textwrap.dedent(f"""
-            import database, report, reports, worker
-            report.render = render
-            with database.writing() as db:
-                report_id = reports.queue(db, {user["id"]})
-            print(worker.run_job({{"report_id": report_id, "user_id": {user["id"]}}}))
-        """)
-        return subprocess.run(
-            [sys.executable, "-c", script],
-            env=self.service.env,
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    def pdftotext_lines(self, data):
-        """The report's text as `pdftotext` extracts it, in whole lines. Without
-        pdftotext the test is skipped, saying so, except under CI=true."""
-        if PDFTOTEXT is None:
-            if CI:
-                self.fail("pdftotext (poppler-utils) is required under CI=true")
-            self.skipTest("pdftotext is not installed (poppler-utils): its checks are skipped")
-        done = subprocess.run(
-            [PDFTOTEXT, "-enc", "UTF-8", "-", "-"], input=data, capture_output=True, timeout=30
-        )
-        self.assertEqual(done.returncode, 0, done.stderr)
-        return [line.strip() for line in done.stdout.decode().splitlines() if line.strip()]
-
-
-def job_process_of(server):
-    """The pid of the embedded worker's job process (worker.JobProcess), a child of
-    the server started by multiprocessing's spawn."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
-        if parent == server.popen.pid and b"spawn_main" in command:
-            return int(stat.parent.name)
-    return None
-
-
-def signal_if_alive(pid, signum):
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
 
 ORIGIN = "https://app.example"
 # Values that no date, time, label or other value of the page holds: each found
@@ -589,13 +402,6 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
             return card_values(answer.body)["Victories"] == "100002"
 
         wait_until(served_with_the_new_stats, timeout=20, what="a report with the new stats")
-
-
-def require_rabbitmq(test_class):
-    """Skip without RabbitMQ, except in CI, where it is required."""
-    if rabbitmq_answers() or CI:
-        return test_class
-    return unittest.skip(f"no RabbitMQ answers at {RABBITMQ_URL} (CI requires one)")(test_class)
 
 
 # A worker whose render never ends: the job stays "rendering" until the worker dies.

@@ -44,7 +44,12 @@ import textwrap
 import unittest
 from pathlib import Path
 
-from test_api import PROJECT, ServiceTestCase, inherited_environment, unique_name
+from testing import (
+    PROJECT,
+    ServiceTestCase,
+    inherited_environment,
+    unique_name,
+)
 
 SEED = int(os.environ.get("SCHEMATHESIS_SEED", "20261126"))
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "100"))

@@ -10,9 +10,14 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from test_api import PROJECT
-from test_faults import FaultTestCase, require
-from test_reports import RABBITMQ_URL, pdf_text, rabbitmq_answers
+from testing import (
+    PROJECT,
+    RABBITMQ_URL,
+    FaultTestCase,
+    pdf_text,
+    rabbitmq_answers,
+    require,
+)
 
 
 def waiting_get(test, user, token, seconds=10, port=None):
