@@ -1,4 +1,4 @@
-"""The benchmark: `./run.sh bench [--quick] [--only PART]...`.
+"""The benchmark: `./run.sh bench [--quick] [--only PART]... [--server-env NAME=VALUE]...`.
 
 Every figure comes from real processes started from this checkout, each on a
 data folder of its own in a temporary directory, as the tests start them:
@@ -33,6 +33,7 @@ and bench_ceiling.py (the bare app).
 
 import argparse
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -109,6 +110,7 @@ def chosen(only):
 
 def run(options):
     settings = QUICK if options.quick else FULL
+    server_env = dict(options.server_env)
     rabbitmq = rabbitmq_version()
     if rabbitmq is None:
         progress(f"RabbitMQ does not answer at {RABBITMQ_URL}: its parts are skipped")
@@ -119,7 +121,7 @@ def run(options):
         )
     sections = []
     with tempfile.TemporaryDirectory(prefix="bench-") as temporary:
-        context = Run(settings, Path(temporary), rabbitmq)
+        context = Run(settings, Path(temporary), rabbitmq, server_env)
         for name, parts in chosen(options.only):
             progress(f"section {name}" + (f" ({', '.join(sorted(parts))})" if parts else ""))
             section = SECTIONS[name](context, parts)
@@ -133,13 +135,21 @@ def run(options):
     output = options.output or (None if options.quick or options.only else "BENCHMARKS.md")
     if output:
         command = " ".join(["./run.sh bench", *sys.argv[1:]])
-        machine = machine_lines(load_generator_name(), rabbitmq, load_average)
+        machine = machine_lines(load_generator_name(), rabbitmq, load_average, server_env)
         (PROJECT / output).write_text(
             document(command, date, minutes, options.quick, machine, sections)
         )
         print(f"Wrote {output}.")
     else:
         print("No file written (a --quick or --only run); --output FILE writes one.")
+
+
+def variable(text):
+    """NAME=VALUE, as --server-env takes it."""
+    name, equals, value = text.partition("=")
+    if not equals or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
 
 
 def main():
@@ -154,6 +164,16 @@ def main():
         action="append",
         choices=[*SECTIONS, *PARTS],
         help="run this section (or part of one) alone; repeat for several",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        type=variable,
+        metavar="NAME=VALUE",
+        help="set this variable in every process of the service (servers, workers, the "
+        "seeding; not the ceiling) and for the render timed in this process, over the "
+        "benchmark's own settings; repeatable",
     )
     parser.add_argument(
         "--output",

@@ -113,7 +113,7 @@ def document(command, date, minutes, quick, machine, sections):
     )
 
 
-def machine_lines(load_generator, rabbitmq, load_average):
+def machine_lines(load_generator, rabbitmq, load_average, server_env):
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -123,6 +123,7 @@ def machine_lines(load_generator, rabbitmq, load_average):
         platform.processor() or "unknown",
     )
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
+    extra = ", ".join(f"{name}={value}" for name, value in server_env.items())
     return [
         f"- Machine: {os.cpu_count()} cores, {cpu}",
         f"- Python {platform.python_version()}; {versions}",
@@ -138,7 +139,8 @@ def machine_lines(load_generator, rabbitmq, load_average):
         + " because its set-up signs up and logs in from one address far faster than the "
         "defaults allow; no measured request hashes a password. The Under abuse section "
         f"alone runs with every default, SCRYPT_N={PRODUCTION_SCRYPT_N} and the abuse "
-        "limits included.",
+        "limits included."
+        + (f" Every server and worker also ran with {extra} (--server-env)." if extra else ""),
     ]
 
 

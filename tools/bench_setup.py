@@ -2,8 +2,8 @@
 
 Service is the service's server (and any workers) on the tests' LiveService
 (testing.py): a data folder of its own, SQLite in it, and an environment
-built there, not the caller's; the benchmark adds its own settings to it.
-Ceiling is the bare
+built there, not the caller's; the benchmark adds its own settings to it, and
+last the --server-env variables of the command line. Ceiling is the bare
 Bottle + Waitress app (bench_ceiling.py). Client is a keep-alive HTTP client,
 for setting up and for timing reports.
 """
@@ -49,10 +49,11 @@ class Run:
     settings: object  # bench.py's FULL or QUICK
     folder: Path  # the run's temporary folder: wrk's scripts, the ceiling's log
     rabbitmq: str | None  # RabbitMQ's version; None: it did not answer
+    server_env: dict  # --server-env: for every server and worker, over all else
 
     def service(self, name, on_rabbitmq=False, production=False):
         broker_url = RABBITMQ_URL if on_rabbitmq else "memory://"
-        return Service(name, broker_url, production)
+        return Service(name, broker_url, production, self.server_env)
 
 
 class Client:
@@ -113,10 +114,11 @@ class Service:
     """server.py, and any worker.py processes, on a testing.LiveService.
 
     production: the production scrypt cost and the service's own abuse limits,
-    instead of the benchmark's cheap hashes and relaxed limits.
+    instead of the benchmark's cheap hashes and relaxed limits. server_env:
+    variables for every process, over all the others.
     """
 
-    def __init__(self, name, broker_url="memory://", production=False):
+    def __init__(self, name, broker_url="memory://", production=False, server_env=None):
         self.name = name
         self.on_rabbitmq = broker_url.startswith("amqp")
         # A queue (and exchange) of this run alone, deleted by stop().
@@ -134,6 +136,7 @@ class Service:
         if production:
             for variable in RELAXED_LIMITS:
                 del self.env[variable]  # the service's own
+        self.env.update(server_env or {})
         self.port = None
         self.server = None
         self.workers = []
