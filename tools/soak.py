@@ -13,7 +13,7 @@ a requested PDF neither came nor visibly failed, a process died, or a
 process's RSS grew 10% or more after the warm-up. Processes, the temporary
 folder and the queue are cleaned up however it ends.
 
-The processes, the client and the tables are bench.py's.
+The processes, the client and the tables are the benchmark's (tools/bench_*.py).
 """
 
 import argparse
@@ -24,25 +24,25 @@ import random
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import count
-from pathlib import Path
 
-import bench
-from bench import (
+import bench_setup
+from bench_proc import proc_status_mib
+from bench_record import Section, percentile
+from bench_setup import (
     PRODUCTION_SCRYPT_N,
     RABBITMQ_URL,
     RELAXED_LIMITS,
     SCRYPT_N,
-    Section,
-    percentile,
-    sample_stats,
+    rabbitmq_version,
+    running,
 )
+from bench_users import sample_stats
 
 CLIENTS = 32
 WORKERS = 2
@@ -78,8 +78,8 @@ def progress(message):
 # HTTP
 
 
-class Client(bench.Client):
-    """bench.py's keep-alive client, answering headers too: a PDF's ETag tells reports apart."""
+class Client(bench_setup.Client):
+    """bench_setup's keep-alive client, answering headers too: a PDF's ETag tells reports apart."""
 
     def call(self, method, path, body=None, token=None):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -369,7 +369,7 @@ class Sample:
 
 def rss_or_none(process):
     try:
-        return bench.proc_status_mib(process.pid, "VmRSS") if process.running() else None
+        return proc_status_mib(process.popen.pid, "VmRSS") if running(process) else None
     except (OSError, RuntimeError):  # gone between the two
         return None
 
@@ -419,10 +419,7 @@ class Outcome:
 
 
 def run_soak(seconds):
-    with (
-        tempfile.TemporaryDirectory(prefix="soak-") as folder,
-        bench.Service(Path(folder), "soak", RABBITMQ_URL) as service,
-    ):
+    with bench_setup.Service("soak", RABBITMQ_URL) as service:
         database = os.environ.get("DATABASE_URL")
         if database:
             service.env["DATABASE_URL"] = database
@@ -442,9 +439,9 @@ def run_soak(seconds):
             samples,
             list(processes),
             {
-                name: (process.popen.returncode, process.log().splitlines()[-20:])
+                name: (process.popen.returncode, process.output().splitlines()[-20:])
                 for name, process in processes.items()
-                if not process.running()
+                if not running(process)
             },
             service.problems(),
             shown_database(database),
@@ -707,7 +704,7 @@ def main():
     seconds = parser.parse_args().seconds
     if seconds < 10:
         parser.error("SECONDS must be at least 10")
-    if bench.rabbitmq_version() is None:
+    if rabbitmq_version() is None:
         sys.exit(f"RabbitMQ does not answer at {RABBITMQ_URL}: the soak needs it.")
     # On SIGTERM, unwind like on Ctrl-C: every process started is stopped, the folder removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
