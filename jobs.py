@@ -16,7 +16,6 @@ import uuid
 from functools import cache
 
 from kombu import Connection, Consumer, Exchange, Queue, pools
-from kombu.exceptions import OperationalError
 
 import config
 
@@ -60,26 +59,26 @@ def _publisher_connection():
     return connect()
 
 
-@cache
-def connection_errors():
-    """What a broker going away raises; anything else deserves a traceback."""
-    return (OSError, OperationalError, *_publisher_connection().connection_errors)
+def _publish(body, exchange, routing_key, declare, delivery_mode, timeout):
+    """Sends body, confirmed by the broker; raises whatever the broker's absence raised."""
+    with pools.producers[_publisher_connection()].acquire(block=True, timeout=timeout) as producer:
+        producer.publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            declare=declare,
+            serializer="json",
+            delivery_mode=delivery_mode,
+            retry=True,
+            retry_policy=RETRY_POLICY,
+        )
 
 
 def publish(report_id, user_id):
     """Queue a report job, confirmed by the broker; BrokerUnavailable if it cannot take it."""
+    job = {"report_id": report_id, "user_id": user_id}
     try:
-        with pools.producers[_publisher_connection()].acquire(block=True, timeout=5) as producer:
-            producer.publish(
-                {"report_id": report_id, "user_id": user_id},
-                exchange=exchange,
-                routing_key=queue.routing_key,
-                declare=[queue],
-                serializer="json",
-                delivery_mode="persistent",
-                retry=True,
-                retry_policy=RETRY_POLICY,
-            )
+        _publish(job, exchange, queue.routing_key, [queue], "persistent", timeout=5)
     except Exception as error:
         log.warning("could not publish report job %s: %r", report_id, error)
         raise BrokerUnavailable(str(error)) from error
@@ -129,18 +128,9 @@ def announce_settled(user_id, seconds):
     if config.IN_PROCESS_BROKER:
         _tell_listeners(user_id, seconds)
         return
+    news = {"user_id": user_id, "seconds": seconds}
     try:
-        with pools.producers[_publisher_connection()].acquire(block=True, timeout=1) as producer:
-            producer.publish(
-                {"user_id": user_id, "seconds": seconds},
-                exchange=news_exchange,
-                routing_key="",
-                declare=[news_exchange],
-                serializer="json",
-                delivery_mode="transient",
-                retry=True,
-                retry_policy=RETRY_POLICY,
-            )
+        _publish(news, news_exchange, "", [news_exchange], "transient", timeout=1)
     except Exception as error:  # a waiting request then waits out its N seconds
         log.warning("could not announce a settled job of user %s: %r", user_id, error)
 
