@@ -81,7 +81,9 @@ def measure(run, parts=None):
                 "server on RabbitMQ",
                 "peak (VmHWM)",
                 f"{peak:.1f}",
-                section.target(peak <= 60, "≤ 60 MiB"),
+                # 60 MiB with glibc's arenas capped (mallopt): a trick that bought
+                # 9 MiB (17%), on no promised figure, and went (BENCHMARKS.md).
+                section.target(peak <= 80, "≤ 80 MiB"),
             ],
             [
                 "server on RabbitMQ",
