@@ -217,3 +217,29 @@ def current_user(db, request, lock=False):
         raise token_no_longer_valid()
     request.environ[USER_ID_KEY] = user.id  # for the access log
     return user
+
+
+# What the caller may touch
+
+
+def no_such_user(user_id):
+    return ApiError(404, f"There is no user {user_id}.")
+
+
+def user_or_404(db, user_id):
+    user = models.find_user(db, user_id)
+    if user is None:
+        raise no_such_user(user_id)
+    return user
+
+
+def owned_user(db, request, user_id, lock=True):
+    """The user at user_id, when the caller's token is theirs: else 401, 404 or 403.
+
+    With lock (in a write), the user stays as checked until it commits
+    (see models.find_user)."""
+    caller = current_user(db, request, lock)
+    if caller.id == user_id:
+        return caller
+    user_or_404(db, user_id)
+    raise ApiError(403, "Only the user themself may change this resource.")
