@@ -251,7 +251,6 @@ def openapi_document():
 
 
 def main():
-    serving.tune_process()
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     schema.ensure_newest()
     auth.secret()  # made now, if it must be generated: not on the first request

@@ -1,20 +1,19 @@
-"""Serving the WSGI app on Waitress: process tuning, the headers and the access
-log of every response, Waitress's own errors as JSON, connections that no
-client can hoard, refusals paced, and the graceful stop.
+"""Serving the WSGI app on Waitress: the headers and the access log of every
+response, Waitress's own errors as JSON, connections that no client can
+hoard, refusals paced, and the graceful stop.
 
 The routes are server.py's; this module knows nothing of them. Waitress has
 no public API for two things done here: its error pages (`Error.to_response`)
 and a graceful stop (its event loop, `server._map`, and `task_dispatcher`).
 The paced refusals subclass its channel and task classes. Those reaches
 into its internals live in this module only, and each has a test that fails
-when an upgrade breaks it (test_api's test_malformed_http_gets_a_json_error,
-test_faults' SIGTERM tests, test_pressure's deaf-to-429 test).
+when an upgrade breaks it (the malformed-HTTP test of test_conventions, the
+SIGTERM tests of test_faults, the deaf-to-429 test of test_under_pressure).
 """
 
 import logging
 import resource
 import signal
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -31,15 +30,6 @@ from auth import USER_ID_KEY
 from responses import error_body
 
 log = logging.getLogger("serving")
-
-
-def tune_process():
-    """Process-wide settings that the benchmark showed to matter, set in this one place."""
-    # Every SQLite call lets go of the GIL, and taking it back waits out the
-    # switch interval of whichever thread holds it (5 ms by default): with 8
-    # Waitress threads that convoy cut GET /users/{id} from 1,250 to 120-180
-    # req/s (py-spy --gil, BENCHMARKS.md). Hand the GIL over sooner.
-    sys.setswitchinterval(0.00002)
 
 
 # The headers of every response, and its line in the access log
