@@ -92,7 +92,9 @@ reports = Table(
 )
 
 # How many users there are, kept with every sign-up and deletion: counting
-# the rows costs time in proportion to them (1.8x at 100,000 users in bench).
+# the rows costs time in proportion to them on PostgreSQL (COUNT(*) of
+# 100,000 users: 7.7 ms, against 0.18 ms for the page of 100 itself), though
+# not on SQLite (0.04 ms), which counts a b-tree's cells.
 user_count = Table(
     "user_count",
     metadata,
