@@ -48,7 +48,7 @@ import bench_growth
 import bench_memory
 import bench_reports
 from bench_load import load_generator_name
-from bench_record import document, machine_lines
+from bench_record import document, ledger_of, machine_lines
 from bench_setup import PROJECT, RABBITMQ_URL, Run, progress, rabbitmq_version
 
 
@@ -136,8 +136,10 @@ def run(options):
     if output:
         command = " ".join(["./run.sh bench", *sys.argv[1:]])
         machine = machine_lines(load_generator_name(), rabbitmq, load_average, server_env)
+        previous = PROJECT / "BENCHMARKS.md"
+        ledger = ledger_of(previous.read_text()) if previous.exists() else ""
         (PROJECT / output).write_text(
-            document(command, date, minutes, options.quick, machine, sections)
+            document(command, date, minutes, options.quick, machine, sections, ledger)
         )
         print(f"Wrote {output}.")
     else:

@@ -92,8 +92,21 @@ def repetitions_text(settings):
     return f"{settings.repetitions} interleaved repetitions: median (min–max)"
 
 
-def document(command, date, minutes, quick, machine, sections):
-    """BENCHMARKS.md: the command, the machine, the targets met and missed, the sections."""
+LEDGER = "## What each trick buys"
+
+
+def ledger_of(text):
+    """The hand-kept ledger of tricks in a BENCHMARKS.md's text (a run does not
+    measure it, so each run's record carries it over), or ""."""
+    if LEDGER not in text:
+        return ""
+    ledger = LEDGER + text.split(LEDGER, 1)[1]
+    return ledger.split("\n## ", 1)[0].rstrip() + "\n"
+
+
+def document(command, date, minutes, quick, machine, sections, ledger=""):
+    """BENCHMARKS.md: the command, the machine, the targets met and missed, the
+    sections, and the ledger of tricks carried over."""
     passed = sum(s.passed for s in sections)
     failed = sum(s.failed for s in sections)
     return "\n".join(
@@ -109,6 +122,7 @@ def document(command, date, minutes, quick, machine, sections):
             f"Targets: {passed} met, {failed} missed.",
             "",
             *(section.markdown() for section in sections),
+            *([ledger] if ledger else []),
         ]
     )
 
