@@ -1,6 +1,6 @@
 """The OpenAPI document against the server, by schemathesis: hostile input, generated.
 
-A live server (test_api.LiveService: a real process, a temporary database) is
+A live server (testing.LiveService: a real process, a temporary database) is
 tested by the schemathesis CLI from its own /openapi.json, with every check
 schemathesis has: no 5xx; every status, header, content type and body as
 documented; schema-valid input accepted and schema-invalid input rejected;
@@ -23,7 +23,7 @@ credentials of a run. Once it deleted the token's user, everything after in
 that run would be a 401, untested. A password change also revokes the token,
 but it needs current_password, which schemathesis never learns (the user's
 password is random and never sent through it): in the token run that path is
-the documented 403 of a wrong current_password, while test_api.py covers
+the documented 403 of a wrong current_password, while test_users.py covers
 successful changes. After the token run its token must still work, proving
 the run stayed authenticated; after the DELETE run its user must be gone.
 

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
 
+import jwt
 from kombu import Connection
 from pypdf import PdfReader
 from pypdf.generic import ContentStream
@@ -217,7 +218,7 @@ class LiveService:
             # 64+ bytes: long enough for every HMAC size, so PyJWT never warns.
             "JWT_SECRET": "test-secret-" + os.urandom(32).hex(),
             "SCRYPT_N": "1024",  # tests only: cheap hashes keep hundreds of sign-ups fast
-            # The limits of "Under pressure" are test_pressure.py's; elsewhere one
+            # The limits of "Under pressure" are test_under_pressure.py's; elsewhere one
             # test client signs up and logs in far more than a person would.
             "HASH_CONCURRENCY": "8",
             "SIGNUP_RATE": "1000000",
@@ -333,6 +334,15 @@ FIELD_NAMES = frozenset(
 )
 
 
+# A character UTF-8 cannot encode: JSON may carry one (escaped), a valid field may not.
+LONE_SURROGATE = "\ud800"
+
+
+def token_version(token):
+    """The ver claim of a token the server issued (read, not verified)."""
+    return jwt.decode(token, options={"verify_signature": False})["ver"]
+
+
 def names_word(text, word):
     """Whether text holds word whole: not as part of a longer name or number."""
     return re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", text) is not None
@@ -351,23 +361,46 @@ class ServiceClient:
         return answer.json["user"], answer.json["token"]
 
 
+# The servers that classes of one test module share, by (module, service_env).
+_shared_services = {}
+
+
+def _stop_shared_service(key):
+    _shared_services.pop(key).stop()
+
+
 class ServiceTestCase(ServiceClient, BoundedTestCase):
-    """One server for the whole class; each test makes the users it needs."""
+    """One server for the class; each test makes the users it needs.
+
+    Classes of one test module with the same service_env share one server,
+    started by the first of them and stopped once the module's tests are done:
+    a server start (a new database brought to the newest schema) costs a second
+    or two. A class whose tests break their server (a dropped table, a
+    corrupted file) sets share_server = False to have one of its own."""
 
     service_env = {}
+    share_server = True
 
     @classmethod
     def setUpClass(cls):
+        key = (cls.__module__, tuple(sorted(cls.service_env.items())))
+        if cls.share_server and key in _shared_services:
+            cls.service = _shared_services[key]
+            return
         cls.service = LiveService(**cls.service_env)
         try:
             cls.service.start_server()
         except BaseException:
             cls.service.stop()
             raise
+        if cls.share_server:
+            _shared_services[key] = cls.service
+            unittest.addModuleCleanup(_stop_shared_service, key)
 
     @classmethod
     def tearDownClass(cls):
-        cls.service.stop()
+        if not cls.share_server:
+            cls.service.stop()
 
     def assertError(self, answer, status, mentions=None, also=()):
         """A JSON error body with the given status (and a message naming a field).

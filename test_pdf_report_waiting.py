@@ -1,0 +1,170 @@
+"""CONTRACT.md, PDF report, Waiting for a report instead of polling: `Prefer: wait=N`.
+
+The embedded worker and RabbitMQ (two servers, two workers: the wait is
+answered by the server that did not queue the job); the 202 after N seconds;
+MAX_WAITING; the failure; the user deleted while a request waits on them.
+"""
+
+import subprocess
+import sys
+import time
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+
+from testing import (
+    PROJECT,
+    RABBITMQ_URL,
+    FaultTestCase,
+    pdf_text,
+    rabbitmq_answers,
+    require,
+)
+
+
+def waiting_get(test, user, token, seconds=10, port=None):
+    """GET the user's report with Prefer: wait=seconds; (answer, seconds it took)."""
+    started = time.monotonic()
+    answer = test.request(
+        "GET",
+        f"/users/{user['id']}/pdf",
+        token=token,
+        port=port,
+        headers={"Prefer": f"wait={seconds}"},
+    )
+    return answer, time.monotonic() - started
+
+
+class WaitingTestCase(FaultTestCase):
+    def in_background(self, function, *args):
+        pool = ThreadPoolExecutor(1)
+        self.addCleanup(pool.shutdown)
+        return pool.submit(function, *args)
+
+    def start_waiting(self, user, token, port=None, seconds=10):
+        """A GET of user's report with Prefer: wait=seconds, in the background,
+        once it is known to wait (the server has MAX_WAITING=1): a probe then
+        finds no room and gets its 202 at once. The future of its answer."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            waiter = self.in_background(waiting_get, self, user, token, seconds, port)
+            while not waiter.done():
+                probe, _ = waiting_get(self, user, token, seconds=1, port=port)
+                if probe.header("Preference-Applied") is None and not waiter.done():
+                    self.assertEqual(probe.status, 202, probe.body)
+                    return waiter
+            # The probe came first and the waiter found no room: again.
+        raise AssertionError("no request could be seen waiting on the report")
+
+
+class WaitingTest(WaitingTestCase):
+    def test_a_waiting_get_returns_the_pdf_once_the_embedded_worker_made_it(self):
+        self.start_service().start_server()
+        # Twenty jobs ahead of ours: the GET surely finds the report pending.
+        for _ in range(20):
+            self.post_report(*self.sign_up())
+        user, token = self.new_user_with_stats(victory_count=5, loss_count=3)
+        self.post_report(user, token)
+        answer, _ = waiting_get(self, user, token)
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertEqual(answer.header("Preference-Applied"), "wait=10")
+        self.assertIn(user["username"], pdf_text(answer.body))
+
+    def test_a_waiting_get_answers_the_202_after_n_seconds_when_nothing_renders(self):
+        self.start_service(EMBEDDED_WORKER="off").start_server()
+        user, token = self.sign_up()
+        self.post_report(user, token)
+        answer, took = waiting_get(self, user, token, seconds=1)
+        self.assertEqual(answer.status, 202, answer.body)
+        self.assertEqual(answer.json, {"status": "pending"})
+        self.assertEqual(answer.header("Preference-Applied"), "wait=1")
+        self.assertTrue((answer.header("Retry-After") or "").isdigit())
+        self.assertGreaterEqual(took, 1.0)  # it did wait its second
+        # Without the header, nothing changes: the 202 at once, nothing applied.
+        plain = self.request("GET", f"/users/{user['id']}/pdf", token=token)
+        self.assertEqual(plain.status, 202)
+        self.assertIsNone(plain.header("Preference-Applied"))
+
+    def test_beyond_max_waiting_the_202_comes_at_once(self):
+        self.start_service(EMBEDDED_WORKER="off", MAX_WAITING="1").start_server()
+        user, token = self.sign_up()
+        self.post_report(user, token)
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(lambda _: waiting_get(self, user, token, seconds=3)[0], range(2))
+            )
+        self.assertEqual([answer.status for answer in answers], [202, 202])
+        applied = sorted(str(answer.header("Preference-Applied")) for answer in answers)
+        self.assertEqual(applied, ["None", "wait=3"])  # one waited, one was told at once
+
+    def test_a_request_waiting_on_a_user_who_is_deleted_ends_with_401(self):
+        self.start_service(EMBEDDED_WORKER="off", MAX_WAITING="1").start_server()
+        user, token = self.sign_up()
+        self.post_report(user, token)
+        waiter = self.start_waiting(user, token)
+        deleted = self.request("DELETE", f"/users/{user['id']}", token=token)
+        self.assertEqual(deleted.status, 204, deleted.body)
+        answer, took = waiter.result(timeout=30)
+        self.assertEqual(answer.status, 401, answer.body)
+        self.assertEqual(answer.json["success"], False)
+        self.assertEqual(answer.header("WWW-Authenticate"), "Bearer")
+        self.assertLess(took, 10)  # woken by the deletion, not by its deadline
+
+
+@require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
+class WaitingOnRabbitMQTest(WaitingTestCase):
+    def start_failing_worker(self, service):
+        """A worker process whose every render raises."""
+        script = (
+            "import report\n"
+            "def render(data, now=None):\n"
+            "    raise RuntimeError('broken on purpose')\n"
+            "report.render = render\n"
+            "import worker\n"
+            "worker.main()\n"
+        )
+        log = open(service.dir / "failing-worker.log", "ab")
+        self.addCleanup(log.close)
+        process = subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=service.env,
+            cwd=PROJECT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(lambda: (process.kill(), process.wait()))
+        return process
+
+    def test_the_server_that_did_not_queue_the_job_answers_the_wait(self):
+        service = self.start_service_on_rabbitmq()
+        service.start_server()
+        first = service.port
+        service.start_server(MAX_WAITING="1")
+        second = service.port
+        user, token = self.new_user_with_stats(victory_count=2)
+        answer = self.request("POST", f"/users/{user['id']}/pdf", token=token, port=first)
+        self.assertEqual(answer.status, 202, answer.body)
+        # No worker yet: the job waits in the queue while the GET waits on the other server.
+        waiter = self.start_waiting(user, token, port=second)
+        workers = [service.start_worker(), service.start_worker()]
+        answer, _ = waiter.result(timeout=30)
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertEqual(answer.header("Preference-Applied"), "wait=10")
+        self.assertIn(user["username"], pdf_text(answer.body))
+        self.assertNoServerErrors(*service.processes[:2], *workers)
+
+    def test_a_waiting_get_answers_the_failure_when_the_render_fails(self):
+        service = self.start_service_on_rabbitmq()
+        service.start_server(MAX_WAITING="1")
+        user, token = self.sign_up()
+        self.post_report(user, token)
+        waiter = self.start_waiting(user, token)
+        self.start_failing_worker(service)
+        answer, _ = waiter.result(timeout=60)
+        self.assertEqual(answer.status, 409, answer.body)
+        self.assertEqual(answer.json["success"], False)
+        self.assertEqual(answer.header("Preference-Applied"), "wait=10")
+        self.assertIn("failed", answer.json["message"])
+
+
+if __name__ == "__main__":
+    unittest.main()
