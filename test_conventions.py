@@ -3,6 +3,8 @@
 Over HTTP against the real server (testing.ApiTestCase: `server.py` as a
 process on a free port, a real SQLite file in a temporary folder): what every
 route does alike. The one JSON style has test_json_style.py of its own.
+How a body's fields are checked (validation.checked_fields: unknown fields
+named, read-only ones ignored, required ones named) is tested in-process.
 """
 
 import json
@@ -11,12 +13,15 @@ from itertools import product
 
 from sqlalchemy import text
 
+import validation
+from responses import ApiError
 from testing import (
     MAX_BODY,
     NO_SUCH_ID,
     ZERO_STATS,
     ApiTestCase,
     method_set,
+    names_word,
     raw_exchange,
     unique_name,
     wait_until,
@@ -371,6 +376,41 @@ class ProvokedServerErrorTest(ApiTestCase):
         self.assertNotIn(token, log)
         # The rest of the service carries on.
         self.assertEqual(self.fetch_user(user["id"]), user)
+
+
+class CheckedFieldsTest(unittest.TestCase):
+    """validation.checked_fields in-process: unknown fields are refused naming
+    them, read-only ones ignored, missing required ones named."""
+
+    def refusal(self, body, **options):
+        with self.assertRaises(ApiError) as caught:
+            validation.checked_fields(body, validation.USER_FIELDS, **options)
+        self.assertEqual(caught.exception.status_code, 400)
+        return json.loads(caught.exception.body)["message"]
+
+    def test_unknown_fields_are_a_400_naming_each_of_them(self):
+        message = self.refusal({"username": "ok", "nickname": "x", "is_admin": True})
+        self.assertIn("'nickname'", message)
+        self.assertIn("'is_admin'", message)
+
+    def test_read_only_fields_are_ignored_where_allowed_and_unknown_elsewhere(self):
+        body = {"username": "ok", "id": 7, "self": "/users/7", "stats": "x", "pdf": "y"}
+        checked = validation.checked_fields(
+            body, validation.USER_FIELDS, ignored=validation.READ_ONLY_USER_FIELDS
+        )
+        self.assertEqual(checked, {"username": "ok"})
+        self.assertIn("'id'", self.refusal(body))
+
+    def test_a_missing_required_field_is_a_400_naming_it(self):
+        message = self.refusal({"username": "ok"}, required=("username", "password"))
+        self.assertTrue(names_word(message, "password"), message)
+        self.assertFalse(names_word(message, "username"), message)
+
+    def test_the_fields_sent_are_all_that_come_back(self):
+        self.assertEqual(validation.checked_fields({}, validation.USER_FIELDS), {})
+        self.assertEqual(
+            validation.checked_fields({"email": None}, validation.USER_FIELDS), {"email": None}
+        )
 
 
 if __name__ == "__main__":

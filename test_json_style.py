@@ -3,6 +3,7 @@
 A user has byte-identical JSON from every route that returns it and from
 either database, with the fields in CONTRACT.md's order; every other JSON
 answer is written in the same style (compact, UTF-8 as it is).
+responses.to_json, which writes it, is also tested in-process.
 """
 
 import json
@@ -10,8 +11,10 @@ import unittest
 
 from sqlalchemy.exc import OperationalError
 
+import responses
 from testing import (
     CI,
+    LONE_SURROGATE,
     TEST_DATABASE_URL,
     LiveService,
     ScratchPostgres,
@@ -136,6 +139,31 @@ class OneJsonStyleTest(unittest.TestCase):
                 with self.subTest(database=name, answer=what):
                     self.assertTrue(answer.header("Content-Type").startswith("application/json"))
                     self.assertEqual(answer.body, in_the_one_style(answer.body))
+
+
+class ToJsonTest(unittest.TestCase):
+    """responses.to_json in-process: the one style every answer is written in."""
+
+    def test_compact_with_keys_in_the_order_given(self):
+        self.assertEqual(
+            responses.to_json({"b": 1, "a": [1, 2], "c": {"d": None, "e": True}}),
+            '{"b":1,"a":[1,2],"c":{"d":null,"e":true}}',
+        )
+
+    def test_text_is_utf_8_as_it_is_never_ascii_escapes(self):
+        text = 'é ☃ 😀 \u2028 "x" \\ /'
+        written = responses.to_json({"gender": text})
+        self.assertEqual(written, '{"gender":"é ☃ 😀 \u2028 \\"x\\" \\\\ /"}')
+        self.assertEqual(written, in_the_one_style(json.dumps({"gender": text})).decode())
+
+    def test_a_lone_surrogate_is_written_as_its_json_escape_and_the_text_stays_utf_8(self):
+        written = responses.to_json({"message": "field 'a" + LONE_SURROGATE + "' é"})
+        self.assertEqual(written, '{"message":"field \'a\\ud800\' é"}')
+        written.encode("utf-8")  # raises if it could not be sent
+        self.assertEqual(json.loads(written)["message"], "field 'a" + LONE_SURROGATE + "' é")
+
+    def test_errors_are_success_false_and_a_message(self):
+        self.assertEqual(responses.error_body("Say why."), '{"success":false,"message":"Say why."}')
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""CONTRACT.md, PDF report: pDF reports end to end: server, broker and worker processes, over HTTP.
+"""CONTRACT.md, PDF report: end to end, with server, broker and worker
+processes, over HTTP; and the page itself, drawn by report.py in-process.
 
 The RabbitMQ tests use the real broker at RABBITMQ_URL (127.0.0.1:5672 by
 default), each test on a queue of its own. Under CI=true they must run;
@@ -25,6 +26,7 @@ from kombu import Connection, Exchange, Queue
 from pypdf import PdfReader
 from sqlalchemy import text
 
+import report
 from testing import (
     GENERATED,
     PROJECT,
@@ -119,93 +121,6 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
         ((newer_id, state, _),) = self.report_rows(user)
         self.assertEqual(state, "done")
         self.assertGreater(newer_id, report_id)
-
-    def test_report_draws_a_chart_of_the_stats(self):
-        user, token = self.new_user_with_stats(victory_count=30_000, loss_count=10_000)
-        self.post_report(user, token)
-        shapes = painted_shapes(self.wait_for_report(user, token).body)
-        # The bars: two filled rectangles of two colours on one baseline, as
-        # tall as the counts (3 to 1).
-        rectangles = [shape for shape in shapes if shape[2] == 0]
-        bars = [
-            (first, second)
-            for first in rectangles
-            for second in rectangles
-            if first[0] != second[0]
-            and abs(first[1][1] - second[1][1]) < 0.5
-            and second[1][3] - second[1][1] > 1
-            and abs((first[1][3] - first[1][1]) / (second[1][3] - second[1][1]) - 3) < 0.03
-        ]
-        self.assertTrue(bars, f"no pair of bars 3 to 1 among the painted shapes {shapes}")
-        victories, losses = bars[0]
-        # The ring: curved shapes in the bars' colours, won and lost.
-        ring_colours = {colour for colour, _, curves in shapes if curves}
-        self.assertLessEqual({victories[0], losses[0]}, ring_colours, shapes)
-
-    def test_report_shows_every_field_exactly_even_dollars_and_longest_values(self):
-        largest = 2**63 - 1
-        username = unique_name("W" * 20)[:32]
-        user, token = self.sign_up(
-            username=username, email="a$b$@c.de" + "e" * 200 + ".com", gender="$\\frac{$ is text"
-        )
-        answer = self.request(
-            "PUT",
-            f"/users/{user['id']}/stats",
-            dict.fromkeys(("victory_count", "loss_count", "session_count", "total_time"), largest),
-            token=token,
-        )
-        self.assertEqual(answer.status, 200, answer.body)
-        self.post_report(user, token)
-        report = self.wait_for_report(user, token)
-        text = pdf_text(report.body).replace("\n", " ")
-        for value in (username, user["email"], "$\\frac{$ is text"):
-            self.assertIn(value, text)
-        self.assertEqual(
-            card_values(report.body),
-            {
-                "Victories": str(largest),
-                "Losses": str(largest),
-                "Sessions": str(largest),
-                "Games played": str(2 * largest),
-                "Win rate": "50.0%",
-            },
-        )
-
-    def test_report_beyond_latin_1_embeds_its_font_and_keeps_its_text(self):
-        # The PDF core fonts hold cp1252 only: this gender takes the embedded font.
-        gender = "Ωμέγα ✓"
-        user, token = self.sign_up(gender=gender)
-        self.post_report(user, token)
-        report = self.wait_for_report(user, token).body
-        self.assertIn(f"Gender: {gender}", pdf_lines(report))
-        fonts = embedded_fonts(report)
-        self.assertTrue(fonts and all(fonts.values()), fonts)
-        self.assertTrue(any("DejaVu" in name for name in fonts), fonts)
-        self.assertIn(f"Gender: {gender}", self.pdftotext_lines(report))
-
-    def test_pdftotext_shows_the_username_and_each_value_in_whole_lines(self):
-        user, token = self.new_user_with_stats(**STATS)
-        self.post_report(user, token)
-        report = self.wait_for_report(user, token).body
-        lines = self.pdftotext_lines(report)
-        cards = expected_cards(**STATS)
-        for value in (
-            user["username"],
-            "Email: player@example.com",
-            "Gender: female",
-            *cards,  # the labels
-            *cards.values(),
-        ):
-            self.assertIn(value, lines)
-        self.assertTrue(any(GENERATED.fullmatch(line) for line in lines), lines)
-
-    def test_report_is_an_a4_page_made_by_matplotlib(self):
-        user, token = self.new_user_with_stats()
-        self.post_report(user, token)
-        reader = PdfReader(io.BytesIO(self.wait_for_report(user, token).body))
-        self.assertIn("Matplotlib", reader.metadata["/Producer"])
-        box = reader.pages[0].mediabox
-        self.assertEqual((round(box.width), round(box.height)), (595, 842))
 
     def test_any_valid_token_may_read_another_users_report(self):
         owner, owner_token = self.new_user_with_stats(victory_count=12_345)
@@ -561,6 +476,122 @@ class UnreachableBrokerTest(ReportClient, ServiceTestCase):
             (answer.status, answer.json),
             (503, {"status": "down", "database": "ok", "broker": "down"}),
         )
+
+
+def drawn(**fields):
+    """report.render's PDF for a user with these fields (the others plain)."""
+    data = {
+        "username": "drawn_user",
+        "email": "player@example.com",
+        "gender": "female",
+        "victory_count": 0,
+        "loss_count": 0,
+        "session_count": 0,
+        "total_time": 0,
+        **fields,
+    }
+    return report.render(report.ReportData(**data))
+
+
+class ReportDrawingTest(ReportClient, unittest.TestCase):
+    """report.py in-process: the figures a report shows and the page it draws,
+    read back with pypdf (and pdftotext where installed). No server: that the
+    worker draws the user's data as stored is EmbeddedWorkerReportTest's."""
+
+    def test_win_rate_is_victories_over_games_and_none_without_games(self):
+        self.assertEqual(report.win_rate(3, 1), 0.75)
+        self.assertEqual(report.win_rate(0, 5), 0.0)
+        self.assertIsNone(report.win_rate(0, 0))
+
+    def test_total_time_reads_as_hours_and_minutes(self):
+        self.assertEqual(report.hours_and_minutes(0), "0 h 00 min")
+        self.assertEqual(report.hours_and_minutes(3599), "0 h 59 min")
+        self.assertEqual(report.hours_and_minutes(9_876_543), "2743 h 29 min")
+
+    def test_the_time_of_generation_is_shown_in_utc(self):
+        now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        self.assertEqual(
+            generated_at(report.render(report.ReportData("t", None, None, 1, 1, 1, 1), now)), now
+        )
+
+    def test_a_report_without_games_shows_no_win_rate_yet(self):
+        self.assertEqual(card_values(drawn(session_count=3))["Win rate"], "no games yet")
+
+    def test_report_draws_a_chart_of_the_stats(self):
+        shapes = painted_shapes(drawn(victory_count=30_000, loss_count=10_000))
+        # The bars: two filled rectangles of two colours on one baseline, as
+        # tall as the counts (3 to 1).
+        rectangles = [shape for shape in shapes if shape[2] == 0]
+        bars = [
+            (first, second)
+            for first in rectangles
+            for second in rectangles
+            if first[0] != second[0]
+            and abs(first[1][1] - second[1][1]) < 0.5
+            and second[1][3] - second[1][1] > 1
+            and abs((first[1][3] - first[1][1]) / (second[1][3] - second[1][1]) - 3) < 0.03
+        ]
+        self.assertTrue(bars, f"no pair of bars 3 to 1 among the painted shapes {shapes}")
+        victories, losses = bars[0]
+        # The ring: curved shapes in the bars' colours, won and lost.
+        ring_colours = {colour for colour, _, curves in shapes if curves}
+        self.assertLessEqual({victories[0], losses[0]}, ring_colours, shapes)
+
+    def test_report_shows_every_field_exactly_even_dollars_and_longest_values(self):
+        largest = 2**63 - 1
+        username = unique_name("W" * 20)[:32]
+        email = "a$b$@c.de" + "e" * 200 + ".com"
+        pdf = drawn(
+            username=username,
+            email=email,
+            gender="$\\frac{$ is text",
+            **dict.fromkeys(
+                ("victory_count", "loss_count", "session_count", "total_time"), largest
+            ),
+        )
+        text = pdf_text(pdf).replace("\n", " ")
+        for value in (username, email, "$\\frac{$ is text"):
+            self.assertIn(value, text)
+        self.assertEqual(
+            card_values(pdf),
+            {
+                "Victories": str(largest),
+                "Losses": str(largest),
+                "Sessions": str(largest),
+                "Games played": str(2 * largest),
+                "Win rate": "50.0%",
+            },
+        )
+
+    def test_report_beyond_latin_1_embeds_its_font_and_keeps_its_text(self):
+        # The PDF core fonts hold cp1252 only: this gender takes the embedded font.
+        gender = "Ωμέγα ✓"
+        pdf = drawn(gender=gender)
+        self.assertIn(f"Gender: {gender}", pdf_lines(pdf))
+        fonts = embedded_fonts(pdf)
+        self.assertTrue(fonts and all(fonts.values()), fonts)
+        self.assertTrue(any("DejaVu" in name for name in fonts), fonts)
+        self.assertIn(f"Gender: {gender}", self.pdftotext_lines(pdf))
+
+    def test_pdftotext_shows_the_username_and_each_value_in_whole_lines(self):
+        lines = self.pdftotext_lines(drawn(username="pdftotext_user", **STATS))
+        cards = expected_cards(**STATS)
+        for value in (
+            "pdftotext_user",
+            "Email: player@example.com",
+            "Gender: female",
+            *cards,  # the labels
+            *cards.values(),
+        ):
+            self.assertIn(value, lines)
+        self.assertTrue(any(GENERATED.fullmatch(line) for line in lines), lines)
+
+    def test_report_is_an_a4_page_made_by_matplotlib(self):
+        reader = PdfReader(io.BytesIO(drawn()))
+        self.assertEqual(len(reader.pages), 1)
+        self.assertIn("Matplotlib", reader.metadata["/Producer"])
+        box = reader.pages[0].mediabox
+        self.assertEqual((round(box.width), round(box.height)), (595, 842))
 
 
 class ReportLibraryTest(unittest.TestCase):

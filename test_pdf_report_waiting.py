@@ -3,14 +3,18 @@
 The embedded worker and RabbitMQ (two servers, two workers: the wait is
 answered by the server that did not queue the job); the 202 after N seconds;
 MAX_WAITING; the failure; the user deleted while a request waits on them.
+In-process, waiting.py's rules: the N of the header, and Retry-After.
 """
 
 import subprocess
 import sys
 import time
 import unittest
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
+import waiting
 from testing import (
     PROJECT,
     RABBITMQ_URL,
@@ -164,6 +168,59 @@ class WaitingOnRabbitMQTest(WaitingTestCase):
         self.assertEqual(answer.json["success"], False)
         self.assertEqual(answer.header("Preference-Applied"), "wait=10")
         self.assertIn("failed", answer.json["message"])
+
+
+class WaitRulesTest(unittest.TestCase):
+    """waiting.py in-process: the N of `Prefer: wait=N`, and Retry-After."""
+
+    def test_prefer_wait_is_read_as_whole_seconds_at_most_10(self):
+        for header, seconds in [
+            ("wait=3", 3),
+            ("wait=10", 10),
+            ("wait=600", 10),
+            ("WAIT = 2", 2),
+            ('wait="4"', 4),
+            ("respond-async, wait=5", 5),
+            ("wait=6; ignored=1", 6),
+            ("wait=0", 0),
+            ("wait=1.5", 0),
+            ("wait=-1", 0),
+            ("wait=soon", 0),
+            ("respond-async", 0),
+            ("", 0),
+        ]:
+            with self.subTest(header=header):
+                self.assertEqual(waiting.preferred_wait({"HTTP_PREFER": header}), seconds)
+        self.assertEqual(waiting.preferred_wait({}), 0)
+
+    def retry_after(self, jobs_ahead, job_seconds, settled_ago=()):
+        """waiting.retry_after with one job taking job_seconds of late, and
+        jobs settled the given seconds ago (oldest first)."""
+        now = time.monotonic()
+        with (
+            mock.patch.object(waiting, "_job_seconds", job_seconds),
+            mock.patch.object(waiting, "_settled_at", deque(now - ago for ago in settled_ago)),
+        ):
+            return waiting.retry_after(jobs_ahead)
+
+    def test_retry_after_is_whole_seconds_and_at_least_1(self):
+        for jobs_ahead in (0, 1, 7):
+            with self.subTest(jobs_ahead=jobs_ahead):
+                seconds = self.retry_after(jobs_ahead, 0.01)
+                self.assertIs(type(seconds), int)
+                self.assertEqual(seconds, 1)
+
+    def test_retry_after_is_the_jobs_ahead_and_ours_at_one_jobs_duration(self):
+        self.assertEqual(self.retry_after(9, 0.5), 5)  # 10 jobs of 0.5 s
+        self.assertEqual(self.retry_after(10, 0.5), 6)  # 5.5 s, rounded up
+
+    def test_retry_after_follows_the_pace_of_jobs_settling_lately(self):
+        # Two workers: a job settles every 0.25 s though each takes 0.5 s.
+        lately = [2.0 - 0.25 * n for n in range(9)]
+        self.assertEqual(self.retry_after(18, 0.5, lately), 5)  # 19 jobs at 0.25 s
+        # Jobs settled before the pace window count no more.
+        long_ago = [waiting.PACE_WINDOW + 3.0 - 0.25 * n for n in range(9)]
+        self.assertEqual(self.retry_after(18, 0.5, long_ago), 10)  # 19 jobs at 0.5 s
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """CONTRACT.md, Stats: reading and writing a user's four counts, over HTTP
-against the real server, one writer and many at once.
+against the real server, one writer and many at once; and their rule
+(validation.STATS_FIELDS) in-process.
 """
 
+import json
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
+import validation
+from responses import ApiError
 from testing import (
     NO_SUCH_ID,
     STAT_NAMES,
     ZERO_STATS,
     ApiTestCase,
+    names_word,
 )
 
 # Each a value that is not a non-negative integer below 2**63.
@@ -148,6 +153,30 @@ class StatsAtOnceTest(ApiTestCase):
         )
         self.assertEqual({answer.status for answer in answers}, {200})
         self.assertIn(self.stats(user["id"], token)["victory_count"], range(64))
+
+
+class StatRulesTest(unittest.TestCase):
+    """validation.STATS_FIELDS in-process: each stat a non-negative integer
+    below 2**63, written as a JSON integer."""
+
+    def test_integers_from_0_to_2_63_minus_1_are_accepted_as_they_are(self):
+        for name in STAT_NAMES:
+            for value in (0, 1, 2**63 - 1):
+                with self.subTest(name=name, value=value):
+                    self.assertEqual(
+                        validation.checked_fields({name: value}, validation.STATS_FIELDS),
+                        {name: value},
+                    )
+
+    def test_anything_else_is_a_400_naming_the_field(self):
+        for name in STAT_NAMES:
+            for value in INVALID_STAT_VALUES:
+                with self.subTest(name=name, value=value):
+                    with self.assertRaises(ApiError) as caught:
+                        validation.checked_fields({name: value}, validation.STATS_FIELDS)
+                    self.assertEqual(caught.exception.status_code, 400)
+                    message = json.loads(caught.exception.body)["message"]
+                    self.assertTrue(names_word(message, name), message)
 
 
 if __name__ == "__main__":

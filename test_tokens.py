@@ -1,6 +1,7 @@
 """CONTRACT.md, Tokens: HS256 JWTs with sub, iat, exp and ver; every other
 token refused; JWT_TTL; the secret generated and kept when JWT_SECRET is
-unset, and a short one refused at start-up.
+unset, and a short one refused at start-up. The claims auth.issue_token
+writes are also read in-process.
 """
 
 import base64
@@ -9,9 +10,13 @@ import stat
 import subprocess
 import time
 import unittest
+from types import SimpleNamespace
+from unittest import mock
 
 import jwt
 
+import auth
+import config
 from testing import (
     NO_SUCH_ID,
     ZERO_STATS,
@@ -219,6 +224,42 @@ class WeakSecretTest(BoundedTestCase):
         self.addCleanup(service.stop)
         service.start_server()
         self.assertEqual(service.request("GET", "/healthz").status, 200)
+
+
+class TokenClaimsTest(unittest.TestCase):
+    """auth.issue_token in-process, with config's JWT_SECRET and JWT_TTL set
+    as a server would have them: the claims, and the signature."""
+
+    secret = "in-process-secret-" + "s" * 32
+
+    def issue(self, user_id=7, version=0, ttl=86400):
+        user = SimpleNamespace(id=user_id, token_version=version)
+        with (
+            mock.patch.object(config, "JWT_SECRET", self.secret),
+            mock.patch.object(config, "JWT_TTL", ttl),
+        ):
+            auth.secret.cache_clear()  # the secret is read once per process
+            try:
+                return auth.issue_token(user)
+            finally:
+                auth.secret.cache_clear()
+
+    def test_a_token_is_hs256_signed_with_jwt_secret(self):
+        token = self.issue()
+        self.assertEqual(jwt.get_unverified_header(token)["alg"], "HS256")
+        jwt.decode(token, self.secret, algorithms=["HS256"])  # the signature holds
+        with self.assertRaises(jwt.InvalidSignatureError):
+            jwt.decode(token, "another-secret-" + "s" * 32, algorithms=["HS256"])
+
+    def test_claims_are_sub_as_a_string_iat_exp_jwt_ttl_later_and_the_users_ver(self):
+        before = int(time.time())
+        claims = jwt.decode(self.issue(42, version=3, ttl=120), self.secret, algorithms=["HS256"])
+        self.assertEqual(claims["sub"], "42")
+        self.assertIs(type(claims["iat"]), int)
+        self.assertTrue(before <= claims["iat"] <= time.time(), claims)
+        self.assertEqual(claims["exp"] - claims["iat"], 120)
+        self.assertIs(type(claims["ver"]), int)
+        self.assertEqual(claims["ver"], 3)
 
 
 if __name__ == "__main__":

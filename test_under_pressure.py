@@ -6,7 +6,8 @@ rates (and X-Forwarded-For from trusted and untrusted peers), the hashing
 budget, idle and half-open connections, and headers that never finish.
 
 In-process, the rules themselves, so that breaking one fails a test: whose
-address a rate counts (limits.client_address with TRUSTED_PROXIES), and the
+address a rate counts (limits.client_address with TRUSTED_PROXIES), a rate
+on a clock the test moves (limits._Rate), and the
 hashing budget (limits._HashBudget): a request that finds it full waits about
 HASH_WAIT, only a few wait at once, and the others get 503 with Retry-After
 at once. Every wait is bounded: a budget that never refuses fails its test
@@ -625,6 +626,62 @@ class HashBudgetTest(unittest.TestCase):
         holder = self.hold(budget)
         self.assertLess(holder.elapsed, 1)
         self.assertEqual(budget.refused, 0)
+
+
+class Clock:
+    """A stand-in for limits' time module: monotonic() is what the test set."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+class RateTest(unittest.TestCase):
+    """limits._Rate in-process: at most `limit` events per client address in
+    any 60 s, then 429 with Retry-After, on a clock the test moves."""
+
+    def setUp(self):
+        self.clock = Clock()
+        patcher = mock.patch.object(limits, "time", self.clock)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def refusal(self, rate, client):
+        with self.assertRaises(ApiError) as caught:
+            rate.take(client)
+        error = caught.exception
+        self.assertEqual(error.status_code, 429)
+        self.assertIs(json.loads(error.body)["success"], False)
+        return error
+
+    def test_the_event_beyond_the_limit_is_a_429_with_retry_after(self):
+        rate = limits._Rate("sign-ups", 3)
+        for _ in range(3):
+            rate.take("203.0.113.1")
+        error = self.refusal(rate, "203.0.113.1")
+        self.assertIn("sign-ups", json.loads(error.body)["message"])
+        self.assertEqual(error.get_header("Retry-After"), "60")
+        self.assertEqual(rate.refused, 1)
+
+    def test_each_client_address_has_a_rate_of_its_own(self):
+        rate = limits._Rate("logins", 1)
+        rate.take("203.0.113.1")
+        rate.take("203.0.113.2")
+        self.refusal(rate, "203.0.113.1")
+
+    def test_the_window_slides_an_event_counts_for_60_s(self):
+        rate = limits._Rate("logins", 2)
+        rate.take("c")
+        self.clock.now += 30
+        rate.take("c")
+        self.clock.now += 29.5  # the first is 59.5 s old: still counts
+        self.assertEqual(self.refusal(rate, "c").get_header("Retry-After"), "1")
+        self.clock.now += 1  # now it is over a minute old
+        rate.take("c")
+        # Refusals counted nothing: the second event alone is older than 30 s.
+        self.assertEqual(self.refusal(rate, "c").get_header("Retry-After"), "30")
 
 
 if __name__ == "__main__":

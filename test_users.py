@@ -3,7 +3,8 @@ updating and deleting users, over HTTP against the real server.
 
 Also how users are stored (only as salted, slow scrypt hashes) and what many
 clients at once do to them (8 Waitress threads: no 500, no "database is
-locked", ids never reused, counts that match the page).
+locked", ids never reused, counts that match the page). The rules of each
+field (validation.USER_FIELDS) are tested in-process too, at their bounds.
 """
 
 import base64
@@ -19,11 +20,14 @@ from urllib.parse import quote
 
 from sqlalchemy import text
 
+import validation
+from responses import ApiError
 from testing import (
     LONE_SURROGATE,
     NO_SUCH_ID,
     ZERO_STATS,
     ApiTestCase,
+    names_word,
     token_version,
     unique_name,
 )
@@ -733,6 +737,70 @@ class UsersAtOnceTest(ApiTestCase):
 
     def test_ids_are_never_reused_after_deletion_and_restart(self):
         self.assertIdNotReused(restart=True)
+
+
+class UserFieldRulesTest(unittest.TestCase):
+    """validation.USER_FIELDS in-process: each rule of CONTRACT.md, Users, at
+    its bounds, and a refusal that names its field."""
+
+    def assertRule(self, field, accepted, refused):
+        rule = validation.USER_FIELDS[field]
+        for value in accepted:
+            with self.subTest(field=field, accepted=value):
+                self.assertTrue(rule.accepts(value))
+        for value in refused:
+            with self.subTest(field=field, refused=value):
+                self.assertFalse(rule.accepts(value))
+
+    def test_username_is_1_to_32_letters_digits_underscores_dashes_or_dots(self):
+        self.assertRule(
+            "username",
+            accepted=["a", "Z", "7", "A_b-c.1", "x" * 32],
+            refused=["", "x" * 33, "a b", "ümlaut", "a@b", "a\nb", "a" + LONE_SURROGATE, None],
+        )
+
+    def test_password_is_1_to_256_characters_of_any_kind(self):
+        self.assertRule(
+            "password",
+            accepted=["p", "p" * 256, "pass word ü ✓ 😀"],
+            refused=["", "p" * 257, "a" + LONE_SURROGATE, None, 5],
+        )
+
+    def test_email_is_null_or_an_address_of_at_most_254_characters(self):
+        self.assertRule(
+            "email",
+            accepted=[None, "a@b.co", 'q"uote\\back@example.com', email_of_length(254)],
+            refused=["", "a@b", "a b@c.de", "@b.co", email_of_length(255), 5],
+        )
+
+    def test_gender_is_null_or_at_most_32_printable_characters(self):
+        self.assertRule(
+            "gender",
+            accepted=[None, "", "female", "g" * 32, "Ωμέγα ✓"],
+            refused=["g" * 33, "a\x00b", "a\nb", "a\x7f", 5],
+        )
+
+    def test_profile_pic_is_null_or_an_http_or_https_url_of_at_most_2048_characters(self):
+        longest = "https://example.com/" + "p" * (2048 - len("https://example.com/"))
+        self.assertRule(
+            "profile_pic",
+            accepted=[None, "http://example.com/p.png", "HTTPS://example.com", longest],
+            refused=["ftp://example.com/p", "//example.com/p", "https://", longest + "p", "x"],
+        )
+
+    def test_every_value_the_http_tests_send_as_invalid_is_refused_by_its_rule(self):
+        for field, value in INVALID_USER_FIELDS:
+            with self.subTest(field=field, value=value):
+                self.assertFalse(validation.USER_FIELDS[field].accepts(value))
+
+    def test_a_refused_value_is_a_400_whose_message_names_the_field(self):
+        for field, value in INVALID_USER_FIELDS:
+            with self.subTest(field=field, value=value):
+                with self.assertRaises(ApiError) as caught:
+                    validation.checked_fields({field: value}, validation.USER_FIELDS)
+                self.assertEqual(caught.exception.status_code, 400)
+                message = json.loads(caught.exception.body)["message"]
+                self.assertTrue(names_word(message, field), message)
 
 
 if __name__ == "__main__":
