@@ -22,6 +22,7 @@ from testing import (
     TEST_DATABASE_URL,
     FaultTestCase,
     Response,
+    ServiceTestCase,
     card_values,
     past_busy,
     pdf_text,
@@ -95,10 +96,13 @@ class GracefulStopTest(FaultTestCase):
         self.assertIn("worker stopped", server.output())
 
 
-class AccessLogTest(FaultTestCase):
+class AccessLogTest(ServiceTestCase):
+    """One server for the three; no reports, so no embedded worker."""
+
+    service_env = {"EMBEDDED_WORKER": "off"}
+
     def test_one_line_per_request_with_status_duration_and_user_never_a_secret(self):
-        service = self.start_service()
-        server = service.start_server()
+        server = self.service.server
         user, token = self.sign_up(password="very-secret-password")
         self.request("PATCH", f"/users/{user['id']}/stats", {"victory_count": 1}, token=token)
         self.request("GET", "/users/999999")
@@ -112,8 +116,7 @@ class AccessLogTest(FaultTestCase):
         self.assertNotIn(token.split(".")[2], log)
 
     def test_a_path_cannot_forge_a_log_line(self):
-        service = self.start_service()
-        server = service.start_server()
+        server = self.service.server
         forged = "/users/1%0A0.0%20access%20GET%20/forged%20200%200.1ms%20user=1"
         self.request("GET", forged)
         wait_until(lambda: "forged" in server.output(), what="the access log")
@@ -121,8 +124,7 @@ class AccessLogTest(FaultTestCase):
         self.assertIn(f" access GET {forged} 404 ", server.output())
 
     def test_a_long_path_cannot_push_the_status_and_user_out_of_its_line(self):
-        service = self.start_service()
-        server = service.start_server()
+        server = self.service.server
         self.request("GET", "/users/" + "a" * 3000 + "%20200%200.1ms%20user=1")
         wait_until(lambda: "aaaa" in server.output(), what="the access log")
         line = next(line for line in server.output().splitlines() if "aaaa" in line)

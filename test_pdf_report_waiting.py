@@ -19,6 +19,8 @@ from testing import (
     PROJECT,
     RABBITMQ_URL,
     FaultTestCase,
+    ReportClient,
+    ServiceTestCase,
     pdf_text,
     rabbitmq_answers,
     require,
@@ -38,7 +40,9 @@ def waiting_get(test, user, token, seconds=10, port=None):
     return answer, time.monotonic() - started
 
 
-class WaitingTestCase(FaultTestCase):
+class Waiting:
+    """What the waiting tests do besides a ReportClient's."""
+
     def in_background(self, function, *args):
         pool = ThreadPoolExecutor(1)
         self.addCleanup(pool.shutdown)
@@ -60,7 +64,7 @@ class WaitingTestCase(FaultTestCase):
         raise AssertionError("no request could be seen waiting on the report")
 
 
-class WaitingTest(WaitingTestCase):
+class WaitingTest(Waiting, FaultTestCase):
     def test_a_waiting_get_returns_the_pdf_once_the_embedded_worker_made_it(self):
         self.start_service().start_server()
         # Twenty jobs ahead of ours: the GET surely finds the report pending.
@@ -73,8 +77,14 @@ class WaitingTest(WaitingTestCase):
         self.assertEqual(answer.header("Preference-Applied"), "wait=10")
         self.assertIn(user["username"], pdf_text(answer.body))
 
+
+class NothingRendersTest(Waiting, ReportClient, ServiceTestCase):
+    """One server for these: no worker, so a report stays pending; one request
+    may wait at a time (MAX_WAITING=1)."""
+
+    service_env = {"EMBEDDED_WORKER": "off", "MAX_WAITING": "1"}
+
     def test_a_waiting_get_answers_the_202_after_n_seconds_when_nothing_renders(self):
-        self.start_service(EMBEDDED_WORKER="off").start_server()
         user, token = self.sign_up()
         self.post_report(user, token)
         answer, took = waiting_get(self, user, token, seconds=1)
@@ -89,7 +99,6 @@ class WaitingTest(WaitingTestCase):
         self.assertIsNone(plain.header("Preference-Applied"))
 
     def test_beyond_max_waiting_the_202_comes_at_once(self):
-        self.start_service(EMBEDDED_WORKER="off", MAX_WAITING="1").start_server()
         user, token = self.sign_up()
         self.post_report(user, token)
         with ThreadPoolExecutor(2) as pool:
@@ -101,7 +110,6 @@ class WaitingTest(WaitingTestCase):
         self.assertEqual(applied, ["None", "wait=3"])  # one waited, one was told at once
 
     def test_a_request_waiting_on_a_user_who_is_deleted_ends_with_401(self):
-        self.start_service(EMBEDDED_WORKER="off", MAX_WAITING="1").start_server()
         user, token = self.sign_up()
         self.post_report(user, token)
         waiter = self.start_waiting(user, token)
@@ -115,7 +123,7 @@ class WaitingTest(WaitingTestCase):
 
 
 @require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")
-class WaitingOnRabbitMQTest(WaitingTestCase):
+class WaitingOnRabbitMQTest(Waiting, FaultTestCase):
     def start_failing_worker(self, service):
         """A worker process whose every render raises."""
         script = (
