@@ -5,8 +5,8 @@
 #  1. podman, runc and mmdebstrap from Debian's packages, when missing;
 #  2. a Debian bookworm base image (python3 3.11 and its venv module) made by
 #     mmdebstrap and imported: it stands in for python:3.11-slim;
-#  3. the wheels of requirements.txt (and of the Containerfile's PostgreSQL
-#     driver) downloaded on this host with pip, for the image's Python;
+#  3. the wheels of requirements.txt (the PostgreSQL driver included)
+#     downloaded on this host with pip, for the image's Python;
 #  4. the Containerfile built with them (BASE, PIP_FIND_LINKS, PIP_NO_INDEX),
 #     tagged localhost/game-stats-api:latest;
 #  5. test_container.py run on it.
@@ -58,11 +58,10 @@ fi
 
 # The wheels, for the image's CPython on this machine's architecture (manylinux
 # up to bookworm's glibc 2.36); binary only: the image has no compiler.
-driver=$(grep -o 'psycopg\[binary\]==[0-9.]*' Containerfile | head -n1)
 arch=$(uname -m)
 platforms=(--platform "manylinux2014_$arch")
 for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_$arch"); done
-key=$( (cat requirements.txt; echo "$driver $PYTHON_VERSION $arch") | sha256sum | cut -c1-12)
+key=$( (cat requirements.txt; echo "$PYTHON_VERSION $arch") | sha256sum | cut -c1-12)
 wheels=$cache/wheels-$key
 if [ -e "$wheels/.complete" ]; then
   step "wheels in $wheels (kept from an earlier run)"
@@ -71,7 +70,7 @@ else
   rm -rf "$wheels"
   if ! .venv/bin/python -m pip download --disable-pip-version-check --dest "$wheels" \
       --only-binary=:all: --implementation cp --python-version "$PYTHON_VERSION" \
-      "${platforms[@]}" -r requirements.txt "$driver" >"$scratch/pip.log" 2>&1; then
+      "${platforms[@]}" -r requirements.txt >"$scratch/pip.log" 2>&1; then
     cat "$scratch/pip.log" >&2
     exit 1
   fi
