@@ -31,12 +31,10 @@ from testing import (
     GENERATED,
     PROJECT,
     RABBITMQ_URL,
-    BoundedTestCase,
-    LiveService,
     ReportClient,
-    ServiceClient,
     ServiceTestCase,
     card_values,
+    delete_queue,
     embedded_fonts,
     expected_cards,
     generated_at,
@@ -330,17 +328,31 @@ worker.main()
 
 
 @require_rabbitmq
-class RabbitMQReportTest(ReportClient, ServiceClient, BoundedTestCase):
-    """A server and separate worker processes sharing RabbitMQ, each test on
-    a queue of its own: a job a killed worker left behind cannot reach the
-    next test."""
+class RabbitMQReportTest(ReportClient, ServiceTestCase):
+    """A server and separate worker processes sharing RabbitMQ, on a queue of
+    this class's own. One server for the class; each test starts the workers
+    it needs, stopped when it ends, and begins with the queue emptied: a job
+    a killed worker left behind cannot reach the next test."""
+
+    queue_name = unique_name("test-reports-")
+    service_env = {"BROKER_URL": RABBITMQ_URL, "REPORT_QUEUE": queue_name}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.addClassCleanup(delete_queue, cls.queue_name)
 
     def setUp(self):
-        self.queue_name = unique_name("test-reports-")
-        self.addCleanup(self.delete_queue)
-        self.service = LiveService(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=self.queue_name)
-        self.addCleanup(self.service.stop)  # SIGTERM, SIGKILL after 15 s
-        self.service.start_server()
+        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
+            queue = self.queue()(connection.default_channel)
+            queue.declare()  # as the server declares it
+            queue.purge()
+
+    def start_worker(self, script="worker.py"):
+        """A worker process of this test's own, stopped when the test ends."""
+        worker = self.service.start(script)
+        self.addCleanup(worker.stop)  # SIGTERM, SIGKILL after 15 s
+        return worker
 
     def queue(self):
         return Queue(
@@ -350,12 +362,6 @@ class RabbitMQReportTest(ReportClient, ServiceClient, BoundedTestCase):
             durable=True,
         )
 
-    def delete_queue(self):
-        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
-            channel = connection.default_channel
-            channel.queue_delete(self.queue_name)
-            channel.exchange_delete(self.queue_name)
-
     def ready_jobs(self):
         with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
             return (
@@ -363,13 +369,13 @@ class RabbitMQReportTest(ReportClient, ServiceClient, BoundedTestCase):
             )
 
     def start_consuming_worker(self, script="worker.py"):
-        worker = self.service.start(script)
+        worker = self.start_worker(script)
         wait_until(lambda: "consuming report jobs" in worker.output(), what="a worker consuming")
         return worker
 
     def test_server_queues_and_a_separate_worker_renders(self):
         user, token = self.new_user_with_stats(victory_count=3, loss_count=1)
-        self.service.start_worker()
+        self.start_worker()
         self.post_report(user, token)
         self.assertEqual(card_values(self.wait_for_report(user, token).body)["Win rate"], "75.0%")
 
@@ -382,7 +388,7 @@ class RabbitMQReportTest(ReportClient, ServiceClient, BoundedTestCase):
         self.post_report(user, token)  # while pending: no second job
         self.assertEqual(self.ready_jobs(), 1)
 
-        self.service.start_worker()
+        self.start_worker()
         self.wait_for_report(user, token)
         self.assertEqual(self.ready_jobs(), 0)
 
@@ -401,7 +407,7 @@ class RabbitMQReportTest(ReportClient, ServiceClient, BoundedTestCase):
         self.post_report(user, token)
         self.assertEqual(self.ready_jobs(), 2)
 
-        worker = self.service.start_worker()
+        worker = self.start_worker()
         self.wait_for_report(user, token)
         wait_until(lambda: "already finished" in worker.output(), what="the duplicate dropped")
         self.assertEqual(self.ready_jobs(), 0)

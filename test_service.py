@@ -12,7 +12,7 @@ import threading
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
 
 from testing import (
@@ -20,11 +20,9 @@ from testing import (
     STAT_NAMES,
     TEST_DATABASE_URL,
     ApiTestCase,
-    BoundedTestCase,
-    LiveService,
     ReportClient,
-    ServiceClient,
     ServiceTestCase,
+    delete_queue,
     require_rabbitmq,
     unique_name,
     wait_until,
@@ -350,18 +348,28 @@ class JobsWaitingInProcessTest(Scraping, ReportClient, ServiceTestCase):
 
 
 @require_rabbitmq
-class JobsWaitingOnRabbitMQTest(Scraping, ReportClient, ServiceClient, BoundedTestCase):
-    def setUp(self):
-        queue_name = unique_name("test-metrics-")
-        self.addCleanup(self.delete_queue, queue_name)
-        self.service = LiveService(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue_name)
-        self.addCleanup(self.service.stop)
-        self.service.start_server()
+class JobsWaitingOnRabbitMQTest(Scraping, ReportClient, ServiceTestCase):
+    """One server on a queue of this class's own, emptied before each test."""
 
-    def delete_queue(self, name):
+    queue_name = unique_name("test-metrics-")
+    service_env = {"BROKER_URL": RABBITMQ_URL, "REPORT_QUEUE": queue_name}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.addClassCleanup(delete_queue, cls.queue_name)
+
+    def setUp(self):
+        queue = Queue(
+            self.queue_name,
+            Exchange(self.queue_name, type="direct", durable=True),
+            routing_key="report",
+            durable=True,
+        )
         with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
-            connection.default_channel.queue_delete(name)
-            connection.default_channel.exchange_delete(name)
+            bound = queue(connection.default_channel)
+            bound.declare()  # as the server declares it
+            bound.purge()
 
     def test_jobs_waiting_are_the_depth_of_the_queue(self):
         pending_reports(self, 2)
@@ -369,7 +377,8 @@ class JobsWaitingOnRabbitMQTest(Scraping, ReportClient, ServiceClient, BoundedTe
 
     def test_the_servers_metrics_have_the_render_durations_of_separate_workers(self):
         user, token = self.new_user_with_stats(victory_count=1)
-        self.service.start_worker()
+        worker = self.service.start_worker()
+        self.addCleanup(worker.stop)
         self.post_report(user, token)
         self.wait_for_report(user, token)
         count = ("report_job_duration_seconds_count", frozenset())

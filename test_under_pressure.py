@@ -16,6 +16,7 @@ within seconds instead of hanging the suite.
 
 import http.client
 import ipaddress
+import itertools
 import json
 import socket
 import threading
@@ -37,6 +38,9 @@ from testing import (
     wait_until,
 )
 
+# Client addresses of their own, one per test that needs rates untouched by
+# the others (all of 127.0.0.0/8 is this machine's; 127.0.0.2 is ConnectionsTest's).
+CLIENT_ADDRESSES = (f"127.0.0.{n}" for n in itertools.count(10))
 PRODUCTION_SCRYPT_N = "16384"  # 16 MiB and about 0.2 s of a core per hash, as in production
 
 
@@ -68,17 +72,18 @@ class PressureTestCase(ServiceTestCase):
             return found.first() is not None
 
     def flood(self, send, seconds=3, connections=16):
-        """Runs send(name) from `connections` threads with fresh names for
-        `seconds`, while a reader GETs a user; (the flood's answers by status,
-        the reads' statuses). On a new server: rates untouched by another flood."""
-        self.service.start_server()
+        """Runs send(name, source) from `connections` threads with fresh names
+        for `seconds`, while a reader GETs a user; (the flood's answers by
+        status, the reads' statuses). The flood comes from a client address of
+        its own (source): rates untouched by another flood."""
+        source = next(CLIENT_ADDRESSES)
         reader, _ = self.sign_up()
         stop = threading.Event()
         answers, reads = Counter(), []
 
         def flooder(_):
             while not stop.is_set():
-                answers[status_or_failure(lambda: send(unique_name("flood")))] += 1
+                answers[status_or_failure(lambda: send(unique_name("flood"), source))] += 1
 
         def read():
             while not stop.is_set():
@@ -110,7 +115,9 @@ class FloodTest(PressureTestCase):
     def test_reads_keep_succeeding_under_a_sign_up_flood_which_gets_201_429_or_503(self):
         before = self.user_count()
         answers, reads = self.flood(
-            lambda name: self.request("POST", "/users", {"username": name, "password": "pw"})
+            lambda name, source: self.request(
+                "POST", "/users", {"username": name, "password": "pw"}, source=source
+            )
         )
         self.assertTrue(reads, "no read was answered during the flood")
         self.assertEqual(set(reads), {200}, Counter(reads))
@@ -121,7 +128,9 @@ class FloodTest(PressureTestCase):
 
     def test_reads_keep_succeeding_under_a_login_flood_which_gets_401_429_or_503(self):
         answers, reads = self.flood(
-            lambda name: self.request("POST", "/login", {"username": name, "password": "pw"})
+            lambda name, source: self.request(
+                "POST", "/login", {"username": name, "password": "pw"}, source=source
+            )
         )
         self.assertTrue(reads, "no read was answered during the flood")
         self.assertEqual(set(reads), {200}, Counter(reads))
@@ -200,7 +209,17 @@ class HashingBudgetTest(PressureTestCase):
 
 
 class RatesTest(PressureTestCase):
+    """Each test a client of its own address (127.0.0.x), with rates untouched
+    by the other tests."""
+
     service_env = {"EMBEDDED_WORKER": "off", "SIGNUP_RATE": "3", "LOGIN_RATE": "4"}
+
+    def setUp(self):
+        super().setUp()
+        self.source = next(CLIENT_ADDRESSES)
+
+    def request(self, *args, **kwargs):
+        return super().request(*args, source=self.source, **kwargs)
 
     def sign_up_from(self, headers=None):
         name = unique_name("rate")
@@ -209,7 +228,6 @@ class RatesTest(PressureTestCase):
         )
 
     def test_sign_ups_beyond_the_rate_get_429_and_create_nothing(self):
-        self.service.start_server()  # a new server: a rate of its own, untouched by other tests
         # One address: the peer's, whatever X-Forwarded-For says (no trusted proxy).
         forged = [{"X-Forwarded-For": f"198.51.100.{n}"} for n in range(6)]
         statuses = []
@@ -224,7 +242,6 @@ class RatesTest(PressureTestCase):
         self.assertEqual(statuses, [201] * 3 + [429] * 3)
 
     def test_logins_beyond_the_rate_get_429_even_for_the_right_password(self):
-        self.service.start_server()  # a rate of its own
         user, _ = self.sign_up()
         statuses = [self.log_in(user["username"], "wrong").status for _ in range(4)]
         self.assertEqual(statuses, [401] * 4)
@@ -233,10 +250,11 @@ class RatesTest(PressureTestCase):
         self.assertNotIn("token", answer.json)
 
     def test_a_client_deaf_to_429_gets_one_answer_per_pause_on_its_connection(self):
-        self.service.start_server()  # a rate of its own
         for _ in range(3):  # SIGNUP_RATE, used up
             self.sign_up_from()
-        connection = http.client.HTTPConnection("127.0.0.1", self.service.port, timeout=30)
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self.service.port, timeout=30, source_address=(self.source, 0)
+        )
         self.addCleanup(connection.close)
         answers = 0
         started = time.monotonic()

@@ -258,8 +258,17 @@ class LiveService:
         except OSError:
             return False
 
-    def request(self, method, path, body=None, token=None, headers=None, raw=None, port=None):
-        connection = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=30)
+    def request(
+        self, method, path, body=None, token=None, headers=None, raw=None, port=None, source=None
+    ):
+        """One request on a connection of its own, from the address source
+        (127.0.0.x: a client address of its own for the server) if given."""
+        connection = http.client.HTTPConnection(
+            "127.0.0.1",
+            port or self.port,
+            timeout=30,
+            source_address=(source, 0) if source else None,
+        )
         headers = dict(headers or {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
