@@ -53,10 +53,11 @@ EMBEDDED_WORKER = _flag("EMBEDDED_WORKER", IN_PROCESS_BROKER)
 JWT_SECRET = os.environ.get("JWT_SECRET", "")
 # RFC 7518 section 3.2: an HS256 key has at least as many bits as the hash (256).
 JWT_SECRET_MIN_BYTES = 32
-if 0 < len(JWT_SECRET.encode("utf-8", "surrogateescape")) < JWT_SECRET_MIN_BYTES:
+_secret_bytes = len(JWT_SECRET.encode("utf-8", "surrogateescape"))
+if 0 < _secret_bytes < JWT_SECRET_MIN_BYTES:
     raise SystemExit(
         f"JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long (RFC 7518 section 3.2), "
-        f"got {len(JWT_SECRET.encode('utf-8', 'surrogateescape'))}. Leave it unset to have one "
+        f"got {_secret_bytes}. Leave it unset to have one "
         "generated, or make one: python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
     )
 JWT_TTL = _int("JWT_TTL", 86400, minimum=1)

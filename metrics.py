@@ -96,9 +96,10 @@ def observe_heard_job(_user_id, seconds):
         JOB_DURATION.observe(seconds)
 
 
-def observe_job(outcome, seconds=None):
-    """Counts a settled job; seconds: how long its render took (None: it drew nothing)."""
-    JOBS.labels(outcome).inc()
+def observe_job(settled, seconds=None):
+    """Counts a settled job (a worker's on_settled listener); seconds: how long
+    its render took (None: it drew nothing)."""
+    JOBS.labels(settled.outcome).inc()
     if seconds is not None:
         JOB_DURATION.observe(seconds)
 

@@ -265,8 +265,8 @@ def main():
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib
 
-        counted = [lambda settled, seconds: metrics.observe_job(settled.outcome, seconds)]
-        embedded_worker = worker.start_in_thread(on_settled=counted if config.METRICS else ())
+        counted = [metrics.observe_job] if config.METRICS else []
+        embedded_worker = worker.start_in_thread(on_settled=counted)
     on_answered = None
     if config.METRICS:
         metrics.watch_service(

@@ -111,33 +111,12 @@ class ServerMetricsForOperatorsTest(OperatorMetrics, ServiceTestCase):
         self.assertPromtoolClean(self.scraped_after_traffic())
 
 
-class WorkerMetricsForOperatorsTest(OperatorMetrics, ServiceTestCase):
+class WorkerMetricsTest(OperatorMetrics, ServiceTestCase):
     """A worker's own page on WORKER_METRICS_PORT: the same registry, the same checks."""
 
     service_env = {"EMBEDDED_WORKER": "off"}
 
-    def test_a_workers_metrics_have_the_process_figures_and_pass_promtool(self):
-        port = free_port()
-        self.service.start_worker(WORKER_METRICS_PORT=str(port))
-
-        def scraped():
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/metrics")
-                return connection.getresponse().read().decode()
-            except OSError:
-                return None
-
-        text = wait_until(scraped, what="the worker's metrics")
-        self.assertProcessMetrics(text)
-        self.assertNoCreatedSeries(text)
-        self.assertPromtoolClean(text)
-
-
-class WorkerMetricsTest(ServiceTestCase):
-    service_env = {"EMBEDDED_WORKER": "off"}
-
-    def test_a_worker_serves_its_own_metrics_on_worker_metrics_port(self):
+    def test_a_worker_serves_its_own_metrics_with_the_process_figures_passing_promtool(self):
         port = free_port()
         self.service.start_worker(WORKER_METRICS_PORT=str(port))
 
@@ -153,6 +132,9 @@ class WorkerMetricsTest(ServiceTestCase):
         names = {family.name for family in text_string_to_metric_families(text)}
         self.assertIn("report_jobs", names)
         self.assertIn("report_job_duration_seconds", names)
+        self.assertProcessMetrics(text)
+        self.assertNoCreatedSeries(text)
+        self.assertPromtoolClean(text)
 
 
 # The revision of the newest migration (its file name starts with it): a

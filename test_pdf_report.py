@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 from pypdf import PdfReader
 from sqlalchemy import text
 
@@ -31,10 +31,10 @@ from testing import (
     GENERATED,
     PROJECT,
     RABBITMQ_URL,
+    QueueOfItsOwn,
     ReportClient,
     ServiceTestCase,
     card_values,
-    delete_queue,
     embedded_fonts,
     expected_cards,
     generated_at,
@@ -328,39 +328,19 @@ worker.main()
 
 
 @require_rabbitmq
-class RabbitMQReportTest(ReportClient, ServiceTestCase):
+class RabbitMQReportTest(QueueOfItsOwn, ReportClient, ServiceTestCase):
     """A server and separate worker processes sharing RabbitMQ, on a queue of
-    this class's own. One server for the class; each test starts the workers
-    it needs, stopped when it ends, and begins with the queue emptied: a job
-    a killed worker left behind cannot reach the next test."""
+    this class's own (emptied before each test). One server for the class;
+    each test starts the workers it needs, stopped when it ends."""
 
     queue_name = unique_name("test-reports-")
     service_env = {"BROKER_URL": RABBITMQ_URL, "REPORT_QUEUE": queue_name}
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.addClassCleanup(delete_queue, cls.queue_name)
-
-    def setUp(self):
-        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
-            queue = self.queue()(connection.default_channel)
-            queue.declare()  # as the server declares it
-            queue.purge()
 
     def start_worker(self, script="worker.py"):
         """A worker process of this test's own, stopped when the test ends."""
         worker = self.service.start(script)
         self.addCleanup(worker.stop)  # SIGTERM, SIGKILL after 15 s
         return worker
-
-    def queue(self):
-        return Queue(
-            self.queue_name,
-            Exchange(self.queue_name, type="direct", durable=True),
-            routing_key="report",
-            durable=True,
-        )
 
     def ready_jobs(self):
         with Connection(RABBITMQ_URL, connect_timeout=5) as connection:

@@ -12,7 +12,6 @@ import threading
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
-from kombu import Connection, Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
 
 from testing import (
@@ -20,9 +19,9 @@ from testing import (
     STAT_NAMES,
     TEST_DATABASE_URL,
     ApiTestCase,
+    QueueOfItsOwn,
     ReportClient,
     ServiceTestCase,
-    delete_queue,
     require_rabbitmq,
     unique_name,
     wait_until,
@@ -348,28 +347,11 @@ class JobsWaitingInProcessTest(Scraping, ReportClient, ServiceTestCase):
 
 
 @require_rabbitmq
-class JobsWaitingOnRabbitMQTest(Scraping, ReportClient, ServiceTestCase):
+class JobsWaitingOnRabbitMQTest(QueueOfItsOwn, Scraping, ReportClient, ServiceTestCase):
     """One server on a queue of this class's own, emptied before each test."""
 
     queue_name = unique_name("test-metrics-")
     service_env = {"BROKER_URL": RABBITMQ_URL, "REPORT_QUEUE": queue_name}
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.addClassCleanup(delete_queue, cls.queue_name)
-
-    def setUp(self):
-        queue = Queue(
-            self.queue_name,
-            Exchange(self.queue_name, type="direct", durable=True),
-            routing_key="report",
-            durable=True,
-        )
-        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
-            bound = queue(connection.default_channel)
-            bound.declare()  # as the server declares it
-            bound.purge()
 
     def test_jobs_waiting_are_the_depth_of_the_queue(self):
         pending_reports(self, 2)

@@ -34,7 +34,7 @@ from itertools import count
 from pathlib import Path
 
 import jwt
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 from pypdf import PdfReader
 from pypdf.generic import ContentStream
 from sqlalchemy import create_engine, text
@@ -756,3 +756,28 @@ def delete_queue(name):
         channel = connection.default_channel
         channel.queue_delete(name)
         channel.exchange_delete(name)
+
+
+class QueueOfItsOwn:
+    """For a ServiceTestCase on RabbitMQ whose service_env names queue_name: the
+    class's own queue, deleted after the class and emptied before each test, so
+    that a job a killed worker left behind cannot reach the next test."""
+
+    queue_name = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.addClassCleanup(delete_queue, cls.queue_name)
+        super().setUpClass()
+
+    @classmethod
+    def queue(cls):
+        exchange = Exchange(cls.queue_name, type="direct", durable=True)
+        return Queue(cls.queue_name, exchange, routing_key="report", durable=True)
+
+    def setUp(self):
+        super().setUp()
+        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
+            bound = self.queue()(connection.default_channel)
+            bound.declare()  # as the server declares it
+            bound.purge()

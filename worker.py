@@ -306,11 +306,7 @@ def main():
     _ready()  # matplotlib loads now, not during the first job
     metrics.serve_for_worker()
     worker = Worker(
-        jobs.connect(heartbeat=jobs.HEARTBEAT),
-        on_settled=[
-            tell_servers,
-            lambda settled, seconds: metrics.observe_job(settled.outcome, seconds),
-        ],
+        jobs.connect(heartbeat=jobs.HEARTBEAT), on_settled=[tell_servers, metrics.observe_job]
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
