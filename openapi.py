@@ -1,11 +1,12 @@
 """The OpenAPI 3.1 document served at /openapi.json: every operation, with
 its operationId, summary and tag. The schemas, examples, headers and shared
-answers they refer to are api_schemas.py's.
+answers they refer to are openapi_schemas.py's.
 """
 
 from functools import cache
 
-from api_schemas import (
+from models import MAX_ID
+from openapi_schemas import (
     BAD_REQUEST,
     BEARER,
     BUSY_HASHING,
@@ -23,7 +24,6 @@ from api_schemas import (
     json_content,
     ref,
 )
-from models import MAX_ID
 from responses import to_json
 
 PATHS = {

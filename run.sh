@@ -54,7 +54,7 @@ case "$command" in
           shift; exec .venv/bin/python tools/bench.py "$@" ;;
   soak)   install requirements.txt requirements-dev.txt
           shift; exec .venv/bin/python tools/soak.py "$@" ;;
-  migrate) install requirements.txt; exec .venv/bin/python schema.py ;;
+  migrate) install requirements.txt; exec .venv/bin/python migrate.py ;;
   backup) install requirements.txt
           shift; exec .venv/bin/python tools/backup.py "$@" ;;
   container-test) install requirements.txt requirements-dev.txt

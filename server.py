@@ -19,12 +19,12 @@ import database
 import jobs
 import limits
 import metrics
+import migrate
 import models
 import openapi
 import pages
 import report_routes
 import reports
-import schema
 import serving
 import waiting
 from models import MAX_ID
@@ -252,7 +252,7 @@ def openapi_document():
 
 def main():
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
-    schema.ensure_newest()
+    migrate.ensure_newest()
     auth.secret()  # made now, if it must be generated: not on the first request
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     jobs.on_settled(waiting.wake)

@@ -69,9 +69,9 @@ class UpgradeChecks:
         self.engine = create_engine(self.url)
         self.addCleanup(self.engine.dispose)
         made = run_python(
-            "import database, schema\nfrom alembic import command\n"
+            "import database, migrate\nfrom alembic import command\n"
             "with database.schema_lock() as c:\n"
-            "    command.upgrade(schema.alembic_config(c), '0001')\n",
+            "    command.upgrade(migrate.alembic_config(c), '0001')\n",
             self.service.env,
         )
         self.assertEqual(made.returncode, 0, made.stderr)
@@ -155,7 +155,7 @@ class UpgradeChecks:
         throttled = self.service.request("POST", "/login", {"username": "ada", "password": "x"})
         self.assertEqual(throttled.status, 429, throttled.body)
         # And alembic check finds the models and the upgraded database in agreement.
-        checked = run_python("import schema; schema.check()", self.service.env)
+        checked = run_python("import migrate; migrate.check()", self.service.env)
         self.assertEqual(checked.returncode, 0, checked.stderr)
 
     def test_a_database_newer_than_the_code_refuses_to_start(self):
@@ -180,7 +180,7 @@ class RevisionsTest(unittest.TestCase):
 
     def test_the_newest_revision_by_file_name_is_alembics_head(self):
         found = run_python(
-            "import schema; print(schema.HEAD, schema.alembic_head())",
+            "import migrate; print(migrate.HEAD, migrate.alembic_head())",
             {**inherited_environment(), "DATABASE_URL": "sqlite://"},  # never opened
         )
         self.assertEqual(found.returncode, 0, found.stderr)

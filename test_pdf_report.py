@@ -1,5 +1,5 @@
 """CONTRACT.md, PDF report: end to end, with server, broker and worker
-processes, over HTTP; and the page itself, drawn by report.py in-process.
+processes, over HTTP; and the page itself, drawn by drawing.py in-process.
 
 The RabbitMQ tests use the real broker at RABBITMQ_URL (127.0.0.1:5672 by
 default), each test on a queue of its own. Under CI=true they must run;
@@ -26,7 +26,7 @@ from kombu import Connection
 from pypdf import PdfReader
 from sqlalchemy import text
 
-import report
+import drawing
 from testing import (
     GENERATED,
     PROJECT,
@@ -294,7 +294,7 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
             user,
             f"""
             import json, urllib.request
-            from report import render as real_render
+            from drawing import render as real_render
             def call(method, path, body=None):
                 request = urllib.request.Request(
                     "http://127.0.0.1:{self.service.port}" + path, method=method,
@@ -321,8 +321,8 @@ class EmbeddedWorkerReportTest(ReportClient, ServiceTestCase):
 STUCK_WORKER = """
 import sys, threading
 sys.path.insert(0, {project!r})
-import report, worker
-report.render = lambda data: threading.Event().wait(120)  # the fault: a render that hangs
+import drawing, worker
+drawing.render = lambda data: threading.Event().wait(120)  # the fault: a render that hangs
 worker.main()
 """
 
@@ -465,7 +465,7 @@ class UnreachableBrokerTest(ReportClient, ServiceTestCase):
 
 
 def drawn(**fields):
-    """report.render's PDF for a user with these fields (the others plain)."""
+    """drawing.render's PDF for a user with these fields (the others plain)."""
     data = {
         "username": "drawn_user",
         "email": "player@example.com",
@@ -476,28 +476,28 @@ def drawn(**fields):
         "total_time": 0,
         **fields,
     }
-    return report.render(report.ReportData(**data))
+    return drawing.render(drawing.ReportData(**data))
 
 
 class ReportDrawingTest(ReportClient, unittest.TestCase):
-    """report.py in-process: the figures a report shows and the page it draws,
+    """drawing.py in-process: the figures a report shows and the page it draws,
     read back with pypdf (and pdftotext where installed). No server: that the
     worker draws the user's data as stored is EmbeddedWorkerReportTest's."""
 
     def test_win_rate_is_victories_over_games_and_none_without_games(self):
-        self.assertEqual(report.win_rate(3, 1), 0.75)
-        self.assertEqual(report.win_rate(0, 5), 0.0)
-        self.assertIsNone(report.win_rate(0, 0))
+        self.assertEqual(drawing.win_rate(3, 1), 0.75)
+        self.assertEqual(drawing.win_rate(0, 5), 0.0)
+        self.assertIsNone(drawing.win_rate(0, 0))
 
     def test_total_time_reads_as_hours_and_minutes(self):
-        self.assertEqual(report.hours_and_minutes(0), "0 h 00 min")
-        self.assertEqual(report.hours_and_minutes(3599), "0 h 59 min")
-        self.assertEqual(report.hours_and_minutes(9_876_543), "2743 h 29 min")
+        self.assertEqual(drawing.hours_and_minutes(0), "0 h 00 min")
+        self.assertEqual(drawing.hours_and_minutes(3599), "0 h 59 min")
+        self.assertEqual(drawing.hours_and_minutes(9_876_543), "2743 h 29 min")
 
     def test_the_time_of_generation_is_shown_in_utc(self):
         now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         self.assertEqual(
-            generated_at(report.render(report.ReportData("t", None, None, 1, 1, 1, 1), now)), now
+            generated_at(drawing.render(drawing.ReportData("t", None, None, 1, 1, 1, 1), now)), now
         )
 
     def test_a_report_without_games_shows_no_win_rate_yet(self):
@@ -581,26 +581,26 @@ class ReportDrawingTest(ReportClient, unittest.TestCase):
 
 
 class ReportLibraryTest(unittest.TestCase):
-    """report.py reaches into matplotlib's private parts for speed: these fail
+    """drawing.py reaches into matplotlib's private parts for speed: these fail
     when an upgrade of matplotlib silently undoes that."""
 
     def test_the_pdf_backend_reads_core_font_metrics_through_the_parsed_once_cache(self):
-        import report
+        import drawing
 
-        data = report.ReportData("cache_check", None, None, 3, 1, 2, 60)
-        report.render(data)  # warms report's own caches
+        data = drawing.ReportData("cache_check", None, None, 3, 1, 2, 60)
+        drawing.render(data)  # warms its own caches
         calls = []
-        parse_once = report._parse_afm
+        parse_once = drawing._parse_afm
 
         def counted(path):
             calls.append(path)
             return parse_once(path)
 
-        report._parse_afm = counted
+        drawing._parse_afm = counted
         try:
-            pdf = report.render(data)
+            pdf = drawing.render(data)
         finally:
-            report._parse_afm = parse_once
+            drawing._parse_afm = parse_once
         self.assertTrue(calls, "the PDF backend no longer calls backend_pdf.AFM: the cache is dead")
         self.assertTrue(all(str(path).endswith(".afm") for path in calls), calls)
         self.assertIn(

@@ -127,10 +127,10 @@ class WaitingOnRabbitMQTest(Waiting, FaultTestCase):
     def start_failing_worker(self, service):
         """A worker process whose every render raises."""
         script = (
-            "import report\n"
+            "import drawing\n"
             "def render(data, now=None):\n"
             "    raise RuntimeError('broken on purpose')\n"
-            "report.render = render\n"
+            "drawing.render = render\n"
             "import worker\n"
             "worker.main()\n"
         )

@@ -663,10 +663,10 @@ class ReportClient:
 
     def run_one_job(self, user, renderer):
         """Queues a report for user and runs its job in a worker process of
-        its own whose report.render is replaced by renderer (Python source)."""
+        its own whose drawing.render is replaced by renderer (Python source)."""
         script = textwrap.dedent(renderer) + textwrap.dedent(f"""
-            import database, report, reports, worker
-            report.render = render
+            import database, drawing, reports, worker
+            drawing.render = render
             with database.writing() as db:
                 report_id = reports.queue(db, {user["id"]})
             print(worker.run_job({{"report_id": report_id, "user_id": {user["id"]}}}))

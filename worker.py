@@ -25,11 +25,11 @@ from kombu.mixins import ConsumerMixin
 import config
 import database
 import jobs
+import migrate
 import models
 import reports
-import schema
 
-# report (matplotlib, 53 MiB) is imported where a job runs, so that a server
+# drawing (matplotlib, 53 MiB) is imported where a job runs, so that a server
 # whose embedded worker runs its jobs in a child process never loads it.
 
 log = logging.getLogger("worker")
@@ -41,12 +41,12 @@ FAILURE_PAUSE = 2  # seconds
 
 
 def report_data(db, user_id):
-    import report
+    import drawing
 
     user, stats = models.find_user(db, user_id), models.find_stats(db, user_id)
     if user is None or stats is None:
         return None
-    return report.ReportData(
+    return drawing.ReportData(
         username=user.username,
         email=user.email,
         gender=user.gender,
@@ -97,11 +97,11 @@ def run_job(body):
 
 
 def render_with_retries(data):
-    import report
+    import drawing
 
     for attempt in range(1, RENDER_ATTEMPTS + 1):
         try:
-            return report.render(data), None
+            return drawing.render(data), None
         except Exception as error:
             log.exception("render attempt %d of %d failed", attempt, RENDER_ATTEMPTS)
             reason = f"the report could not be drawn ({type(error).__name__})"
@@ -152,7 +152,7 @@ def _exit_with(parent):
 
 
 def _ready():
-    import report  # noqa: F401 (loading it is the point)
+    import drawing  # noqa: F401 (loading it is the point)
 
 
 class Stopping(Exception):
@@ -302,7 +302,7 @@ def main():
     import metrics
 
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
-    schema.ensure_newest()
+    migrate.ensure_newest()
     _ready()  # matplotlib loads now, not during the first job
     metrics.serve_for_worker()
     worker = Worker(

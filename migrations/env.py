@@ -1,4 +1,4 @@
-"""Alembic's entry point: runs the migrations on the connection schema.py
+"""Alembic's entry point: runs the migrations on the connection migrate.py
 hands it (under the schema lock), or on DATABASE_URL for the alembic CLI."""
 
 from alembic import context

@@ -7,7 +7,7 @@ data folder of its own in a temporary directory, as the tests start them:
            GET /users?limit=100 and PATCH /users/{id}/stats, interleaved with
            the same load on a bare Bottle + Waitress app that serves constant
            data of the same shape: the framework's ceiling.
-  reports  report.render against a naive matplotlib page, in this process
+  reports  drawing.render against a naive matplotlib page, in this process
            (--only render: that alone); then POST-to-PDF over HTTP, with the
            embedded worker and with one and two worker processes on RabbitMQ:
            a gentle client one user after another and in a burst; a polled
@@ -56,7 +56,7 @@ from bench_setup import PROJECT, RABBITMQ_URL, Run, progress, rabbitmq_version
 class Settings:
     load_seconds: int  # each wrk run
     repetitions: int  # interleaved: service, ceiling, service, ceiling...
-    render_samples: int  # report.render against the naive render, in this process
+    render_samples: int  # drawing.render against the naive render, in this process
     sequential_reports: int  # POST-to-PDF timed one user after another
     burst_reports: int  # POSTed at once, then PDFs per second
     growth_sizes: tuple  # users in the database

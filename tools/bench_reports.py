@@ -1,7 +1,7 @@
 """The reports section: the render, and POST to PDF end to end.
 
 `./run.sh bench --only reports`; `--only render` for the render alone.
-report.render against a naive matplotlib page, in this process; then, with the
+drawing.render against a naive matplotlib page, in this process; then, with the
 embedded worker and with one and two worker processes on RabbitMQ, the clients
 of bench_report_clients.py in turn, each repetition.
 """
@@ -81,15 +81,15 @@ def naive_render(data):
 
 
 def time_renders(samples):
-    """Median milliseconds of report.render and of the naive render, and both PDFs."""
+    """Median milliseconds of drawing.render and of the naive render, and both PDFs."""
     import matplotlib
 
-    import report  # sets its fonts in matplotlib's global settings, hence rc_context below
+    import drawing  # sets its fonts in matplotlib's global settings, hence rc_context below
 
-    data = report.ReportData(**SAMPLE_REPORT)
+    data = drawing.ReportData(**SAMPLE_REPORT)
 
     def service():
-        return report.render(data)
+        return drawing.render(data)
 
     def naive():
         with matplotlib.rc_context(matplotlib.rcParamsDefault):
@@ -135,7 +135,7 @@ def measure(run, parts=None):
         ["render", "ms", "PDF KiB", "text extractable", "naive / service", "target"],
         [
             [
-                "report.render (the service)",
+                "drawing.render (the service)",
                 f"{service_ms:.1f}",
                 f"{len(service_pdf) / 1024:.1f}",
                 "yes" if text_stays_text else "no",

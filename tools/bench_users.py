@@ -32,10 +32,10 @@ def seed_database(number):
     """Users 1 to number and their stats, in batches, on the newest schema."""
     import auth
     import database
+    import migrate
     import models
-    import schema
 
-    schema.upgrade()
+    migrate.upgrade()
     # One hash for every row: scrypt for each of 100,000 users would take hours.
     password_hash = auth.hash_password("bench-password")
     insert_user = database.Statement(models.users.insert())

@@ -2,7 +2,7 @@
 
 One hook only, for the one rule of the server that JSON Schema cannot state.
 The contract makes a stat a JSON integer and a float 400, spelling included:
-`1.0`, `1e2` and `-0.0` are floats to the server (test_api.py tests that).
+`1.0`, `1e2` and `-0.0` are floats to the server (test_stats.py tests that).
 JSON Schema compares numbers by value, so to it `2.0` *is* the integer 2, and
 schemathesis deliberately sends such whole floats as valid integers. The
 document says so in words (validation.Count's description); here every whole

@@ -1,6 +1,6 @@
 """The schema as models.create_tables made it before migrations (commit adc47b8).
 
-A database made then has no alembic_version table: schema.py recognises it
+A database made then has no alembic_version table: migrate.py recognises it
 by its tables and stamps it with this revision instead of running it.
 
 Revision ID: 0001

@@ -9,7 +9,7 @@ does not know was upgraded by newer code: the process refuses to start.
 
 A server or worker whose database is already at the newest revision never
 imports Alembic (11 MiB it need not carry); one that must upgrade runs
-`python schema.py` in a process of its own.
+`python migrate.py` in a process of its own.
 """
 
 import logging
@@ -42,7 +42,7 @@ def ensure_newest():
     a process of its own; SystemExit when that fails (its reason is in the log)."""
     if current_revision() == HEAD:
         return
-    upgraded = subprocess.run([sys.executable, str(config.PROJECT_DIR / "schema.py")], timeout=600)
+    upgraded = subprocess.run([sys.executable, str(config.PROJECT_DIR / "migrate.py")], timeout=600)
     if upgraded.returncode != 0:
         raise SystemExit(f"the schema could not be brought to revision {HEAD} (see above)")
 

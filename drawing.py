@@ -44,7 +44,7 @@ def _parse_afm(path):
 
 # The PDF backend parses a core font's whole metrics file on every save, only
 # to read its name: a third of a report's time. Parse each file once.
-# (test_reports.ReportLibraryTest fails if a matplotlib upgrade makes this dead.)
+# (test_pdf_report.ReportLibraryTest fails if a matplotlib upgrade makes this dead.)
 backend_pdf.AFM = lambda file: _parse_afm(file.name)
 # Helvetica has no "normal" weight entry in matplotlib's list; say it once, not per text.
 logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
