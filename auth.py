@@ -6,6 +6,7 @@ import hmac
 import math
 import os
 import time
+import uuid
 from contextlib import nullcontext
 from functools import cache, lru_cache
 
@@ -174,6 +175,7 @@ def issue_token(user):
         "iat": now,
         "exp": now + config.JWT_TTL,
         "ver": user.token_version,
+        "jti": uuid.uuid4().hex,  # what POST /logout revokes
     }
     return jwt.encode(claims, secret(), algorithm="HS256")
 
@@ -191,6 +193,11 @@ def current_user(db, request, lock=False):
     """The user whose valid token came with the request; 401 for anything else.
 
     lock=True (in a write) keeps the user as checked until the write commits."""
+    return _token_and_user(db, request, lock)[1]
+
+
+def _token_and_user(db, request, lock):
+    """(the token's claims, its user): see current_user."""
     # From the environ as sent (latin-1): Bottle's get_header fails on non-UTF-8 bytes.
     header = request.environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
@@ -203,20 +210,30 @@ def current_user(db, request, lock=False):
             token.strip(),
             secret(),
             algorithms=["HS256"],
-            options={"require": ["exp", "iat", "sub", "ver"]},
+            options={"require": ["exp", "iat", "sub", "ver", "jti"]},
         )
     except jwt.ExpiredSignatureError:
         raise _unauthorized("The token has expired; log in again.") from None
     except jwt.InvalidTokenError:
         raise _unauthorized("The token is not valid; log in again.") from None
-    sub, version = claims["sub"], claims["ver"]
-    if not (sub.isascii() and sub.isdigit()) or type(version) is not int:
+    sub, version, jti = claims["sub"], claims["ver"], claims["jti"]
+    if not (sub.isascii() and sub.isdigit()) or type(version) is not int or type(jti) is not str:
         raise _unauthorized("The token is not valid; log in again.")
-    user = models.find_user(db, int(sub), lock)
-    if user is None or user.token_version != version:
+    # The revocation is read with the user: no round trip of its own.
+    user = models.find_token_user(db, int(sub), jti, lock)
+    if user is None or user.token_version != version or user.revoked:
         raise token_no_longer_valid()
     request.environ[USER_ID_KEY] = user.id  # for the access log
-    return user
+    return claims, user
+
+
+def log_out(db, request, everywhere=False):
+    """Ends the request's token, or every token of its user (CONTRACT.md, Logging out)."""
+    claims, user = _token_and_user(db, request, lock=True)
+    if everywhere:
+        models.revoke_all_tokens(db, user.id)
+    else:
+        models.revoke_token(db, claims["jti"][:64], claims["exp"])
 
 
 # What the caller may touch

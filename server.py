@@ -17,6 +17,7 @@ import config
 import conventions
 import database
 import jobs
+import leaderboard
 import limits
 import metrics
 import migrate
@@ -69,10 +70,15 @@ def list_users():
     offset = query_int("offset", default=0, minimum=0, maximum=MAX_ID)
     with database.reading() as db:
         total, page = models.page_of_users(db, limit, offset)
+    return json_text_response(page, headers=page_headers("/users?", total, limit, offset))
+
+
+def page_headers(path, total, limit, offset):
+    """X-Total-Count, and a Link to the next page when more follow."""
     headers = {"X-Total-Count": total}
     if offset + limit < total:
-        headers["Link"] = f'</users?limit={limit}&offset={offset + limit}>; rel="next"'
-    return json_text_response(page, headers=headers)
+        headers["Link"] = f'<{path}limit={limit}&offset={offset + limit}>; rel="next"'
+    return headers
 
 
 def query_int(name, default, minimum, maximum):
@@ -187,6 +193,24 @@ def update_stats(user_id):
         return json_response(models.stats_json(models.update_stats(db, user_id, fields)))
 
 
+# Leaderboard
+
+
+@app.get("/leaderboard", needs_token=True)
+def get_leaderboard():
+    with database.reading() as db:
+        auth.current_user(db, request)
+    by = request.query.get("by", "victory_count")
+    if by not in leaderboard.ORDERS:
+        raise ApiError(400, f"'by' must be one of {', '.join(leaderboard.ORDERS)}.")
+    limit = query_int("limit", default=10, minimum=1, maximum=100)
+    offset = query_int("offset", default=0, minimum=0, maximum=MAX_ID)
+    with database.reading() as db:
+        total, entries = leaderboard.page(db, by, limit, offset)
+    headers = page_headers(f"/leaderboard?by={by}&", total, limit, offset)
+    return json_response(entries, headers=headers)
+
+
 # PDF reports: report_routes.py.
 report_routes.add_routes(app)
 
@@ -211,6 +235,19 @@ def login():
         {"success": True, "token": auth.issue_token(user), "user": f"/users/{user.id}"},
         headers={"Cache-Control": "no-store"},
     )
+
+
+@app.post("/logout", needs_token=True)
+def log_out():
+    body = json_object(optional=True)
+    reject_unknown_fields(body, ("everywhere",))
+    everywhere = body.get("everywhere", False)
+    if type(everywhere) is not bool:
+        raise ApiError(400, "'everywhere' must be true or false.")
+    with database.writing() as db:
+        auth.log_out(db, request, everywhere)
+    response.status = 204
+    return ""
 
 
 # The browser pages (CONTRACT.md): the console at /, Swagger UI at /docs.

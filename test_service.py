@@ -64,6 +64,8 @@ PROTECTED = {
     ("/users/{id}/stats", "patch"),
     ("/users/{id}/pdf", "post"),
     ("/users/{id}/pdf", "get"),
+    ("/logout", "post"),
+    ("/leaderboard", "get"),
 }
 WITH_BODY = {
     ("/users", "post"),

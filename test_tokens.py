@@ -75,6 +75,8 @@ class TokensTest(ApiTestCase):
             "no iat": self.forge(drop=["iat"]),
             "no sub": self.forge(drop=["sub"]),
             "no ver": self.forge(drop=["ver"]),
+            "no jti": self.forge(drop=["jti"]),
+            **{f"jti {value!r}": self.forge(jti=value) for value in (1, None, ["a"])},
             "ver ahead of the user's": self.forge(ver=1),
             **{f"ver {value!r}": self.forge(ver=value) for value in ("0", True, False, 0.0, None)},
             "exp not a number": self.forge(exp="tomorrow"),
@@ -87,7 +89,7 @@ class TokensTest(ApiTestCase):
             "three parts of garbage": "a.b.c",
         }
 
-    def test_issued_tokens_are_hs256_with_string_sub_iat_exp_and_ver_0(self):
+    def test_issued_tokens_are_hs256_with_string_sub_iat_exp_ver_0_and_a_jti(self):
         for what, token in [
             ("sign-up", self.token),
             ("login", self.token_of(self.user["username"])),
@@ -100,6 +102,7 @@ class TokensTest(ApiTestCase):
                 self.assertEqual(claims["exp"] - claims["iat"], 86400)
                 self.assertIs(type(claims["ver"]), int)
                 self.assertEqual(claims["ver"], 0)
+                self.assertRegex(claims["jti"], r"^[0-9a-f]{32}$")
 
     def test_a_token_forged_with_the_secret_is_accepted(self):
         # The forgeries below fail only for what each one changes.

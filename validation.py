@@ -113,9 +113,12 @@ STATS_FIELDS = {
 READ_ONLY_USER_FIELDS = frozenset({"id", "self", "stats", "pdf"})
 
 
-def json_object():
-    """The request body as a dict; 400 for anything else (server.py refuses large ones)."""
+def json_object(optional=False):
+    """The request body as a dict; 400 for anything else (server.py refuses large ones).
+    optional: no body at all reads as {}."""
     raw = request.body.read()
+    if optional and not raw.strip():
+        return {}
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
