@@ -143,9 +143,11 @@ def drain(connection, timeout):
         pass
 
 
-def listen_for_news(reconnect_delay=2):
+def listen_for_news(on_connected, reconnect_delay=2):
     """Hears the workers' news for as long as the process lives (a server's
-    daemon thread, on RabbitMQ)."""
+    daemon thread, on RabbitMQ). on_connected() is called each time the
+    listener is ready again: news sent while it was away is lost with its
+    queue, so whoever waits on news should look again."""
     name = f"{news_exchange.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     mine = Queue(name, news_exchange, exclusive=True, auto_delete=True, durable=False)
 
@@ -159,6 +161,7 @@ def listen_for_news(reconnect_delay=2):
             with connect(heartbeat=HEARTBEAT) as connection:
                 connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
                 with Consumer(connection, [mine], callbacks=[heard], accept=["json"], no_ack=True):
+                    on_connected()
                     while True:
                         drain(connection, timeout=1)
                         connection.heartbeat_check()

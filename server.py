@@ -296,7 +296,9 @@ def main():
     if config.IN_PROCESS_BROKER:
         requeue_unfinished_reports()
     else:  # the workers' news comes through the broker
-        threading.Thread(target=jobs.listen_for_news, name="job-news", daemon=True).start()
+        threading.Thread(
+            target=jobs.listen_for_news, args=(waiting.wake_everyone,), name="job-news", daemon=True
+        ).start()
     threading.Thread(target=republish_lost_jobs, name="lost-jobs", daemon=True).start()
     global embedded_worker
     if config.EMBEDDED_WORKER:

@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 import unittest
@@ -27,6 +26,7 @@ from testing import (
     past_busy,
     pdf_text,
     rabbitmq_answers,
+    rabbitmqctl,
     require,
     unique_name,
     wait_until,
@@ -254,10 +254,6 @@ class LockedDatabaseTest(FaultTestCase):
         self.post_report(user, token)
         self.wait_for_report(user, token)
         self.assertNoServerErrors(service.server)
-
-
-def rabbitmqctl(*args):
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120, stdout=subprocess.DEVNULL)
 
 
 @require(rabbitmq_answers(), f"no RabbitMQ answers at {RABBITMQ_URL}")

@@ -23,6 +23,7 @@ from testing import (
     ServiceTestCase,
     pdf_text,
     rabbitmq_answers,
+    rabbitmqctl,
     require,
 )
 
@@ -145,6 +146,39 @@ class WaitingOnRabbitMQTest(Waiting, FaultTestCase):
         )
         self.addCleanup(lambda: (process.kill(), process.wait()))
         return process
+
+    def test_a_wait_across_a_broker_restart_ends_when_the_news_listener_is_back(self):
+        # The report is finished while the broker is away, so its news is
+        # lost: the server must read again once its news listener is back.
+        service = self.start_service_on_rabbitmq()
+        service.start_server(MAX_WAITING="1")
+        user, token = self.new_user_with_stats(victory_count=3)
+        self.post_report(user, token)
+        report_id = self.report_rows(user)[0][0]
+        rabbitmqctl("stop_app")
+        self.addCleanup(rabbitmqctl, "start_app")  # whatever happens below
+        try:
+            waiter = self.start_waiting(user, token)
+            finished = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import worker; print(worker.run_job("
+                    f"{{'report_id': {report_id}, 'user_id': {user['id']}}}).text)",
+                ],
+                env=service.env,
+                cwd=PROJECT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertIn("finished job", finished.stdout, finished.stderr)
+        finally:
+            rabbitmqctl("start_app")
+        answer, took = waiter.result(timeout=30)
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertLess(took, 9)  # not its deadline, 10 s
+        self.assertNoServerErrors(service.server)
 
     def test_the_server_that_did_not_queue_the_job_answers_the_wait(self):
         service = self.start_service_on_rabbitmq()

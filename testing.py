@@ -715,6 +715,11 @@ def signal_if_alive(pid, signum):
         pass
 
 
+def rabbitmqctl(*args):
+    """Runs rabbitmqctl on the machine's RabbitMQ (stop_app, start_app: a broker restart)."""
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120, stdout=subprocess.DEVNULL)
+
+
 def require_rabbitmq(test_class):
     """Skip without RabbitMQ, except in CI, where it is required."""
     if rabbitmq_answers() or CI:

@@ -83,6 +83,15 @@ def wake(user_id, seconds=None):
             news.set()
 
 
+def wake_everyone():
+    """News may have been missed (the news listener was away): every waiting
+    request reads its report again, once."""
+    with _lock:
+        for watchers in _watchers.values():
+            for news in watchers:
+                news.set()
+
+
 def retry_after(jobs_ahead):
     """An honest Retry-After in whole seconds (at least 1) for a report with
     jobs_ahead unfinished jobs queued before it: at the pace jobs settled in
