@@ -3,7 +3,6 @@
 import base64
 import hashlib
 import hmac
-import math
 import os
 import time
 import uuid
@@ -15,6 +14,7 @@ import jwt
 import config
 import database
 import models
+import throttle
 from responses import ApiError
 from validation import USER_FIELDS
 
@@ -68,7 +68,8 @@ def spend_one_hash(password):
 
 # Login throttling: this many failures for one username within the window
 # (300 s; config.LOGIN_FAILURE_WINDOW, which only the tests shorten).
-MAX_FAILURES, FAILURE_WINDOW = models.MAX_LOGIN_SLOTS, config.LOGIN_FAILURE_WINDOW
+MAX_FAILURES, FAILURE_WINDOW = 10, config.LOGIN_FAILURE_WINDOW
+LOGIN_FAILURE = "login-failure"  # its kind of event (throttle.py)
 
 
 def log_in(username, password, hashing=nullcontext):
@@ -76,24 +77,23 @@ def log_in(username, password, hashing=nullcontext):
     username is throttled, 503 while logins being checked fill what its
     failures leave. hashing() is held around the hash (the server's budget).
 
-    One transaction counts the username's recent failures and records this
-    login as being checked, before the hash, so that logins sent at once each
-    count the others. The hash's outcome then settles it: a failure, or
-    nothing. Only a checked, wrong pair counts as a failed login."""
+    One transaction counts the username's recent failures and takes a slot
+    for this login as a pending failure, before the hash, so that logins
+    sent at once each count the others. The hash's outcome then settles it:
+    a failure, or nothing. Only a checked, wrong pair counts as a failed login."""
     if not USER_FIELDS["username"].accepts(username):
         with hashing():
             spend_one_hash(password)  # no such user can exist; answer as slowly
         return None
     user, slot = _begin_login(username)
+    matched = None
     try:
         with hashing():
             matched = _password_matches(user, password)
-    except BaseException:  # never checked (the budget was full): not a failure
+    finally:  # a login never checked (the budget was full) is no failure
         with database.writing() as db:
-            models.settle_login(db, username, slot, failed=False)
-        raise
-    with database.writing() as db:
-        models.settle_login(db, username, slot, failed=not matched)
+            failed = matched is False
+            throttle.settle(db, LOGIN_FAILURE, username, slot, time.time(), happened=failed)
     return user if matched else None
 
 
@@ -107,22 +107,19 @@ def _password_matches(user, password):
 def _begin_login(username):
     """(the user or None, the slot of this login); ApiError 429 or 503."""
     for _ in range(3):
-        try:
-            with database.writing() as db:
-                now = time.time()
-                slots = models.login_slots(db, username, forget_before=now - FAILURE_WINDOW)
-                failures = sorted(at for _, at, checking in slots if not checking)
-                if len(failures) >= MAX_FAILURES:
-                    # The window opens again when the oldest failure expires.
-                    raise _throttled(username, math.ceil(failures[0] + FAILURE_WINDOW - now))
-                free = set(range(1, MAX_FAILURES + 1)) - {slot for slot, _, _ in slots}
-                if not free:
-                    raise _busy(username)
-                slot = min(free)
-                models.take_login_slot(db, username, slot)
+        with database.writing() as db:
+            now = time.time()
+            events = throttle.in_window(db, LOGIN_FAILURE, username, now, FAILURE_WINDOW)
+            failures = {slot: event for slot, event in events.items() if not event[1]}
+            if len(failures) >= MAX_FAILURES:
+                wait = throttle.seconds_until_one_leaves(failures, now, FAILURE_WINDOW)
+                raise _throttled(username, wait)
+            slot = throttle.free_slot(events, MAX_FAILURES)
+            if slot is None:
+                raise _busy(username)
+            if throttle.take(db, LOGIN_FAILURE, username, slot, now, FAILURE_WINDOW, pending=True):
                 return models.find_user_by_name(db, username), slot
-        except database.IntegrityError:
-            pass  # PostgreSQL: a login of the same name took the slot meanwhile; count again
+        # Another login of the name took the slot meanwhile: count again.
     raise _busy(username)
 
 

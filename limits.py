@@ -7,21 +7,21 @@
   the others get 503 at once.
 - Per-client rates: SIGNUP_RATE sign-ups and LOGIN_RATE logins per client
   address per minute, then 429 (every request counts, a 503 too). Counted
-  in this process's memory: behind a load balancer of N servers a client
-  may get up to N times the rate (the README says so). A refused request
-  costs a dictionary lookup, never the database.
+  in the database every server shares, so that the limit is the limit
+  behind a load balancer too. A refused request costs one read, never a write.
 - The client address: the peer's, or the right-most hop of X-Forwarded-For
   that is not a trusted proxy, when the peer is one (TRUSTED_PROXIES).
 """
 
 import ipaddress
-import math
+import random
 import threading
 import time
-from collections import deque
 from contextlib import contextmanager
 
 import config
+import database
+import throttle
 from responses import ApiError
 
 # How long a request may wait for the budget (a production hash takes 0.2 s
@@ -73,47 +73,46 @@ class _HashBudget:
 hash_budget = _HashBudget(config.HASH_CONCURRENCY, HASH_WAITERS)
 
 
-class _Rate:
-    """At most `limit` events per client in any 60 s (a sliding window)."""
+class Rate:
+    """At most `limit` events per client address in any 60 s, counted in the
+    shared database (throttle.py): the limit holds across servers."""
 
     WINDOW = 60  # seconds
 
-    def __init__(self, name, limit):
-        self.name, self.limit = name, limit
-        self._events = {}  # client -> deque of event times, oldest first
-        self._lock = threading.Lock()
-        self.refused = 0
+    def __init__(self, kind, name, limit):
+        self.kind, self.name, self.limit = kind, name, limit
+        self.refused = 0  # by this process (metrics.py)
 
     def take(self, client):
         """Counts one event of client; ApiError 429 (counting nothing) beyond the limit."""
-        now = time.monotonic()
-        with self._lock:
-            events = self._events.get(client)
-            if events is None:
-                if len(self._events) >= 10_000:
-                    self._forget_idle_clients(now)
-                events = self._events[client] = deque()
-            while events and events[0] <= now - self.WINDOW:
-                events.popleft()
-            if len(events) >= self.limit:
-                self.refused += 1
-                wait = max(1, math.ceil(events[0] + self.WINDOW - now))
-                raise ApiError(
-                    429,
-                    f"Too many {self.name} from your address; try again in {wait} seconds.",
-                    Retry_After=wait,
-                )
-            events.append(now)
+        now = time.time()
+        # A refusal reads, and writes nothing: a flood of them costs no write lock.
+        with database.reading() as db:
+            self._refuse_if_full(throttle.in_window(db, self.kind, client, now, self.WINDOW), now)
+        for _ in range(10):
+            with database.writing() as db:
+                events = throttle.in_window(db, self.kind, client, now, self.WINDOW)
+                self._refuse_if_full(events, now)
+                slot = throttle.free_slot(events, self.limit, random.randrange(self.limit))
+                if throttle.take(db, self.kind, client, slot, now, self.WINDOW):
+                    return
+        raise self._refusal(1)  # other requests of the client took every slot meanwhile
 
-    def _forget_idle_clients(self, now):
-        for client in [
-            c for c, events in self._events.items() if not events or events[-1] <= now - self.WINDOW
-        ]:
-            del self._events[client]
+    def _refuse_if_full(self, events, now):
+        if len(events) >= self.limit:
+            raise self._refusal(throttle.seconds_until_one_leaves(events, now, self.WINDOW))
+
+    def _refusal(self, wait):
+        self.refused += 1
+        return ApiError(
+            429,
+            f"Too many {self.name} from your address; try again in {wait} seconds.",
+            Retry_After=wait,
+        )
 
 
-sign_ups = _Rate("sign-ups", config.SIGNUP_RATE)
-logins = _Rate("logins", config.LOGIN_RATE)
+sign_ups = Rate("sign-up", "sign-ups", config.SIGNUP_RATE)
+logins = Rate("login", "logins", config.LOGIN_RATE)
 
 
 def count(rate, environ):

@@ -24,6 +24,7 @@ from sqlalchemy import (
     cast,
     delete,
     exists,
+    false,
     func,
     insert,
     literal_column,
@@ -143,20 +144,19 @@ revoked_tokens = Table(
     Column("expires_at", Float, nullable=False, index=True),
 )
 
-# Failed logins, and logins being checked, by username: the recent ones decide
-# throttling (auth.py). Kept in the database so that every server sharing it
-# throttles alike. A username has at most MAX_LOGIN_SLOTS rows, one per slot:
-# two logins that take the same slot at once cannot both commit, on any
-# database, so guesses sent at once never get past the limit.
-MAX_LOGIN_SLOTS = 10
-login_failures = Table(
-    "login_failures",
+# Recent events that throttle (throttle.py): failed logins by username, and
+# sign-ups and logins by client address. In the database, so that every
+# server sharing it counts alike. A key has at most as many rows as its limit,
+# one per slot: two requests that take one slot at once cannot both commit.
+recent_events = Table(
+    "recent_events",
     metadata,
-    Column("username", String(32), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # login-failure, sign-up, login
+    Column("key", String(64), primary_key=True),  # a username, or a client address
     Column("slot", Integer, primary_key=True),
-    # When the login failed; while checking, when it began.
     Column("at", Float, nullable=False, index=True),
-    Column("checking", Boolean, nullable=False),
+    # A login being checked holds a failure's slot until its outcome is known.
+    Column("pending", Boolean, nullable=False, server_default=false()),
 )
 
 
@@ -399,47 +399,3 @@ def update_stats(db, user_id, fields):
     if played(row) != had_played:  # the win-rate leaderboard's count
         COUNT_PLAYERS.run(db, {"change": -1 if had_played else 1})
     return row
-
-
-# Login failures, and logins being checked
-
-FORGET_LOGINS = Statement(delete(login_failures).where(login_failures.c.at <= bindparam("before")))
-LOGIN_SLOTS = Statement(
-    select(login_failures.c.slot, login_failures.c.at, login_failures.c.checking).where(
-        login_failures.c.username == bindparam("username")
-    )
-)
-TAKE_LOGIN_SLOT = Statement(
-    insert(login_failures).values(
-        username=bindparam("username"), slot=bindparam("slot"), at=bindparam("at"), checking=True
-    )
-)
-_of_slot = (
-    login_failures.c.username == bindparam("username"),
-    login_failures.c.slot == bindparam("slot"),
-)
-LOGIN_FAILED = Statement(
-    update(login_failures).where(*_of_slot).values(at=bindparam("at"), checking=False)
-)
-LOGIN_SUCCEEDED = Statement(delete(login_failures).where(*_of_slot))
-
-
-def login_slots(db, username, forget_before):
-    """[(slot, at, checking)] of the username's recent logins that failed or are
-    being checked; forgets every username's rows from before forget_before."""
-    FORGET_LOGINS.run(db, {"before": forget_before})
-    return LOGIN_SLOTS.rows(db, {"username": username})
-
-
-def take_login_slot(db, username, slot):
-    """Records a login of username being checked; IntegrityError if the slot was taken."""
-    TAKE_LOGIN_SLOT.run(db, {"username": username, "slot": slot, "at": time.time()})
-
-
-def settle_login(db, username, slot, failed):
-    """A failed login stays as a failure; one that succeeded (or was never checked) goes."""
-    params = {"username": username, "slot": slot}
-    if failed:
-        LOGIN_FAILED.run(db, {**params, "at": time.time()})
-    else:
-        LOGIN_SUCCEEDED.run(db, params)

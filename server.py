@@ -27,6 +27,7 @@ import pages
 import report_routes
 import reports
 import serving
+import throttle
 import waiting
 from models import MAX_ID
 from responses import ApiError, json_response, json_text_response, to_json
@@ -299,7 +300,7 @@ def main():
         threading.Thread(
             target=jobs.listen_for_news, args=(waiting.wake_everyone,), name="job-news", daemon=True
         ).start()
-    threading.Thread(target=republish_lost_jobs, name="lost-jobs", daemon=True).start()
+    threading.Thread(target=sweep, name="sweep", daemon=True).start()
     global embedded_worker
     if config.EMBEDDED_WORKER:
         import worker  # only here: a server on RabbitMQ never loads matplotlib
@@ -317,17 +318,19 @@ def main():
     serving.serve(app, on_stop=embedded_worker and embedded_worker.stop, on_answered=on_answered)
 
 
-def republish_lost_jobs():
+def sweep():
     """Every server, for as long as it runs: publishes again the jobs of reports
     pending for over REPUBLISH_AFTER (their server died between commit and
     publish), so that every POST answered 202 ends in a report, whoever dies
-    and though nobody asks again. Sweeps often enough to find one within a
-    sixth of REPUBLISH_AFTER (10 s) of its being due."""
+    and though nobody asks again; and forgets the throttles' old events. Sweeps
+    often enough to find a lost job within a sixth of REPUBLISH_AFTER (10 s)."""
     every = min(10, reports.REPUBLISH_AFTER / 6)
+    longest_window = max(auth.FAILURE_WINDOW, limits.Rate.WINDOW)
     while True:
         time.sleep(every)
         try:
             with database.writing() as db:
+                throttle.forget_old(db, before=time.time() - longest_window)
                 lost = reports.claim_lost_jobs(db)
             for report in lost:
                 log.warning("report %s was pending too long: publishing its job again", report.id)
@@ -337,7 +340,7 @@ def republish_lost_jobs():
                     with database.writing() as db:
                         reports.due_again(db, report.id)
         except Exception as error:  # the database away: the next sweep tries again
-            log.warning("could not sweep for lost report jobs: %r", error)
+            log.warning("could not sweep: %r", error)
 
 
 def requeue_unfinished_reports():

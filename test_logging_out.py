@@ -9,7 +9,7 @@ import time
 import jwt
 from sqlalchemy import text
 
-from testing import ApiTestCase, free_port, wait_until
+from testing import ApiTestCase, wait_until
 
 
 class LoggingOutTest(ApiTestCase):
@@ -84,21 +84,12 @@ class LoggingOutTest(ApiTestCase):
         self.assertEqual(len({claim["jti"] for claim in claims}), 3)
 
     def test_a_token_revoked_on_one_server_is_refused_by_another(self):
-        port = free_port()
-        self.service.start("server.py", PORT=str(port))
-        wait_until(lambda: answers(self.service, port), what=f"a second server on port {port}")
+        port = self.service.start_another_server()
         self.assertJson(self.me(self.token, port=port), 200)
         self.assertNoContent(self.log_out(self.token))  # on the first server
         self.assertUnauthorized(self.me(self.token, port=port))
         self.assertNoContent(self.log_out(self.other_token, {"everywhere": True}, port=port))
         self.assertUnauthorized(self.me(self.other_token))
-
-
-def answers(service, port):
-    try:
-        return service.request("GET", "/healthz", port=port).status == 200
-    except OSError:
-        return False
 
 
 class RevokedTokensAreForgottenTest(ApiTestCase):

@@ -6,8 +6,8 @@ rates (and X-Forwarded-For from trusted and untrusted peers), the hashing
 budget, idle and half-open connections, and headers that never finish.
 
 In-process, the rules themselves, so that breaking one fails a test: whose
-address a rate counts (limits.client_address with TRUSTED_PROXIES), a rate
-on a clock the test moves (limits._Rate), and the
+address a rate counts (limits.client_address with TRUSTED_PROXIES), the
+slots a throttle's events take and its Retry-After (throttle.py), and the
 hashing budget (limits._HashBudget): a request that finds it full waits about
 HASH_WAIT, only a few wait at once, and the others get 503 with Retry-After
 at once. Every wait is bounded: a budget that never refuses fails its test
@@ -30,6 +30,7 @@ from sqlalchemy import text
 
 import config
 import limits
+import throttle
 from responses import ApiError
 from serving import REFUSED_PAUSE
 from testing import (
@@ -139,7 +140,10 @@ class FloodTest(PressureTestCase):
         # Only the checked logins count as failed ones, not those refused unchecked.
         with self.service.database() as db:
             failures = db.execute(
-                text("SELECT count(*) FROM login_failures WHERE username LIKE :flood"),
+                text(
+                    "SELECT count(*) FROM recent_events"
+                    " WHERE kind = 'login-failure' AND key LIKE :flood"
+                ),
                 {"flood": "flood%"},
             ).scalar()
         self.assertEqual(failures, answers[401])
@@ -185,7 +189,10 @@ class HashingBudgetTest(PressureTestCase):
                 self.assertRefused(answer, 503)
         with self.service.database() as db:
             failures = db.execute(
-                text("SELECT count(*) FROM login_failures WHERE username = :name"),
+                text(
+                    "SELECT count(*) FROM recent_events"
+                    " WHERE kind = 'login-failure' AND key = :name"
+                ),
                 {"name": user["username"]},
             ).scalar()
         self.assertEqual(failures, statuses[401])
@@ -221,10 +228,10 @@ class RatesTest(PressureTestCase):
     def request(self, *args, **kwargs):
         return super().request(*args, source=self.source, **kwargs)
 
-    def sign_up_from(self, headers=None):
+    def sign_up_from(self, headers=None, port=None):
         name = unique_name("rate")
         return name, self.request(
-            "POST", "/users", {"username": name, "password": "pw"}, headers=headers
+            "POST", "/users", {"username": name, "password": "pw"}, headers=headers, port=port
         )
 
     def test_sign_ups_beyond_the_rate_get_429_and_create_nothing(self):
@@ -240,6 +247,11 @@ class RatesTest(PressureTestCase):
                 self.assertLessEqual(int(answer.header("Retry-After")), 60)
                 self.assertFalse(self.user_exists(name))
         self.assertEqual(statuses, [201] * 3 + [429] * 3)
+
+    def test_the_rate_is_counted_across_servers_sharing_the_database(self):
+        other = self.service.start_another_server()
+        statuses = [self.sign_up_from(port=None if n % 2 else other)[1].status for n in range(5)]
+        self.assertEqual(statuses, [201] * 3 + [429] * 2)
 
     def test_logins_beyond_the_rate_get_429_even_for_the_right_password(self):
         user, _ = self.sign_up()
@@ -646,60 +658,30 @@ class HashBudgetTest(unittest.TestCase):
         self.assertEqual(budget.refused, 0)
 
 
-class Clock:
-    """A stand-in for limits' time module: monotonic() is what the test set."""
+class ThrottleSlotsTest(unittest.TestCase):
+    """throttle.py's rules in-process: an event takes the lowest free slot of
+    those within the window; Retry-After is when the oldest leaves it."""
 
-    def __init__(self):
-        self.now = 1000.0
+    def test_the_lowest_slot_without_an_event_in_the_window_is_taken(self):
+        self.assertEqual(throttle.free_slot({}, 3), 0)
+        self.assertEqual(throttle.free_slot({0: (1.0, False), 2: (2.0, False)}, 3), 1)
+        self.assertEqual(throttle.free_slot({1: (1.0, False)}, 3), 0)
+        # From a start of its own, going round: requests at once seldom pick the same.
+        self.assertEqual(throttle.free_slot({1: (1.0, False)}, 3, start=1), 2)
+        self.assertEqual(throttle.free_slot({2: (1.0, False)}, 3, start=2), 0)
 
-    def monotonic(self):
-        return self.now
+    def test_no_slot_when_the_window_holds_limit_events(self):
+        events = {slot: (1000.0 + slot, False) for slot in range(3)}
+        self.assertIsNone(throttle.free_slot(events, 3))
+        # A lower limit than the rows stored (a restart with a new setting): none either.
+        self.assertIsNone(throttle.free_slot(events, 2))
 
-
-class RateTest(unittest.TestCase):
-    """limits._Rate in-process: at most `limit` events per client address in
-    any 60 s, then 429 with Retry-After, on a clock the test moves."""
-
-    def setUp(self):
-        self.clock = Clock()
-        patcher = mock.patch.object(limits, "time", self.clock)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-
-    def refusal(self, rate, client):
-        with self.assertRaises(ApiError) as caught:
-            rate.take(client)
-        error = caught.exception
-        self.assertEqual(error.status_code, 429)
-        self.assertIs(json.loads(error.body)["success"], False)
-        return error
-
-    def test_the_event_beyond_the_limit_is_a_429_with_retry_after(self):
-        rate = limits._Rate("sign-ups", 3)
-        for _ in range(3):
-            rate.take("203.0.113.1")
-        error = self.refusal(rate, "203.0.113.1")
-        self.assertIn("sign-ups", json.loads(error.body)["message"])
-        self.assertEqual(error.get_header("Retry-After"), "60")
-        self.assertEqual(rate.refused, 1)
-
-    def test_each_client_address_has_a_rate_of_its_own(self):
-        rate = limits._Rate("logins", 1)
-        rate.take("203.0.113.1")
-        rate.take("203.0.113.2")
-        self.refusal(rate, "203.0.113.1")
-
-    def test_the_window_slides_an_event_counts_for_60_s(self):
-        rate = limits._Rate("logins", 2)
-        rate.take("c")
-        self.clock.now += 30
-        rate.take("c")
-        self.clock.now += 29.5  # the first is 59.5 s old: still counts
-        self.assertEqual(self.refusal(rate, "c").get_header("Retry-After"), "1")
-        self.clock.now += 1  # now it is over a minute old
-        rate.take("c")
-        # Refusals counted nothing: the second event alone is older than 30 s.
-        self.assertEqual(self.refusal(rate, "c").get_header("Retry-After"), "30")
+    def test_retry_after_is_when_the_oldest_event_leaves_the_window_at_least_1_s(self):
+        events = {0: (1000.0, False), 1: (1030.0, True)}
+        self.assertEqual(throttle.seconds_until_one_leaves(events, 1059.5, 60), 1)
+        self.assertEqual(throttle.seconds_until_one_leaves(events, 1030.0, 60), 30)
+        self.assertEqual(throttle.seconds_until_one_leaves(events, 1000.2, 60), 60)
+        self.assertEqual(throttle.seconds_until_one_leaves(events, 1060.0, 60), 1)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,16 @@ class LiveService:
         wait_until(self._answers, what=f"the server on port {self.port}")
         return self.server
 
+    def start_another_server(self, **env):
+        """One more server on the same database, as behind a load balancer:
+        its port (self.port stays the first server's)."""
+        first = self.port, self.server
+        try:
+            self.start_server(**env)
+            return self.port
+        finally:
+            self.port, self.server = first
+
     def start_worker(self, **env):
         return self.start("worker.py", **env)
 
