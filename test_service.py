@@ -34,6 +34,8 @@ ROUTES = {
     "/users/{id}/stats": {"get", "put", "patch"},
     "/users/{id}/pdf": {"get", "post"},
     "/login": {"post"},
+    "/logout": {"post"},
+    "/leaderboard": {"get"},
     "/healthz": {"get"},
     "/openapi.json": {"get"},
 }
@@ -51,6 +53,8 @@ CONTRACT_STATUSES = {
     ("/users/{id}/pdf", "post"): {"202", "401", "403", "404", "503"},
     ("/users/{id}/pdf", "get"): {"200", "202", "401", "404"},
     ("/login", "post"): {"200", "400", "401", "429"},
+    ("/logout", "post"): {"204", "400", "401"},
+    ("/leaderboard", "get"): {"200", "400", "401"},
     ("/healthz", "get"): {"200", "503"},
     ("/openapi.json", "get"): {"200"},
 }
@@ -74,6 +78,7 @@ WITH_BODY = {
     ("/users/{id}/stats", "put"),
     ("/users/{id}/stats", "patch"),
     ("/login", "post"),
+    ("/logout", "post"),
 }
 VERBS = {"get", "put", "post", "patch", "delete", "options", "head"}
 
