@@ -93,15 +93,19 @@ def repetitions_text(settings):
 
 
 LEDGER = "## What each trick buys"
+CHAOS = "## Chaos run"  # `./run.sh soak --chaos 600`'s record (tools/chaos.py), pasted in
 
 
 def ledger_of(text):
-    """The hand-kept ledger of tricks in a BENCHMARKS.md's text (a run does not
-    measure it, so each run's record carries it over), or ""."""
-    if LEDGER not in text:
-        return ""
-    ledger = LEDGER + text.split(LEDGER, 1)[1]
-    return ledger.split("\n## ", 1)[0].rstrip() + "\n"
+    """The hand-kept sections of a BENCHMARKS.md's text, the chaos run's record and
+    the ledger of tricks (a benchmark run measures neither, so each run's record
+    carries them over), or ""."""
+    kept = []
+    for title in (CHAOS, LEDGER):
+        if title in text:
+            section = title + text.split(title, 1)[1]
+            kept.append(section.split("\n## ", 1)[0].rstrip() + "\n")
+    return "\n".join(kept)
 
 
 def document(command, date, minutes, quick, machine, sections, ledger=""):

@@ -14,6 +14,8 @@ process's RSS grew 10% or more after the warm-up. Processes, the temporary
 folder and the queue are cleaned up however it ends.
 
 The processes, the client and the tables are the benchmark's (tools/bench_*.py).
+`--chaos` runs the chaos run instead (tools/chaos.py): this load, while servers,
+workers and RabbitMQ are killed and restarted.
 """
 
 import argparse
@@ -328,11 +330,16 @@ class SoakClient:
             )
         elif status == 200 and headers.get("ETag") != player.report_etag:
             player.report_etag = headers.get("ETag")
+            self.new_report(player, headers, data)
             self.settle_report(player, "produced")
         elif status == 409:
             self.settle_report(player, "failed")
         elif status == 404 and deleted:
             self.settle_report(player, "user deleted")
+
+    def new_report(self, player, headers, data):
+        """A PDF of the player's not seen before, before it settles a request
+        (chaos.py reads what it shows)."""
 
     def settle_report(self, player, outcome):
         if player.report_waiting:
@@ -699,9 +706,20 @@ def print_report(outcome):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "seconds", nargs="?", type=int, default=60, help="how long the load lasts (default 60)"
+        "seconds", nargs="?", type=int, help="how long the load lasts (default 60; 90 with --chaos)"
     )
-    seconds = parser.parse_args().seconds
+    parser.add_argument(
+        "--chaos",
+        action="store_true",
+        help="two servers and two workers on PostgreSQL and a RabbitMQ node of the run's own, "
+        "killed and restarted under the load (tools/chaos.py)",
+    )
+    options = parser.parse_args()
+    if options.chaos:
+        import chaos
+
+        sys.exit(chaos.main(parser, options.seconds))
+    seconds = 60 if options.seconds is None else options.seconds
     if seconds < 10:
         parser.error("SECONDS must be at least 10")
     if rabbitmq_version() is None:
