@@ -49,7 +49,7 @@ case "$command" in
           shift; exec .venv/bin/python -m unittest "${@:-discover}" ;;
   lint)   install requirements.txt requirements-dev.txt
           .venv/bin/ruff check . && .venv/bin/ruff format --check . \
-            && shellcheck run.sh tools/*.sh .ci/run && exec .venv/bin/hadolint Containerfile ;;
+            && shellcheck run.sh tools/*.sh .ci/run && exec .venv/bin/hadolint Containerfile proxy/Containerfile ;;
   bench)  install requirements.txt requirements-dev.txt
           shift; exec .venv/bin/python tools/bench.py "$@" ;;
   soak)   install requirements.txt requirements-dev.txt
