@@ -32,7 +32,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as shows
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from testing import (
     CI,
@@ -57,7 +57,6 @@ CHROMIUM_ARGUMENTS = (
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--window-size=1280,1700",
 )
 WAIT = 30  # seconds, at most, for anything the page is to show
 REPORT_WAIT = 60  # a first report: the worker's child process starts matplotlib
@@ -94,6 +93,7 @@ class BrowserTestCase(ServiceTestCase):
     # first, /docs' try-it-out shows a user id of two digits, whose colour in
     # the response fails axe-core's color-contrast (a bug of the page, reported).
     share_server = False
+    window_size = "1280,1700"  # the screenshot's size
 
     @classmethod
     def setUpClass(cls):
@@ -105,7 +105,7 @@ class BrowserTestCase(ServiceTestCase):
         self.addCleanup(profile.cleanup)
         options = Options()
         options.binary_location = CHROMIUM
-        for argument in CHROMIUM_ARGUMENTS:
+        for argument in (*CHROMIUM_ARGUMENTS, f"--window-size={self.window_size}"):
             options.add_argument(argument)
         options.add_argument(f"--user-data-dir={profile.name}")
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -189,8 +189,37 @@ class BrowserTestCase(ServiceTestCase):
 
 
 class ConsoleTest(BrowserTestCase):
+    window_size = "1280,2200"  # signed in: the stats, the leaderboard and a report in one view
+
     def signed_in_token(self):
         return self.script("return sessionStorage.getItem('token')")
+
+    def log_in_on_the_page(self, username, password="secret-pw"):
+        self.fill("log-in", username=username, password=password)
+        self.submit("log-in")
+        self.wait_for_text("#status", f"Signed in as {username}.")
+
+    def leaderboard_rows(self):
+        """The leaderboard's rows as shown: [rank, username, value] each."""
+        return self.script(
+            "return [...document.querySelectorAll('#leaderboard tbody tr')]"
+            ".map((row) => [...row.cells].map((cell) => cell.textContent))"
+        )
+
+    def assertLeaderboardShows(self, by, offset, order):
+        """The page on show is the API's: its caption, ranks and usernames."""
+        path = f"/leaderboard?by={by}&limit=10&offset={offset}"
+        answer = self.request("GET", path, token=self.signed_in_token())
+        entries = self.assertJson(answer, 200)
+        total = answer.header("X-Total-Count")
+        last = offset + len(entries)
+        self.wait_for_text("#leaderboard-caption", f"{order}: {offset + 1}–{last} of {total}")
+        self.assertEqual(
+            [(rank, name.removesuffix(" (you)")) for rank, name, _ in self.leaderboard_rows()],
+            [(str(entry["rank"]), entry["username"]) for entry in entries],
+        )
+        self.assertEqual(self.find("#leaderboard-next").is_enabled(), bool(answer.header("Link")))
+        self.assertEqual(self.find("#leaderboard-previous").is_enabled(), offset > 0)
 
     def test_the_whole_console_flow(self):
         for _ in range(10):
@@ -210,11 +239,12 @@ class ConsoleTest(BrowserTestCase):
         self.assertEqual((me["username"], me["email"]), (name, email))
         self.assertEqual(self.script("return [document.cookie, localStorage.length]"), ["", 0])
 
-        # Log out, then log in again, with the keyboard
+        # Log out (the token ends on the server), then log in again, with the keyboard
         self.find("#log-out").click()
         self.wait_for_text("#status", "Logged out.")
         self.assertFocused("log-in-username")
         self.assertIsNone(self.signed_in_token())
+        self.assertUnauthorized(self.request("GET", "/users/me", token=token))
         self.browser.switch_to.active_element.send_keys(name, Keys.TAB, "first-pw", Keys.ENTER)
         self.wait_for_text("#status", f"Signed in as {name}.")
         self.assertEqual(self.find("#profile [name=email]").get_attribute("value"), email)
@@ -232,6 +262,8 @@ class ConsoleTest(BrowserTestCase):
         self.wait_for_text("#status", "Stats saved.")
         token = self.signed_in_token()
         self.assertEqual(self.stats(me["id"], token), stats)
+        mine = [f"{name} (you)", "8"]  # the leaderboard follows
+        self.wait.until(lambda _: mine in [row[1:] for row in self.leaderboard_rows()])
 
         # A report, from pending to ready, read in the page
         self.submit("report")
@@ -246,7 +278,7 @@ class ConsoleTest(BrowserTestCase):
             me["pdf"],
         )
         self.assertLessEqual(asked, 12, "the page asked for its report too often")
-        self.script("window.scrollTo(0, 0)")  # the picture: signed in, stats and report
+        self.script("window.scrollTo(0, 0)")  # the picture: stats, leaderboard and report
         self.screenshot("console.png")
 
         # Another: GET has the last one at once, so the page waits for a newer ETag
@@ -316,6 +348,121 @@ class ConsoleTest(BrowserTestCase):
         self.assertEqual(self.stats(me["id"], self.signed_in_token())["victory_count"], 0)
         self.assertStayedOnTheOrigin()
 
+    def test_log_out_here_or_everywhere(self):
+        user, first = self.sign_up()
+        other = self.token_of(user["username"])  # another session, say another device
+        self.open("/")
+        self.log_in_on_the_page(user["username"])
+        held = self.signed_in_token()
+        self.find("#log-out").click()
+        self.wait_for_text("#status", "Logged out.")
+        self.assertUnauthorized(self.request("GET", "/users/me", token=held))
+        self.assertJson(self.request("GET", "/users/me", token=other), 200)
+
+        # A refusal other than 401 is shown in the API's words, still signed in
+        self.log_in_on_the_page(user["username"])
+        busy = {"success": False, "message": "The server is busy; try again in a moment."}
+        self.script(
+            "const real = window.fetch, body = JSON.stringify(arguments[0]);"
+            "window.fetch = (path, init) => path === '/logout'"
+            "  ? Promise.resolve(new Response(body, {status: 503}))"
+            "  : real(path, init);",
+            busy,
+        )
+        self.find("#log-out-everywhere").click()
+        self.wait_for_text("#leave-error", busy["message"])
+        self.assertTrue(self.find("#account").is_displayed())
+        self.assertJson(self.request("GET", "/users/me", token=other), 200)
+
+        # Everywhere: every token of the user ends, those of other sessions too
+        self.script("location.reload()")  # the real fetch again; the tab keeps its token
+        self.wait_for_text("#status", f"Signed in as {user['username']}.")
+        held = self.signed_in_token()
+        self.find("#log-out-everywhere").click()
+        self.wait_for_text("#status", "Logged out everywhere")
+        self.assertFocused("log-in-username")
+        self.assertIsNone(self.signed_in_token())
+        for token in (held, first, other):
+            self.assertUnauthorized(self.request("GET", "/users/me", token=token))
+
+        # A token that had already ended: logged out all the same, and no alarm
+        self.log_in_on_the_page(user["username"])
+        self.assertNoContent(self.request("POST", "/logout", token=self.signed_in_token()))
+        self.find("#log-out").click()
+        self.wait_for_text("#status", "Logged out.")
+        self.assertEqual(self.find("#status").text, "Logged out.")
+
+        # The server out of reach: this tab forgets the token, and says what holds
+        self.log_in_on_the_page(user["username"])
+        held = self.signed_in_token()
+        self.browser.execute_cdp_cmd("Network.enable", {})
+        self.browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/logout"]})
+        self.find("#log-out").click()
+        self.wait_for_text("#status", "Logged out here: the server could not be reached")
+        self.assertIsNone(self.signed_in_token())
+        self.assertJson(self.request("GET", "/users/me", token=held), 200)
+
+    def test_the_leaderboard_ranks_pages_and_follows_ones_own_stats(self):
+        # The top is theirs: no other test's user has over 8 victories or 66.7% won
+        stats = ("victory_count", "loss_count", "session_count", "total_time")
+        hand_made = {
+            "ace": (30, 10, 40, 90061),
+            "bee": (20, 0, 20, 3600),
+            "cat": (20, 20, 40, 59),
+            "dog": (10, 30, 40, 0),
+        }
+        names = {}
+        for tag, values in hand_made.items():
+            user, token = self.sign_up(username=unique_name(tag))
+            self.set_stats(user, token, **dict(zip(stats, values, strict=True)))
+            names[tag] = user["username"]
+        for _ in range(7):
+            self.sign_up()  # with no games: the leaderboard has two pages
+        ace, bee, cat, dog = names.values()
+        self.open("/")
+        name = unique_name("ranked")
+        self.fill("sign-up", username=name, password="pw")
+        self.submit("sign-up")
+        self.wait_for_text("#status", f"Signed in as {name}.")
+        self.assertLeaderboardShows("victory_count", 0, "Ranked by victories")
+        self.assertEqual(
+            self.leaderboard_rows()[:4],
+            [["1", ace, "30"], ["2", bee, "20"], ["2", cat, "20"], ["4", dog, "10"]],
+        )
+
+        # One's own stats change: the leaderboard follows
+        self.fill("stats", victory_count=25)
+        self.submit("stats")
+        self.wait_for_text("#status", "Stats saved.")
+        you = f"{name} (you)"
+        self.wait.until(lambda _: self.leaderboard_rows()[1] == ["2", you, "25"])
+        self.assertEqual(self.leaderboard_rows()[2:4], [["3", bee, "20"], ["3", cat, "20"]])
+        self.assertLeaderboardShows("victory_count", 0, "Ranked by victories")
+
+        # The other orders, from the select: values as a person reads them
+        order = Select(self.find("#leaderboard-by"))
+        order.select_by_visible_text("Win rate")
+        self.assertLeaderboardShows("win_rate", 0, "Ranked by win rate")
+        rows = self.leaderboard_rows()
+        self.assertEqual(rows[:3], [["1", bee, "100%"], ["1", you, "100%"], ["3", ace, "75%"]])
+        below = [row[1:] for row in rows if row[1] in (cat, dog)]
+        self.assertEqual(below, [[cat, "50%"], [dog, "25%"]])
+        self.assertEqual(self.find("#leaderboard thead").text, "Rank Username Win rate")
+        order.select_by_visible_text("Total time")
+        self.assertLeaderboardShows("total_time", 0, "Ranked by total time")
+        shown = {row[1]: row[2] for row in self.leaderboard_rows()}
+        self.assertEqual(self.leaderboard_rows()[0], ["1", ace, "25 h 1 min 1 s"])
+        self.assertEqual([shown[bee], shown[cat], shown[dog]], ["1 h", "59 s", "0 s"])
+
+        # Page by page, from the keyboard: Next follows the Link header
+        order.select_by_visible_text("Victories")
+        self.assertLeaderboardShows("victory_count", 0, "Ranked by victories")
+        self.find("#leaderboard-next").send_keys(Keys.ENTER)
+        self.assertLeaderboardShows("victory_count", 10, "Ranked by victories")
+        self.find("#leaderboard-previous").send_keys(Keys.ENTER)
+        self.assertLeaderboardShows("victory_count", 0, "Ranked by victories")
+        self.assertStayedOnTheOrigin()
+
     def test_axe_finds_nothing_serious_signed_out_and_in_with_a_report(self):
         self.sign_up()  # a user to list
         self.open("/")
@@ -330,7 +477,8 @@ class ConsoleTest(BrowserTestCase):
         self.wait_for_text("#report-status", "Ready", timeout=REPORT_WAIT)
         frame = self.find("#report-frame")
         self.wait.until(lambda _: frame.get_attribute("data-etag"), "no report shown")
-        self.assertAccessible("/ signed in, a report shown")
+        self.wait_for_text("#leaderboard-caption", "Ranked by victories: 1–")
+        self.assertAccessible("/ signed in, a report and the leaderboard shown")
 
 
 class DocsTest(BrowserTestCase):

@@ -1,8 +1,8 @@
 // The console of CONTRACT.md ("Browser pages"): this server's API, from the
 // same origin, for a person. Top to bottom, the flow: talking to the API,
-// signing up or in, the account (profile, stats, report), the users, and
-// leaving (log out, password change, deletion). What the API refuses is
-// shown in its own words: the `message` of its JSON errors.
+// signing up or in, the account (profile, stats, report), the leaderboard,
+// the users, and leaving (log out, password change, deletion). What the API
+// refuses is shown in its own words: the `message` of its JSON errors.
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -58,6 +58,7 @@ function announce(text) {
 
 // Every form: the API's refusal shown in the form, on the field it names;
 // after a Retry-After, the form sends nothing until that time has passed.
+// The action gets the fields, and the button that sent them.
 function handle(form, action) {
   let busy = false; // not disabled: a disabled button would lose the focus
   let heldUntil = 0;
@@ -70,7 +71,7 @@ function handle(form, action) {
     form.setAttribute("aria-busy", "true");
     clearError(form);
     try {
-      await action(Object.fromEntries(new FormData(form)));
+      await action(Object.fromEntries(new FormData(form)), event.submitter);
     } catch (error) {
       heldUntil = Date.now() + (error.retryAfter || 0) * 1000;
       refused(form, error);
@@ -100,7 +101,7 @@ function refused(form, error) {
   out.textContent = error.message;
   out.hidden = false;
   const field = /'([a-z_]+)'/.exec(error.message)?.[1]; // the API names a field 'so'
-  const input = field && form.elements.namedItem(field);
+  const input = field && form.elements?.namedItem(field); // a form's, not a section's
   if (input instanceof HTMLInputElement && !input.hidden) {
     input.setAttribute("aria-invalid", "true");
     input.setAttribute("aria-describedby", out.id);
@@ -139,6 +140,8 @@ function signedIn(user, newToken) {
   loadStats().catch((error) => refused($("#stats"), error));
   showReportState("Looking for your report…");
   watchReport().catch((error) => refused($("#report"), error));
+  $("#leaderboard-by").value = "victory_count";
+  showLeaderboard(leaderboardPath("victory_count"));
   firstUsersPage();
 }
 
@@ -160,6 +163,7 @@ handle($("#profile"), async (fields) => {
   showMe(await call("PATCH", me.self, { body }));
   announce("Profile saved.");
   showUsers($("#users").dataset.path);
+  refreshLeaderboard(); // the new username
 });
 
 async function loadStats() {
@@ -181,6 +185,7 @@ handle($("#stats"), async (fields) => {
     .join(",")}}`;
   showStats(await call("PUT", me.stats, { body }));
   announce("Stats saved.");
+  refreshLeaderboard(); // the new values, and ranks
 });
 
 // The report: POST asks for one; GET with Prefer: wait=10 answers as soon as
@@ -262,6 +267,110 @@ function forgetPdf() {
   $("#report-link").hidden = true;
 }
 
+// The leaderboard: the users ranked by one stat, a page of 10 at a time.
+// "next" is the API's Link header; "previous" is 10 before the offset on show.
+// Only the answer to the newest request is shown: an older one arriving late
+// (the order changed meanwhile) is dropped.
+
+const leaderboardLimit = 10;
+const leaderboardPath = (by, offset = 0) =>
+  `/leaderboard?by=${by}&limit=${leaderboardLimit}&offset=${offset}`;
+let leaderboardAsked = 0;
+
+const percent = new Intl.NumberFormat("en", { style: "percent", maximumFractionDigits: 1 });
+const UNITS = [["h", 3600n], ["min", 60n], ["s", 1n]]; // hours at most, as the report has them
+
+// Counts and seconds are exact integers (digits, from `exactly`), win rates 0..1.
+function valueCell(cell, by, value) {
+  if (by === "win_rate") {
+    cell.textContent = percent.format(Number(value));
+  } else if (by === "total_time") {
+    let left = BigInt(value);
+    const parts = [];
+    for (const [unit, size] of UNITS) {
+      if (left >= size) parts.push(`${(left / size).toLocaleString("en")} ${unit}`);
+      left %= size;
+    }
+    const time = document.createElement("time");
+    time.dateTime = `PT${value}S`;
+    time.textContent = parts.join(" ") || "0 s";
+    cell.append(time);
+  } else {
+    cell.textContent = BigInt(value).toLocaleString("en");
+  }
+}
+
+async function showLeaderboard(path) {
+  const section = $("#leaderboard");
+  const asked = ++leaderboardAsked;
+  clearError(section);
+  section.setAttribute("aria-busy", "true");
+  let response, entries;
+  try {
+    response = await api("GET", path, { signal: leaving.signal });
+    entries = await check(response);
+  } catch (failure) {
+    if (asked === leaderboardAsked) refused(section, failure);
+    return;
+  } finally {
+    if (asked === leaderboardAsked) section.removeAttribute("aria-busy");
+  }
+  if (asked !== leaderboardAsked) return;
+  const query = new URL(path, location.href).searchParams;
+  const by = query.get("by");
+  const offset = Number(query.get("offset") ?? 0);
+  const order = $(`#leaderboard-by option[value="${by}"]`).textContent;
+  const rows = entries.map((entry) => {
+    const row = document.createElement("tr");
+    row.insertCell().textContent = entry.rank;
+    const name = row.insertCell();
+    name.textContent = entry.username;
+    if (entry.self === me?.self) {
+      row.className = "me";
+      name.append(" (you)");
+    }
+    valueCell(row.insertCell(), by, entry.value);
+    return row;
+  });
+  $("#leaderboard tbody").replaceChildren(...rows);
+  $("#leaderboard-value").textContent = order;
+  const total = response.headers.get("X-Total-Count");
+  $("#leaderboard-caption").textContent = entries.length
+    ? `Ranked by ${order.toLowerCase()}: ${offset + 1}–${offset + entries.length} of ${total}`
+    : `No one ranked here by ${order.toLowerCase()} (${total} in all)`;
+  const next = /<([^>]*)>;\s*rel="next"/.exec(response.headers.get("Link") ?? "")?.[1];
+  const focused = document.activeElement;
+  $("#leaderboard-next").disabled = !next;
+  $("#leaderboard-next").dataset.path = next ?? "";
+  $("#leaderboard-previous").disabled = offset === 0;
+  const previous = Math.max(0, offset - leaderboardLimit);
+  $("#leaderboard-previous").dataset.path = leaderboardPath(by, previous);
+  if (focused?.disabled) $("#leaderboard-caption").focus(); // its button is gone: stay in the table
+  section.dataset.path = path;
+}
+
+function refreshLeaderboard() {
+  showLeaderboard($("#leaderboard").dataset.path || leaderboardPath($("#leaderboard-by").value));
+}
+
+$("#leaderboard-by").addEventListener("change", (event) => {
+  showLeaderboard(leaderboardPath(event.target.value));
+});
+
+for (const button of [$("#leaderboard-previous"), $("#leaderboard-next")]) {
+  button.addEventListener("click", () => {
+    if (!$("#leaderboard").ariaBusy) showLeaderboard(button.dataset.path);
+  });
+}
+
+function forgetLeaderboard() {
+  leaderboardAsked++; // an answer still on its way is not shown
+  delete $("#leaderboard").dataset.path;
+  $("#leaderboard tbody").replaceChildren();
+  $("#leaderboard-caption").textContent = "Loading…";
+  $("#leaderboard-previous").disabled = $("#leaderboard-next").disabled = true;
+}
+
 // The users, page by page: "next" is the API's Link header; "previous" is
 // the page seen before it.
 
@@ -322,7 +431,8 @@ $("#users-previous").addEventListener("click", () => {
   showUsers(pagesSeen.pop() ?? usersPath);
 });
 
-// Leaving: log out, a password change (it revokes every token), deletion
+// Leaving: log out (here or everywhere), a password change (it revokes
+// every token), deletion
 
 function signOut(message, { username = "" } = {}) {
   leaving.abort();
@@ -330,6 +440,7 @@ function signOut(message, { username = "" } = {}) {
   me = null;
   sessionStorage.removeItem("token");
   forgetPdf();
+  forgetLeaderboard();
   for (const form of document.forms) form.reset();
   $("#account").hidden = true;
   $("#signed-out").hidden = false;
@@ -338,7 +449,24 @@ function signOut(message, { username = "" } = {}) {
   $(username ? "#log-in-password" : "#log-in-username").focus();
 }
 
-$("#log-out").addEventListener("click", () => signOut("Logged out."));
+// POST /logout ends the token on the server, then this tab forgets it. A 401
+// (the token had already ended) is no news; when the server cannot be reached
+// the tab forgets it all the same and says what still holds. Any other refusal
+// (a 429, a 503) is shown in the API's words, still signed in, to try again.
+handle($("#leave"), async (fields, button) => {
+  const everywhere = button?.id === "log-out-everywhere";
+  try {
+    await call("POST", "/logout", everywhere ? { body: { everywhere: true } } : {});
+  } catch (error) {
+    if (error instanceof ApiError && error.status !== 401) throw error;
+    const unreached = "the server could not be reached to end";
+    if (error instanceof ApiError) signOut("Logged out.");
+    else if (everywhere) signOut(`Logged out here only: ${unreached} your other sessions.`);
+    else signOut(`Logged out here: ${unreached} the token.`);
+    return;
+  }
+  signOut(everywhere ? "Logged out everywhere: every token of yours has ended." : "Logged out.");
+});
 
 handle($("#password"), async ({ current_password, password }) => {
   await call("PATCH", me.self, { body: { current_password, password } });
