@@ -13,7 +13,10 @@ data folder of its own in a temporary directory, as the tests start them:
            a gentle client one user after another and in a burst; a polled
            burst (8 clients polling, deaf to Retry-After); a waiting burst
            (Prefer: wait) and one waiting client at a time.
-  growth   read latency with 1,000 and with 100,000 users in the database.
+  growth   read latency with 1,000 and with 100,000 users in the database; and
+           at 100,000 users, on SQLite and on PostgreSQL (a scratch database),
+           the first page of GET /leaderboard for each order beside
+           GET /users?limit=100.
   memory   peak RSS of the servers, and a worker's RSS after 50 and 200 jobs.
   abuse    on the service as deployed (its abuse limits, production scrypt):
            reads while one client floods sign-ups or logins (--only floods),
