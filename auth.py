@@ -10,11 +10,14 @@ from contextlib import nullcontext
 from functools import cache, lru_cache
 
 import jwt
+from sqlalchemy import bindparam, delete, exists, insert, select
 
 import config
 import database
 import models
 import throttle
+from database import Statement
+from models import possible_id, revoked_tokens, users
 from responses import ApiError
 from validation import USER_FIELDS
 
@@ -186,6 +189,25 @@ def token_no_longer_valid():
     return _unauthorized("The token is no longer valid; log in again.")
 
 
+# A token's user, and whether the token was revoked: one round trip.
+_token_user = select(
+    users, exists().where(revoked_tokens.c.jti == bindparam("jti")).label("revoked")
+).where(users.c.id == bindparam("id"))
+TOKEN_USER = Statement(_token_user)
+TOKEN_USER_LOCKED = Statement(_token_user.with_for_update(key_share=True))  # see models.py
+REVOKE = Statement(insert(revoked_tokens).values(jti=bindparam("jti"), expires_at=bindparam("exp")))
+FORGET_REVOKED = Statement(
+    delete(revoked_tokens).where(revoked_tokens.c.expires_at < bindparam("now"))
+)
+
+
+def _find_token_user(db, user_id, jti, lock):
+    """The user's row with .revoked (whether the token jti was revoked), or None."""
+    if not possible_id(user_id):
+        return None
+    return (TOKEN_USER_LOCKED if lock else TOKEN_USER).first(db, {"id": user_id, "jti": jti})
+
+
 def current_user(db, request, lock=False):
     """The user whose valid token came with the request; 401 for anything else.
 
@@ -217,7 +239,7 @@ def _token_and_user(db, request, lock):
     if not (sub.isascii() and sub.isdigit()) or type(version) is not int or type(jti) is not str:
         raise _unauthorized("The token is not valid; log in again.")
     # The revocation is read with the user: no round trip of its own.
-    user = models.find_token_user(db, int(sub), jti, lock)
+    user = _find_token_user(db, int(sub), jti, lock)
     if user is None or user.token_version != version or user.revoked:
         raise token_no_longer_valid()
     request.environ[USER_ID_KEY] = user.id  # for the access log
@@ -225,12 +247,14 @@ def _token_and_user(db, request, lock):
 
 
 def log_out(db, request, everywhere=False):
-    """Ends the request's token, or every token of its user (CONTRACT.md, Logging out)."""
+    """Ends the request's token, or every token of its user (CONTRACT.md, Logging out);
+    forgets the revoked tokens that have expired since."""
     claims, user = _token_and_user(db, request, lock=True)
-    if everywhere:
-        models.revoke_all_tokens(db, user.id)
+    if everywhere:  # as a password change does: the tokens carry the older version
+        models.update_user(db, user.id, {"token_version": users.c.token_version + 1})
     else:
-        models.revoke_token(db, claims["jti"][:64], claims["exp"])
+        FORGET_REVOKED.run(db, {"now": time.time()})
+        REVOKE.run(db, {"jti": claims["jti"][:64], "exp": claims["exp"]})
 
 
 # What the caller may touch

@@ -1,11 +1,10 @@
-"""The tables, and every query the service makes.
+"""The tables (the whole schema), and the queries of users and their stats.
 
 Each query is one small function over a statement that SQLAlchemy built and
 compiled once (database.Statement), so that a route reads as a few named
-steps and a request costs little more than its SQL.
+steps and a request costs little more than its SQL. The other tables' queries
+are their modules': reports.py, leaderboard.py, throttle.py, auth.py (tokens).
 """
-
-import time
 
 from sqlalchemy import (
     BigInteger,
@@ -23,7 +22,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
-    exists,
     false,
     func,
     insert,
@@ -78,14 +76,6 @@ WIN_RATE = (
     " / (CAST({t}victory_count AS FLOAT) + CAST({t}loss_count AS FLOAT))"
 )
 PLAYED = "{t}victory_count > 0 OR {t}loss_count > 0"
-
-
-def win_rate(table):
-    return literal_column(WIN_RATE.format(t=f"{table.name}."), Float)
-
-
-def has_played(table):
-    return text(f"({PLAYED.format(t=f'{table.name}.')})")
 
 
 # The leaderboard's orders (leaderboard.py): best value first, then lowest id.
@@ -182,12 +172,6 @@ USER_BY_ID = Statement(_user_by_id)
 # (SQLite has no row locks: BEGIN IMMEDIATE already serialises its writers).
 # NO KEY: inserting a report or stats row, which only key-shares it, need not wait.
 USER_BY_ID_LOCKED = Statement(_user_by_id.with_for_update(key_share=True))
-# A token's user, and whether the token was revoked: one round trip.
-_token_user = select(
-    users, exists().where(revoked_tokens.c.jti == bindparam("jti")).label("revoked")
-).where(users.c.id == bindparam("id"))
-TOKEN_USER = Statement(_token_user)
-TOKEN_USER_LOCKED = Statement(_token_user.with_for_update(key_share=True))
 USER_BY_NAME = Statement(select(users).where(users.c.username == bindparam("username")))
 COUNT_SIGN_UP = Statement(update(user_count).values(n=user_count.c.n + 1))
 COUNT_DELETION = Statement(
@@ -203,7 +187,7 @@ RECOUNT_USERS = Statement(
         n=select(func.count()).select_from(users).scalar_subquery(),
         with_games=select(func.count())
         .select_from(stats)
-        .where(has_played(stats))
+        .where(text(PLAYED.format(t="")))
         .scalar_subquery(),
     )
 )
@@ -229,27 +213,12 @@ def _json_string(column):
 def _user_json(table):
     """The JSON text of CONTRACT.md's user representation, from a users-shaped table."""
     path = _sql_text('"/users/') + cast(table.c.id, String)
-    return (
-        _sql_text('{"id":')
-        + cast(table.c.id, String)
-        + _sql_text(',"username":')
-        + _json_string(table.c.username)
-        + _sql_text(',"email":')
-        + _json_string(table.c.email)
-        + _sql_text(',"gender":')
-        + _json_string(table.c.gender)
-        + _sql_text(',"profile_pic":')
-        + _json_string(table.c.profile_pic)
-        + _sql_text(',"self":')
-        + path
-        + _sql_text('"')
-        + _sql_text(',"stats":')
-        + path
-        + _sql_text('/stats"')
-        + _sql_text(',"pdf":')
-        + path
-        + _sql_text('/pdf"}')
-    )
+    json = _sql_text('{"id":') + cast(table.c.id, String)
+    for name in ("username", "email", "gender", "profile_pic"):
+        json = json + _sql_text(f',"{name}":') + _json_string(table.c[name])
+    for name, suffix in (("self", ""), ("stats", "/stats"), ("pdf", "/pdf")):
+        json = json + _sql_text(f',"{name}":') + path + _sql_text(f'{suffix}"')
+    return json + _sql_text("}")
 
 
 USER_JSON = Statement(select(_user_json(users)).where(users.c.id == bindparam("id")))
@@ -294,13 +263,6 @@ def find_user(db, user_id, lock=False):
     return (USER_BY_ID_LOCKED if lock else USER_BY_ID).first(db, {"id": user_id})
 
 
-def find_token_user(db, user_id, jti, lock=False):
-    """The user's row with .revoked (whether the token jti was revoked), or None."""
-    if not possible_id(user_id):
-        return None
-    return (TOKEN_USER_LOCKED if lock else TOKEN_USER).first(db, {"id": user_id, "jti": jti})
-
-
 def user_json(db, user_id):
     """The user's representation as JSON text, or None."""
     return USER_JSON.scalar(db, {"id": user_id}) if possible_id(user_id) else None
@@ -324,8 +286,8 @@ def create_user(db, fields):
 
 
 def update_user(db, user_id, fields):
-    """Changes the fields given; a new password_hash also revokes older tokens."""
-    if "password_hash" in fields:  # a new password ends every older token
+    """Changes the fields given; a new password_hash also ends every older token."""
+    if "password_hash" in fields:
         fields = {**fields, "token_version": users.c.token_version + 1}
     if fields:
         run_once(db, update(users).where(users.c.id == user_id).values(**fields))
@@ -335,17 +297,6 @@ def delete_user(db, user_id):
     had_played = played(find_stats(db, user_id))
     if DELETE_USER.run(db, {"id": user_id}).rowcount:  # stats, reports: ON DELETE CASCADE
         COUNT_DELETION.run(db, {"played": int(had_played)})
-
-
-def revoke_token(db, jti, expires_at):
-    """Ends one token; forgets those that have expired since they were revoked."""
-    FORGET_REVOKED.run(db, {"now": time.time()})
-    REVOKE_TOKEN.run(db, {"jti": jti, "expires_at": expires_at})
-
-
-def revoke_all_tokens(db, user_id):
-    """Ends every token issued to the user until now (they carry the older version)."""
-    update_user(db, user_id, {"token_version": users.c.token_version + 1})
 
 
 def recount_users(db):
@@ -367,14 +318,6 @@ UPDATE_STATS = Statement(
         }
     )
     .returning(*stats.c)
-)
-
-
-REVOKE_TOKEN = Statement(
-    insert(revoked_tokens).values(jti=bindparam("jti"), expires_at=bindparam("expires_at"))
-)
-FORGET_REVOKED = Statement(
-    delete(revoked_tokens).where(revoked_tokens.c.expires_at < bindparam("now"))
 )
 
 

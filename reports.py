@@ -19,6 +19,7 @@ when a POST queues a new job.
   report is done (or gone with its user) is dropped.
 """
 
+import logging
 import time
 
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
@@ -29,8 +30,10 @@ import models
 from database import Statement
 from models import reports as table  # the reports table
 
+log = logging.getLogger("reports")
+
 # A job still pending after this long was probably lost between commit and
-# publish (a server died): every server's sweep (claim_lost_jobs) and the next
+# publish (a server died): every server's sweep (republish_lost_jobs) and the next
 # POST queue it again. Workers drop a duplicate of a finished job; one of a job
 # in hand is rendered again, as a redelivery is.
 REPUBLISH_AFTER = config.REPUBLISH_AFTER  # seconds (60)
@@ -106,8 +109,6 @@ DROP_REPLACED_REPORTS = Statement(
     )
 )
 
-
-# Claimed in one statement: of servers sweeping at once, one publishes each.
 CLAIM_LOST_JOBS = Statement(
     update(table)
     .where(table.c.state == "pending", table.c.published_at < bindparam("before"))
@@ -140,26 +141,37 @@ def queue(db, user_id):
     return pending.id
 
 
-def claim_lost_jobs(db):
-    """The pending reports whose job was published over REPUBLISH_AFTER ago, each
-    marked as published now: the caller publishes them again (an outbox relay)."""
+def republish_lost_jobs(publish):
+    """Publishes again the jobs of reports pending for over REPUBLISH_AFTER
+    (their server died between commit and publish), so that every POST answered
+    202 ends in a report, whoever dies and though nobody asks again. They are
+    claimed in one statement: of servers sweeping at once, one publishes each."""
     now = time.time()
-    return CLAIM_LOST_JOBS.rows(db, {"before": now - REPUBLISH_AFTER, "at": now})
+    with database.writing() as db:
+        lost = CLAIM_LOST_JOBS.rows(db, {"before": now - REPUBLISH_AFTER, "at": now})
+    for report in lost:
+        log.warning("report %s was pending too long: publishing its job again", report.id)
+        try:
+            publish(report.id, report.user_id)
+        except Exception:  # the broker away: the next sweep tries again
+            with database.writing() as db:
+                DUE_AGAIN.run(db, {"id": report.id})
 
 
-def due_again(db, report_id):
-    """A claimed job that could not be published: the next sweep tries again."""
-    DUE_AGAIN.run(db, {"id": report_id})
+def republish_unfinished(publish):
+    """Publishes the job of every unfinished report again (the in-process
+    broker's jobs are lost with the process that held them)."""
+    with database.reading() as db:
+        unfinished = ALL_UNFINISHED_REPORTS.rows(db)
+    for report in unfinished:
+        publish(report.id, report.user_id)
+    if unfinished:
+        log.info("queued %d unfinished report(s) again", len(unfinished))
 
 
 def forget(db, report_id):
     """A pending report whose job the broker would not take: as if never asked for."""
     FORGET_PENDING.run(db, {"id": report_id})
-
-
-def all_unfinished(db):
-    """Every report whose job may still be due (for the in-process broker's restart)."""
-    return ALL_UNFINISHED_REPORTS.rows(db)
 
 
 def newest_and_newest_done(db, user_id):

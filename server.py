@@ -294,8 +294,8 @@ def main():
     auth.secret()  # made now, if it must be generated: not on the first request
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     jobs.on_settled(waiting.wake)
-    if config.IN_PROCESS_BROKER:
-        requeue_unfinished_reports()
+    if config.IN_PROCESS_BROKER:  # it lost its jobs with the last process
+        reports.republish_unfinished(jobs.publish)
     else:  # the workers' news comes through the broker
         threading.Thread(
             target=jobs.listen_for_news, args=(waiting.wake_everyone,), name="job-news", daemon=True
@@ -319,38 +319,18 @@ def main():
 
 
 def sweep():
-    """Every server, for as long as it runs: publishes again the jobs of reports
-    pending for over REPUBLISH_AFTER (their server died between commit and
-    publish), so that every POST answered 202 ends in a report, whoever dies
-    and though nobody asks again; and forgets the throttles' old events. Sweeps
-    often enough to find a lost job within a sixth of REPUBLISH_AFTER (10 s)."""
-    every = min(10, reports.REPUBLISH_AFTER / 6)
+    """Every server, for as long as it runs: finds the reports whose job was
+    lost, and forgets the throttles' old events (a sixth of REPUBLISH_AFTER apart,
+    10 s: a lost job is found within that of its being due)."""
     longest_window = max(auth.FAILURE_WINDOW, limits.Rate.WINDOW)
     while True:
-        time.sleep(every)
+        time.sleep(min(10, reports.REPUBLISH_AFTER / 6))
         try:
             with database.writing() as db:
                 throttle.forget_old(db, before=time.time() - longest_window)
-                lost = reports.claim_lost_jobs(db)
-            for report in lost:
-                log.warning("report %s was pending too long: publishing its job again", report.id)
-                try:
-                    jobs.publish(report.id, report.user_id)
-                except jobs.BrokerUnavailable:
-                    with database.writing() as db:
-                        reports.due_again(db, report.id)
+            reports.republish_lost_jobs(jobs.publish)
         except Exception as error:  # the database away: the next sweep tries again
             log.warning("could not sweep: %r", error)
-
-
-def requeue_unfinished_reports():
-    """The in-process broker lost its jobs with the last process: queue them again."""
-    with database.reading() as db:
-        unfinished = reports.all_unfinished(db)
-    for report in unfinished:
-        jobs.publish(report.id, report.user_id)
-    if unfinished:
-        log.info("queued %d unfinished report(s) again", len(unfinished))
 
 
 if __name__ == "__main__":

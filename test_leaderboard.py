@@ -114,6 +114,12 @@ class LeaderboardTest(ApiTestCase):
                 self.assertEqual(walked, whole)
                 self.assertEqual(pages, (len(whole) + 1) // 2)
 
+    def test_a_page_that_starts_inside_a_tie_keeps_its_rank(self):
+        # Three users share victory rank 1; a page from the second and third of
+        # them on still ranks them 1, and the next value 4.
+        entries = self.assertJson(self.board("?by=victory_count&offset=1&limit=3"), 200)
+        self.assertEqual([e["rank"] for e in entries], [1, 1, 4])
+
     def test_a_page_past_the_end_is_empty(self):
         answer = self.board("?offset=1000")
         self.assertEqual(self.assertJson(answer, 200), [])
@@ -144,18 +150,18 @@ class LeaderboardTest(ApiTestCase):
     @unittest.skipIf(TEST_DATABASE_URL, "PostgreSQL plans a table of six rows by its own costs")
     def test_every_order_reads_its_own_index_on_sqlite(self):
         for by in leaderboard.ORDERS:
-            with self.subTest(by=by), self.service.database() as db:
-                _, page = leaderboard.STATEMENTS[by]
-                plan = " | ".join(
-                    row[-1]
-                    for row in db.execute(
-                        text(f"EXPLAIN QUERY PLAN {page.sql}"),
-                        {**page.constants, "limit": 10, "offset": 0},
+            _, better, page = leaderboard.STATEMENTS[by]
+            for statement, step in ((page, "SCAN"), (better, "SEARCH")):
+                with self.subTest(by=by, step=step), self.service.database() as db:
+                    plan = " | ".join(
+                        row[-1]
+                        for row in db.execute(
+                            text(f"EXPLAIN QUERY PLAN {statement.sql}"),
+                            {**statement.constants, "limit": 10, "offset": 0, "value": 1},
+                        )
                     )
-                )
-                self.assertRegex(plan, rf"SCAN stats USING (COVERING )?INDEX stats_by_{by}\b")
-                self.assertRegex(plan, rf"SEARCH better USING (COVERING )?INDEX stats_by_{by}\b")
-                self.assertNotIn("TEMP B-TREE", plan)
+                    self.assertRegex(plan, rf"{step} stats USING (COVERING )?INDEX stats_by_{by}\b")
+                    self.assertNotIn("TEMP B-TREE", plan)
 
 
 def next_link(header):
