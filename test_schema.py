@@ -73,6 +73,7 @@ ALL_PHASES = "examples,coverage,fuzzing,stateful"
 NO_TOKEN_PHASES = "examples,fuzzing"
 NO_TOKEN_EXAMPLES = min(MAX_EXAMPLES, 5)
 DELETE = "DELETE /users/{id}"
+LOGOUT = "POST /logout"
 
 # Every run: no sign-up of its own; warnings that mean the document and the
 # server misunderstand each other fail the run.
@@ -184,10 +185,12 @@ class SchemathesisTest(ServiceTestCase):
     def test_every_operation_without_a_token(self):
         self.schemathesis(phases=NO_TOKEN_PHASES, examples=NO_TOKEN_EXAMPLES)
 
-    def test_every_operation_but_delete_with_a_token(self):
+    def test_every_operation_but_delete_and_logout_with_a_token(self):
         user_id, token = self.new_secret_user()
         config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
-        self.schemathesis("--exclude-name", DELETE, config=config, token=token)
+        self.schemathesis(
+            "--exclude-name", DELETE, "--exclude-name", LOGOUT, config=config, token=token
+        )
         me = self.service.request("GET", "/users/me", token=token)
         self.assertEqual(me.status, 200, "the token stopped working during the run")
         self.assertEqual(me.json["id"], user_id)
@@ -200,6 +203,16 @@ class SchemathesisTest(ServiceTestCase):
             self.service.request("GET", f"/users/{user_id}").status,
             404,
             "the run never deleted its user",
+        )
+
+    def test_logout_with_a_throwaway_users_token(self):
+        user_id, token = self.new_secret_user()
+        config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
+        self.schemathesis("--include-name", LOGOUT, config=config, token=token)
+        self.assertEqual(
+            self.service.request("GET", "/users/me", token=token).status,
+            401,
+            "the run never logged its token out",
         )
 
 
