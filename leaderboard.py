@@ -28,7 +28,9 @@ def _statements(by):
         value, ranked, total = stats.c[by], [], user_count.c.n
     better = select(func.count()).select_from(stats).where(*ranked, value > bindparam("value"))
     page = (
-        select(users.c.id, users.c.username, value.label("value"))
+        # The count with every row: one statement for a page (no row, no count).
+        select(select(total).scalar_subquery().label("total"))
+        .add_columns(users.c.id, users.c.username, value.label("value"))
         .join_from(stats, users, users.c.id == stats.c.user_id)
         .where(*ranked)
         .order_by(value.desc(), stats.c.user_id)
@@ -62,4 +64,4 @@ def page(db, by, limit, offset):
                 "value": row.value,
             }
         )
-    return count.scalar(db), entries
+    return (rows[0].total if rows else count.scalar(db)), entries

@@ -201,12 +201,11 @@ def update_stats(user_id):
 def get_leaderboard():
     with database.reading() as db:
         auth.current_user(db, request)
-    by = request.query.get("by", "victory_count")
-    if by not in leaderboard.ORDERS:
-        raise ApiError(400, f"'by' must be one of {', '.join(leaderboard.ORDERS)}.")
-    limit = query_int("limit", default=10, minimum=1, maximum=100)
-    offset = query_int("offset", default=0, minimum=0, maximum=MAX_ID)
-    with database.reading() as db:
+        by = request.query.get("by", "victory_count")
+        if by not in leaderboard.ORDERS:
+            raise ApiError(400, f"'by' must be one of {', '.join(leaderboard.ORDERS)}.")
+        limit = query_int("limit", default=10, minimum=1, maximum=100)
+        offset = query_int("offset", default=0, minimum=0, maximum=MAX_ID)
         total, entries = leaderboard.page(db, by, limit, offset)
     headers = page_headers(f"/leaderboard?by={by}&", total, limit, offset)
     return json_response(entries, headers=headers)
