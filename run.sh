@@ -6,6 +6,8 @@
 #                   scripts with shellcheck and the Containerfile with hadolint
 # ./run.sh bench    run the benchmark (tools/bench.py; --quick for a smoke run), write BENCHMARKS.md
 # ./run.sh soak [SECONDS]  mixed load on server and two workers on RabbitMQ (tools/soak.py; 60 s)
+# ./run.sh soak --chaos [SECONDS]  that load on two servers and two workers, PostgreSQL and a
+#                   RabbitMQ node of its own, all killed and restarted meanwhile (tools/chaos.py; 90 s)
 # ./run.sh migrate  bring the database to the newest schema (servers and workers also do at start)
 # ./run.sh backup FILE  copy the live SQLite database consistently to FILE
 # ./run.sh container-test  build the image with podman (tools/container_test.sh) and test it (test_container.py)
