@@ -436,6 +436,19 @@ def chaos_section(outcome):
     return section
 
 
+def postgres_answers(url):
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect():
+            return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
 def main(parser, seconds):
     seconds = DEFAULT_SECONDS if seconds is None else seconds
     if seconds < MINIMUM_SECONDS:
@@ -445,6 +458,8 @@ def main(parser, seconds):
     admin_url = os.environ.get("DATABASE_URL") or DEFAULT_POSTGRES
     if not admin_url.startswith("postgresql"):
         parser.error("--chaos runs on PostgreSQL: DATABASE_URL must be a postgresql+psycopg:// URL")
+    if not postgres_answers(admin_url):
+        sys.exit(f"PostgreSQL does not answer at {admin_url}: the chaos run needs it.")
     outcome = run_chaos(seconds, admin_url)
     section = chaos_section(outcome)
     print(section.markdown(), flush=True)

@@ -196,8 +196,8 @@ class ChaosClient(SoakClient):
         ):
             self.tally.reports["wrong state"] += 1
             self.tally.unexpected.append(
-                f"{where}: stats older than those of its request "
-                f"{player.stats[player.asked_from]}: {cards(lines)}"
+                f"{where}: stats its user did not have at or after its request "
+                f"(then {player.stats[player.asked_from]}): {cards(lines)}"
             )
 
 
