@@ -44,7 +44,7 @@ from pathlib import Path
 import soak
 from bench_record import Section
 from bench_setup import RELAXED_LIMITS, SCRYPT_N, Client, testing
-from chaos_broker import PrivateRabbitMQ
+from chaos_broker import PrivateRabbitMQ, free_ports
 from chaos_clients import CUT, REFUSED, RETRY_FOR, ChaosClient
 from soak import WEIGHTS
 
@@ -88,7 +88,7 @@ class Cluster:
             **RELAXED_LIMITS,
         )
         self.broker_url, self.queue = broker_url, queue
-        self.ports = chaos_ports()
+        self.ports = free_ports(SERVERS)  # each server starts again on its own
         self.servers, self.workers = [], []
         self.killed = set()  # the processes the schedule killed
         self.turns = Counter()  # which server and worker the next kill takes
@@ -187,13 +187,6 @@ class Cluster:
 
     def stop(self):
         self.live.stop()
-
-
-def chaos_ports():
-    ports = set()
-    while len(ports) < SERVERS:
-        ports.add(testing.free_port())
-    return sorted(ports)
 
 
 def schedule(seconds):
@@ -308,8 +301,8 @@ def run_chaos(seconds, admin_url):
         cleanup.callback(database.drop)
         broker = PrivateRabbitMQ()
         cleanup.callback(broker.close)
-        progress(f"starting RabbitMQ node {broker.node} on port {broker.port}")
-        broker.start()
+        broker.first_start()
+        progress(f"RabbitMQ node {broker.node} up on port {broker.port}")
         cluster = Cluster(database.url, broker.url, queue)
         cleanup.callback(cluster.stop)
         cluster.start()

@@ -4,7 +4,8 @@ Other test runs use the machine's RabbitMQ (127.0.0.1:5672): the chaos run
 never touches it. Its node, chaos-<pid>@localhost, runs in the foreground as a
 child of this process (a session of its own), from the Debian package's
 rabbitmq-server script, with everything of its own in a temporary folder:
-the AMQP and distribution ports (free ones, on 127.0.0.1), the Erlang cookie
+the AMQP and distribution ports (free ones below the ephemeral range, on
+127.0.0.1; others if the first start finds one taken), the Erlang cookie
 (its HOME), the data (mnesia, kept across a restart: the durable queue and its
 persistent jobs survive, as on a real broker), the logs, a config and an
 environment file instead of /etc/rabbitmq's, and no plugins. SIGTERM to that
@@ -13,8 +14,10 @@ killed at the end, however the run ends.
 """
 
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -36,9 +39,22 @@ def server_script():
 
 
 def free_ports(number):
+    """Ports free now, below the range the kernel hands out to outgoing
+    connections (and to the tests' free_port()), where no client of the busy
+    machine takes them before the node binds them, nor while it restarts."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
     ports = set()
     while len(ports) < number:
-        ports.add(testing.free_port())
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.add(port)
     return sorted(ports)
 
 
@@ -50,14 +66,20 @@ class PrivateRabbitMQ:
                 "rabbitmq-server is not installed (Debian: apt-get install rabbitmq-server)"
             )
         self.folder = tempfile.TemporaryDirectory(prefix="chaos-rabbitmq-")
-        home = Path(self.folder.name)
-        self.port, dist_port = free_ports(2)
+        self.home = Path(self.folder.name)
         self.node = f"chaos-{os.getpid()}@localhost"
+        (self.home / "enabled_plugins").write_text("[].\n")
+        (self.home / "rabbitmq-env.conf").write_text("")
+        self.log_path = self.home / "node.log"
+        self.log = open(self.log_path, "ab")
+        self.process = None
+        self.use_ports()
+
+    def use_ports(self):
+        home = self.home
+        self.port, dist_port = free_ports(2)
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
         (home / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
-        (home / "enabled_plugins").write_text("[].\n")
-        (home / "rabbitmq-env.conf").write_text("")
-        self.log_path = home / "node.log"
         self.env = {
             **os.environ,
             "HOME": str(home),  # its Erlang cookie: made there at the first start
@@ -72,8 +94,17 @@ class PrivateRabbitMQ:
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
-        self.process = None
-        self.log = open(self.log_path, "ab")
+
+    def first_start(self, attempts=3):
+        """start(), on other ports should another program take one first."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.start()
+            except RuntimeError:  # it exited: the log says why
+                self.stop()
+                if attempt == attempts:
+                    raise
+                self.use_ports()
 
     def start(self):
         self.process = subprocess.Popen(
