@@ -1,17 +1,17 @@
 """Numbers for operators: `GET /metrics` in Prometheus text (CONTRACT.md).
 
 Counts and durations only, never user data: requests by route template
-(`/users/{id}`, never `/users/17`), method and status, with their durations;
-report jobs and their durations; reports by state and jobs waiting, read
-when scraped; password hashes in flight and requests refused under
-pressure; and the process's own figures (start time, memory, open files,
-CPU: process_*), by which restarts and leaks show. A worker process serves
-its own on WORKER_METRICS_PORT. No `*_created` series: they would double
-the series of every counter and histogram for a figure nobody reads.
+(`/users/{id}`, never `/users/17`), method and status, and report jobs, with
+their durations; reports by state and jobs waiting, read when scraped; password
+hashes in flight and requests refused under pressure; and the process's own
+figures (start time, memory, open files, CPU: process_*), by which restarts and
+leaks show. A worker process serves its own on WORKER_METRICS_PORT. No
+`*_created` series: they would double the series of every counter and histogram
+for a figure nobody reads.
 """
 
 import re
-import threading
+from functools import cache
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,9 +29,7 @@ import config
 
 disable_created_metrics()  # process-wide, read at each scrape
 registry = CollectorRegistry()
-# process_start_time_seconds, process_resident_memory_bytes, process_open_fds,
-# process_cpu_seconds_total and the rest, read from /proc at each scrape.
-ProcessCollector(registry=registry)
+ProcessCollector(registry=registry)  # process_*, read from /proc at each scrape
 
 REQUESTS = Counter(
     "http_requests_total",
@@ -61,10 +59,9 @@ JOB_DURATION = Histogram(
 
 # A wildcard of a Bottle rule, "<user_id:id>", is named by its filter: "{id}".
 _WILDCARD = re.compile(r"<(\w+)(?::(\w+))?[^>]*>")
-_observers = {}  # (route rule, method, status) -> (counter, histogram): labels() costs
-_observers_lock = threading.Lock()
 
 
+@cache
 def route_template(rule):
     """ "/users/<user_id:id>/pdf" -> "/users/{id}/pdf"."""
     return _WILDCARD.sub(lambda found: "{" + (found.group(2) or found.group(1)) + "}", rule)
@@ -73,32 +70,23 @@ def route_template(rule):
 def observe_request(environ, status, seconds):
     """Counts a request once answered (serving.py calls it for each)."""
     route = environ.get("bottle.route")
-    rule = route.rule if route is not None else None
+    template = route_template(route.rule) if route is not None else "unmatched"
     method = environ.get("REQUEST_METHOD", "")
     if method not in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
         method = "other"  # a client may send any method: a label each would be unbounded
-    key = (rule, method, status)
-    observers = _observers.get(key)
-    if observers is None:
-        template = route_template(rule) if rule else "unmatched"
-        with _observers_lock:
-            observers = _observers[key] = (
-                REQUESTS.labels(template, method, status),
-                DURATION.labels(template, method),
-            )
-    observers[0].inc()
-    observers[1].observe(seconds)
+    REQUESTS.labels(template, method, status).inc()
+    DURATION.labels(template, method).observe(seconds)
 
 
 def observe_heard_job(_user_id, seconds):
-    """A job that another process's worker settled, from its news (jobs.on_settled)."""
+    """A job that another process's worker settled, from its news (jobs.on_settled);
+    seconds: how long its render took (None: it drew nothing)."""
     if seconds is not None:
         JOB_DURATION.observe(seconds)
 
 
-def observe_job(settled, seconds=None):
-    """Counts a settled job (a worker's on_settled listener); seconds: how long
-    its render took (None: it drew nothing)."""
+def observe_job(settled, seconds):
+    """Counts a settled job (a worker's on_settled listener)."""
     JOBS.labels(settled.outcome).inc()
     if seconds is not None:
         JOB_DURATION.observe(seconds)
@@ -119,11 +107,10 @@ class ServiceCollector:
         for state in ("pending", "rendering", "done", "failed"):
             states.add_metric([state], counted.get(state, 0))
         yield states
-        if config.IN_PROCESS_BROKER:  # each pending report's job is in the queue
-            waiting = counted.get("pending", 0)
-        else:  # the queue's depth; None when RabbitMQ does not answer
-            waiting = self.jobs_waiting()
-        if waiting is not None:  # no figure rather than a wrong one
+        # memory://: each pending report's job is in the queue. RabbitMQ: the queue's
+        # depth, None when it does not answer (no figure rather than a wrong one).
+        waiting = counted.get("pending", 0) if config.IN_PROCESS_BROKER else self.jobs_waiting()
+        if waiting is not None:
             yield GaugeMetricFamily(
                 "report_jobs_waiting",
                 "Jobs queued for a worker (RabbitMQ: the queue's depth)",
