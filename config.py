@@ -26,13 +26,23 @@ def _int(name, default, minimum=0):
 
 def _flag(name, default):
     raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SystemExit(f"{name} must be on or off (1/0, true/false), got {raw!r}")
+    if raw and raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise SystemExit(f"{name} must be on or off (1/0, true/false), got {raw!r}")
+    return raw in ("1", "true", "yes", "on") if raw else default
+
+
+def _list(name):  # the comma-separated entries of a variable, without blanks
+    return [entry.strip() for entry in os.environ.get(name, "").split(",") if entry.strip()]
+
+
+def _networks(name):
+    networks = []
+    for entry in _list(name):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise SystemExit(f"{name}: {entry!r} is not an address or CIDR range") from None
+    return tuple(networks)
 
 
 HOST = os.environ.get("HOST", "127.0.0.1")
@@ -62,11 +72,7 @@ if 0 < _secret_bytes < JWT_SECRET_MIN_BYTES:
     )
 JWT_TTL = _int("JWT_TTL", 86400, minimum=1)
 
-CORS_ORIGINS = frozenset(
-    origin.strip().rstrip("/")
-    for origin in os.environ.get("CORS_ORIGINS", "").split(",")
-    if origin.strip()
-)
+CORS_ORIGINS = frozenset(origin.rstrip("/") for origin in _list("CORS_ORIGINS"))
 
 # scrypt's CPU/memory cost N. Only the test suite lowers it, to keep its
 # hundreds of sign-ups fast; production keeps OWASP's minimum (2**14).
@@ -74,14 +80,12 @@ SCRYPT_N = _int("SCRYPT_N", 2**14, minimum=2)
 if SCRYPT_N & (SCRYPT_N - 1):
     raise SystemExit(f"SCRYPT_N must be a power of two, got {SCRYPT_N}")
 
-# Seconds during which 10 failed logins throttle a username: 300, as CONTRACT.md
-# says. For tests only: the test suite shortens it to see the throttle lift
-# without waiting five minutes; production keeps 300.
+# Seconds during which 10 failed logins throttle a username: 300 (CONTRACT.md).
+# Only the tests shorten it, to see the throttle lift without waiting five minutes.
 LOGIN_FAILURE_WINDOW = _int("LOGIN_FAILURE_WINDOW", 300, minimum=1)
 
-# Seconds after which a report still pending is taken for one whose job was
-# lost (its server died before publishing) and is published again: 60. Only
-# the tests shorten it, to see a lost job found without waiting a minute.
+# Seconds after which a report still pending is taken for one whose job was lost
+# (its server died before publishing) and published again: 60. Only the tests shorten it.
 REPUBLISH_AFTER = _int("REPUBLISH_AFTER", 60, minimum=1)
 
 # Under pressure (CONTRACT.md): what one client, or a flood, may take.
@@ -91,20 +95,6 @@ LOGIN_RATE = _int("LOGIN_RATE", 120, minimum=1)
 HEADER_TIMEOUT = _int("HEADER_TIMEOUT", 10, minimum=1)  # seconds
 # GET requests waiting on a report at once (Prefer: wait=N): each holds a thread.
 MAX_WAITING = _int("MAX_WAITING", WEB_THREADS // 2)
-
-
-def _networks(name):
-    networks = []
-    for entry in os.environ.get(name, "").split(","):
-        if entry.strip():
-            try:
-                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                raise SystemExit(
-                    f"{name}: {entry.strip()!r} is not an address or CIDR range"
-                ) from None
-    return tuple(networks)
-
 
 # Peers whose X-Forwarded-For names the client (addresses or CIDR ranges).
 TRUSTED_PROXIES = _networks("TRUSTED_PROXIES")

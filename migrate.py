@@ -1,15 +1,13 @@
 """The database's schema: Alembic's migrations (migrations/), run to the newest
 revision by every server and worker at start-up, and by `./run.sh migrate`.
 
-Under the schema lock (database.schema_lock), so that processes starting at
-once take turns: the first upgrades, the others find it done. A database
-made before migrations existed (tables, no alembic_version) is stamped with
-the first revision, whose schema it has. A database at a revision this code
-does not know was upgraded by newer code: the process refuses to start.
-
-A server or worker whose database is already at the newest revision never
-imports Alembic (11 MiB it need not carry); one that must upgrade runs
-`python migrate.py` in a process of its own.
+Under the schema lock (database.schema_lock), processes starting at once take
+turns: the first upgrades, the others find it done. A database made before
+migrations existed (tables, no alembic_version) is stamped with the first
+revision, whose schema it has. A database at a revision this code does not
+know was upgraded by newer code: the process refuses to start. A process whose
+database is at the newest revision never imports Alembic (11 MiB it need not
+carry); one that must upgrade runs `python migrate.py` in a process of its own.
 """
 
 import logging
@@ -29,19 +27,14 @@ VERSIONS = config.PROJECT_DIR / "migrations" / "versions"
 HEAD = max(path.name.split("_", 1)[0] for path in VERSIONS.glob("[0-9]*_*.py"))
 
 
-def current_revision():
-    """The database's revision, or None (no alembic_version table, or no row)."""
-    with database.engine().connect() as connection:
-        if not inspect(connection).has_table("alembic_version"):
-            return None
-        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-
-
 def ensure_newest():
     """At start-up: nothing when the database is at HEAD, else the upgrade in
     a process of its own; SystemExit when that fails (its reason is in the log)."""
-    if current_revision() == HEAD:
-        return
+    with database.engine().connect() as connection:
+        if inspect(connection).has_table("alembic_version"):
+            query = text("SELECT version_num FROM alembic_version")
+            if connection.execute(query).scalar() == HEAD:
+                return
     upgraded = subprocess.run([sys.executable, str(config.PROJECT_DIR / "migrate.py")], timeout=600)
     if upgraded.returncode != 0:
         raise SystemExit(f"the schema could not be brought to revision {HEAD} (see above)")
@@ -65,6 +58,7 @@ def upgrade():
     with database.schema_lock() as connection:
         settings = alembic_config(connection)
         scripts = ScriptDirectory.from_config(settings)
+        head = scripts.get_current_head()
         current = MigrationContext.configure(connection).get_current_revision()
         if current is None and inspect(connection).has_table("users"):
             log.info("a database from before migrations: stamping it %s", FIRST_REVISION)
@@ -74,11 +68,11 @@ def upgrade():
         if current is not None and current not in known:
             raise SystemExit(
                 f"The database is at schema revision {current}, which this code does not "
-                f"know (its newest is {scripts.get_current_head()}): it was upgraded by a "
-                "newer version of the service. Run that version, or restore a backup."
+                f"know (its newest is {head}): it was upgraded by a newer version of the "
+                "service. Run that version, or restore a backup."
             )
-        if current != scripts.get_current_head():
-            log.info("upgrading the schema from %s to %s", current, scripts.get_current_head())
+        if current != head:
+            log.info("upgrading the schema from %s to %s", current, head)
             command.upgrade(settings, "head")
 
 

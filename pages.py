@@ -3,8 +3,8 @@
 Both are files, of this project (console/) and of the pinned Swagger UI
 package, all served from this origin: each page's Content-Security-Policy
 holds the browser to that, with no inline script, and they send no Referer
-to anyone (Referrer-Policy). Every other answer stays
-JSON: a file that is not there is the API's JSON 404 (conventions.py).
+to anyone (Referrer-Policy). Every other answer stays JSON: a file that is
+not there is the API's JSON 404 (conventions.py).
 """
 
 import hashlib
@@ -29,22 +29,10 @@ DOCS_POLICY = f"{POLICY}; img-src 'self' data:"
 
 
 def add_routes(app):
-    app.get("/", callback=console_page)
-    app.get("/console/<name>", callback=console_file)
-    app.get("/docs", callback=docs_page)
+    app.get("/", callback=lambda: static_file(CONSOLE, "index.html", CONSOLE_POLICY))
+    app.get("/console/<name>", callback=lambda name: static_file(CONSOLE, name, CONSOLE_POLICY))
+    app.get("/docs", callback=lambda: static_file(CONSOLE, "docs.html", DOCS_POLICY))
     app.get("/swagger-ui/<name>", callback=swagger_ui_file)
-
-
-def console_page():
-    return static_file(CONSOLE, "index.html", CONSOLE_POLICY)
-
-
-def console_file(name):
-    return static_file(CONSOLE, name, CONSOLE_POLICY)
-
-
-def docs_page():
-    return static_file(CONSOLE, "docs.html", DOCS_POLICY)
 
 
 def swagger_ui_file(name):

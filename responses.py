@@ -13,8 +13,6 @@ from bottle import HTTPResponse, response
 def to_json(data):
     """data as JSON text in the one style."""
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    if text.isascii():
-        return text
     # A JSON string may carry a lone surrogate (a field name in an error message,
     # say), which UTF-8 cannot encode: write it as its JSON escape, \udc00.
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -38,8 +36,7 @@ def error_body(message):
 
 
 class JsonAnswer(HTTPResponse):
-    """An answer with data as its JSON body, to return or raise; headers as
-    keywords, with _ for - (Retry_After=1)."""
+    """An answer with data as its JSON body, to return or raise; headers as keywords."""
 
     def __init__(self, data, status, **headers):
         headers = {key.replace("_", "-"): str(value) for key, value in headers.items()}
