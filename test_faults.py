@@ -175,8 +175,8 @@ class RestartTest(FaultTestCase):
             self.post_report(user, token)
         self.assertEqual(server.stop(signal.SIGTERM), 0)
 
-        service.start_server()
         service.start_worker()
+        service.start_server()
         for user, token in users:
             self.wait_for_report(user, token)
 
@@ -294,8 +294,8 @@ class BrokerRestartTest(FaultTestCase):
 
     def test_worker_reconnects_by_itself(self):
         service = self.start_service_on_rabbitmq()
-        service.start_server()
         worker = service.start_worker()
+        service.start_server()
         wait_until(lambda: "consuming report jobs" in worker.output(), what="the worker")
         rabbitmqctl("stop_app")
         rabbitmqctl("start_app")
@@ -317,10 +317,8 @@ class BrokerRestartTest(FaultTestCase):
 class ThrottlingAcrossServersTest(FaultTestCase):
     def test_guesses_spread_over_two_servers_still_get_ten_in_all(self):
         service = self.start_service()
-        service.start_server(EMBEDDED_WORKER="0")
-        ports = [service.port]
-        service.start_server(EMBEDDED_WORKER="0")
-        ports.append(service.port)
+        no_worker = {"EMBEDDED_WORKER": "0"}
+        ports = [port for _, port in service.start_servers(no_worker, no_worker)]
         user, _ = self.sign_up()
 
         def guess(number):
@@ -350,11 +348,8 @@ class SeveralMachinesTest(FaultTestCase):
 
     def test_jobs_posted_to_either_server_are_shared_and_survive_losing_one_of_each(self):
         service = self.start_service_on_rabbitmq()
-        first = service.start_server()
-        first_port = service.port
-        service.start_server()
-        second_port = service.port
         workers = [service.start_worker(), service.start_worker()]
+        (first, first_port), (_, second_port) = service.start_servers({}, {})
         for worker in workers:
             wait_until(lambda w=worker: "consuming report jobs" in w.output(), what="a worker")
 
@@ -393,12 +388,11 @@ class SeveralMachinesTest(FaultTestCase):
         # server inside its publish, after it committed the pending report.
         black_hole = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(black_hole.close)
-        doomed = service.start_server(
-            BROKER_URL=f"amqp://guest:guest@127.0.0.1:{black_hole.getsockname()[1]}//"
-        )
-        doomed_port = service.port
-        service.start_server()
         service.start_worker()
+        # The last one started is the one that lives: service.port.
+        (doomed, doomed_port), _ = service.start_servers(
+            {"BROKER_URL": f"amqp://guest:guest@127.0.0.1:{black_hole.getsockname()[1]}//"}, {}
+        )
         user, token = self.sign_up()
 
         posting = ThreadPoolExecutor(1)

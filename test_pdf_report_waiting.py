@@ -182,10 +182,7 @@ class WaitingOnRabbitMQTest(Waiting, FaultTestCase):
 
     def test_the_server_that_did_not_queue_the_job_answers_the_wait(self):
         service = self.start_service_on_rabbitmq()
-        service.start_server()
-        first = service.port
-        service.start_server(MAX_WAITING="1")
-        second = service.port
+        (_, first), (_, second) = service.start_servers({}, {"MAX_WAITING": "1"})
         user, token = self.new_user_with_stats(victory_count=2)
         answer = self.request("POST", f"/users/{user['id']}/pdf", token=token, port=first)
         self.assertEqual(answer.status, 202, answer.body)

@@ -62,8 +62,9 @@ def comparable(output):
 class ReadmeWalkTest(unittest.TestCase):
     def setUp(self):
         # The README's set-up: ./run.sh's defaults (the embedded worker on
-        # memory://) on a fresh data folder; only the cheap test hashes differ.
-        self.service = LiveService()
+        # memory://) on a fresh data folder, whose database the server makes;
+        # only the cheap test hashes differ.
+        self.service = LiveService(fresh_database=True)
         self.addCleanup(self.service.stop)
         self.service.start_server()
         self.terminal = Path(tempfile.mkdtemp(prefix="readme-walk-"))

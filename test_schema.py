@@ -8,18 +8,19 @@ documented; schema-valid input accepted and schema-invalid input rejected;
 gone. Any failure fails the test, with schemathesis's report (and curl
 commands reproducing each failure) in the message.
 
-Three runs, one server:
+Four runs, one server, all at once:
 
 - without a token: every operation (the protected ones answer 401, or 404
   for an id that is not one), with no sign-up flow either (auto-signup off);
   the examples and fuzzing phases, 5 examples per operation: whatever a
   protected operation is sent, it is a 401;
 - with a token, every phase (examples, coverage, fuzzing, stateful): every
-  operation but DELETE /users/{id}, as a user whose id is
+  operation but DELETE /users/{id} and POST /logout, as a user whose id is
   the path's id half the time (else a generated one: 403s and 404s), so that
   the owner-only writes, stats, PDFs and password checks are reached; an
   operation that never gets past 401/403/404 fails the run;
-- DELETE /users/{id} alone, with the token of a throwaway user of its own.
+- DELETE /users/{id} alone, with the token of a throwaway user of its own;
+- POST /logout alone, likewise (it ends its token).
 
 Why DELETE is kept apart: it is the one operation that can destroy the
 credentials of a run. Once it deleted the token's user, everything after in
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 from pathlib import Path
 
@@ -104,23 +106,45 @@ fail-on = ["validation_mismatch", "unsupported_regex", "unresolvable_reference",
 
 
 class SchemathesisTest(ServiceTestCase):
+    """The four runs start together, once the server is up (setUpClass): one
+    run alone keeps a core of two busy at most, waiting on the server, and
+    they touch no user of another's. Each test then waits for its own run
+    and reads its report."""
+
     # The default broker and embedded worker: PDFs are really made, so the
     # 200 application/pdf and 304 answers are tested too.
 
     test_timeout = DEADLINE + 60  # a run's own deadline fails it first, with its report
 
-    def new_secret_user(self):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.runs = {}
+        cls.addClassCleanup(cls.stop_runs)
+        cls.start_run("without a token", phases=NO_TOKEN_PHASES, examples=NO_TOKEN_EXAMPLES)
+        cls.start_run("with a token", "--exclude-name", DELETE, "--exclude-name", LOGOUT)
+        cls.start_run("delete", "--include-name", DELETE)
+        cls.start_run("logout", "--include-name", LOGOUT)
+
+    @classmethod
+    def new_secret_user(cls):
         """A new user with a random password: (user id, token)."""
         body = {"username": unique_name("schema"), "password": os.urandom(16).hex()}
-        answer = self.service.request("POST", "/users", body)
-        self.assertEqual(answer.status, 201, answer.body)
+        answer = cls.service.request("POST", "/users", body)
+        if answer.status != 201:
+            raise AssertionError(f"no user for a run: {answer.status} {answer.body!r}")
         return answer.json["user"]["id"], answer.json["token"]
 
-    def schemathesis(
-        self, *options, config=CONFIG, token=None, phases=ALL_PHASES, examples=MAX_EXAMPLES
-    ):
-        """Run schemathesis on the live server; fail with its report unless all passed."""
-        workdir = Path(tempfile.mkdtemp(prefix="schemathesis-", dir=self.service.dir))
+    @classmethod
+    def start_run(cls, name, *options, phases=ALL_PHASES, examples=MAX_EXAMPLES):
+        """Starts schemathesis on the live server: with a user's token of its
+        own (and its id, half the time, for the path's id) unless phases are
+        NO_TOKEN_PHASES. cls.runs[name] is (the run, the user's id and token)."""
+        workdir = Path(tempfile.mkdtemp(prefix="schemathesis-", dir=cls.service.dir))
+        user_id, token, config = None, None, CONFIG
+        if phases != NO_TOKEN_PHASES:
+            user_id, token = cls.new_secret_user()
+            config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
         config_file = workdir / "schemathesis.toml"
         config_file.write_text(config)
         command = [
@@ -130,7 +154,7 @@ class SchemathesisTest(ServiceTestCase):
             "--config-file",
             str(config_file),
             "run",
-            f"http://127.0.0.1:{self.service.port}/openapi.json",
+            f"http://127.0.0.1:{cls.service.port}/openapi.json",
             "--checks",
             "all",
             "--max-examples",
@@ -161,14 +185,33 @@ class SchemathesisTest(ServiceTestCase):
             "PYTHONIOENCODING": "utf-8",
             "COLUMNS": "120",
         }
-        try:
-            run = subprocess.run(
-                command, cwd=workdir, env=env, capture_output=True, timeout=DEADLINE
+        with open(workdir / "output.txt", "wb") as output:
+            run = subprocess.Popen(
+                command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT
             )
-        except subprocess.TimeoutExpired as expired:
-            output = (expired.stdout or b"").decode(errors="replace")
+        run.output_path = workdir / "output.txt"
+        run.deadline = time.monotonic() + DEADLINE
+        cls.runs[name] = run, user_id, token
+
+    @classmethod
+    def stop_runs(cls):
+        for run, _, _ in cls.runs.values():
+            if run.poll() is None:
+                run.kill()
+            run.wait(30)
+
+    def schemathesis(self, name):
+        """Waits for the run's end (within its deadline); fails with its report
+        unless all passed. The run's user id and token."""
+        run, user_id, token = self.runs[name]
+        try:
+            run.wait(max(0, run.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait(30)
+            output = run.output_path.read_text(errors="replace")
             self.fail(f"schemathesis did not finish within {DEADLINE}s:\n{output}")
-        output = (run.stdout + run.stderr).decode(errors="replace")
+        output = run.output_path.read_text(errors="replace")
         self.assertEqual(
             run.returncode,
             0,
@@ -177,28 +220,22 @@ class SchemathesisTest(ServiceTestCase):
         self.assertNotIn(
             "Traceback", self.service.server.output(), "the server logged an exception"
         )
-        return output
+        return user_id, token
 
     def server_log_tail(self, lines=60):
         return "\n".join(self.service.server.output().splitlines()[-lines:])
 
     def test_every_operation_without_a_token(self):
-        self.schemathesis(phases=NO_TOKEN_PHASES, examples=NO_TOKEN_EXAMPLES)
+        self.schemathesis("without a token")
 
     def test_every_operation_but_delete_and_logout_with_a_token(self):
-        user_id, token = self.new_secret_user()
-        config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
-        self.schemathesis(
-            "--exclude-name", DELETE, "--exclude-name", LOGOUT, config=config, token=token
-        )
+        user_id, token = self.schemathesis("with a token")
         me = self.service.request("GET", "/users/me", token=token)
         self.assertEqual(me.status, 200, "the token stopped working during the run")
         self.assertEqual(me.json["id"], user_id)
 
     def test_delete_with_a_throwaway_users_token(self):
-        user_id, token = self.new_secret_user()
-        config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
-        self.schemathesis("--include-name", DELETE, config=config, token=token)
+        user_id, _ = self.schemathesis("delete")
         self.assertEqual(
             self.service.request("GET", f"/users/{user_id}").status,
             404,
@@ -206,9 +243,7 @@ class SchemathesisTest(ServiceTestCase):
         )
 
     def test_logout_with_a_throwaway_users_token(self):
-        user_id, token = self.new_secret_user()
-        config = textwrap.dedent(TOKEN_CONFIG).format(user_id=user_id)
-        self.schemathesis("--include-name", LOGOUT, config=config, token=token)
+        _, token = self.schemathesis("logout")
         self.assertEqual(
             self.service.request("GET", "/users/me", token=token).status,
             401,

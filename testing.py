@@ -12,6 +12,7 @@ test start the services it needs. ReportClient and the pdf_* helpers read a
 report as a reader would. BoundedTestCase makes every test end.
 """
 
+import atexit
 import faulthandler
 import http.client
 import io
@@ -21,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,7 +30,7 @@ import textwrap
 import threading
 import time
 import unittest
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
@@ -136,10 +138,17 @@ class Process:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+        self._signalled = set()
+
+    def send_signal(self, sig=signal.SIGTERM):
+        """Sends sig unless the process has ended or was sent sig already."""
+        if self.popen.poll() is None and sig not in self._signalled:
+            self._signalled.add(sig)
+            self.popen.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.popen.poll() is None:
-            self.popen.send_signal(sig)
+            self.send_signal(sig)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -160,13 +169,15 @@ CI = os.environ.get("CI") == "true"
 
 
 class ScratchPostgres:
-    """A new, empty PostgreSQL database, dropped by drop()."""
+    """A new PostgreSQL database, empty or a copy of template, dropped by drop()."""
 
-    def __init__(self, admin_url):
+    def __init__(self, admin_url, template=None):
         self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
         self.name = f"stats_test_{os.getpid()}_{next(_names)}"
         with self.admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+            connection.exec_driver_sql(
+                f'CREATE DATABASE "{self.name}"' + (f' TEMPLATE "{template}"' if template else "")
+            )
         self.url = self.admin.url.set(database=self.name).render_as_string(hide_password=False)
 
     def drop(self):
@@ -201,16 +212,72 @@ def inherited_environment():
     }
 
 
+def migrated(database_url):
+    """database_url brought to the newest schema by migrate.py (what a server
+    runs at its first start on an empty database)."""
+    made = subprocess.run(
+        [sys.executable, str(PROJECT / "migrate.py")],
+        env={**inherited_environment(), "DATABASE_URL": database_url},
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if made.returncode != 0:
+        raise AssertionError(f"migrate.py failed:\n{made.stdout}{made.stderr}")
+    return database_url
+
+
+# An empty database at the newest schema, made once per run and copied for each
+# LiveService: a server then starts without its upgrade process (about a
+# second of its start-up). test_migrations.py, the README's walk and the
+# fresh clone still have servers upgrade empty databases themselves.
+_newest = {}
+_newest_lock = threading.Lock()
+
+
+def newest_sqlite_copy(target):
+    """A copy of the newest SQLite database at target."""
+    with _newest_lock:
+        if "sqlite" not in _newest:
+            folder = tempfile.TemporaryDirectory(prefix="stats-api-newest-")
+            path = Path(folder.name) / "app.db"
+            migrated(f"sqlite:///{path}")
+            _newest["sqlite"] = folder, path
+        source = sqlite3.connect(_newest["sqlite"][1])
+    try:
+        with closing(sqlite3.connect(target)) as copy:
+            source.backup(copy)
+    finally:
+        source.close()
+
+
+def newest_postgres_copy():
+    """A ScratchPostgres made from the newest PostgreSQL database (its template)."""
+    with _newest_lock:
+        if "postgresql" not in _newest:
+            template = ScratchPostgres(TEST_DATABASE_URL)
+            atexit.register(template.drop)
+            migrated(template.url)
+            _newest["postgresql"] = template
+        return ScratchPostgres(TEST_DATABASE_URL, template=_newest["postgresql"].name)
+
+
 class LiveService:
     """A data folder and database, plus the server (and any workers) started on them.
 
     Processes get an environment built here, not the caller's (see
     INHERITED_VARIABLES): what the tests set, on top of the few essentials."""
 
-    def __init__(self, **env):
+    def __init__(self, fresh_database=False, **env):
         self.folder = tempfile.TemporaryDirectory(prefix="stats-api-test-")
         self.dir = Path(self.folder.name)
-        self.postgres = ScratchPostgres(TEST_DATABASE_URL) if TEST_DATABASE_URL else None
+        copy = not (fresh_database or "DATABASE_URL" in env)  # of the newest database
+        self.postgres = None
+        if TEST_DATABASE_URL:
+            self.postgres = newest_postgres_copy() if copy else ScratchPostgres(TEST_DATABASE_URL)
+        elif copy:
+            newest_sqlite_copy(self.dir / "app.db")
         self.env = {
             **inherited_environment(),
             "DATA_DIR": str(self.dir),
@@ -227,15 +294,34 @@ class LiveService:
             **env,
         }
         self.processes = []
+        self.after_stop = []  # what to do once its processes have ended
         self._log_numbers = count(1)
         self.server = None
         self.port = None
 
     def start_server(self, **env):
-        self.port = free_port()
-        self.server = self.start("server.py", PORT=str(self.port), **env)
-        wait_until(self._answers, what=f"the server on port {self.port}")
-        return self.server
+        return self.start_servers(env)[0][0]
+
+    def start_servers(self, *envs):
+        """A server on this database for each env (what it adds to self.env),
+        started at once, each answering once this returns: [(process, port)].
+        self.server and self.port are the last one's."""
+        ports = []
+        while len(ports) < len(envs):
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        started = [
+            (self.start("server.py", **env, PORT=str(port)), port)
+            for env, port in zip(envs, ports, strict=True)
+        ]
+        for server, port in started:
+            wait_until(
+                lambda server=server, port=port: self._answers(server, port),
+                what=f"the server on port {port}",
+            )
+        self.server, self.port = started[-1]
+        return started
 
     def start_another_server(self, **env):
         """One more server on the same database, as behind a load balancer:
@@ -256,15 +342,15 @@ class LiveService:
         self.processes.append(process)
         return process
 
-    def _answers(self):
-        if self.server.popen.poll() is not None:
-            raise AssertionError("server exited:\n" + self.server.output())
+    def _answers(self, server, port):
+        if server.popen.poll() is not None:
+            raise AssertionError("server exited:\n" + server.output())
         # Ours, not another program's: the port was free when picked, and a
         # server of another test run may have taken it since (ours then exits).
-        if f"serving on http://127.0.0.1:{self.port}" not in self.server.output():
+        if f"serving on http://127.0.0.1:{port}" not in server.output():
             return False
         try:
-            return self.request("GET", "/openapi.json").status == 200
+            return self.request("GET", "/openapi.json", port=port).status == 200
         except OSError:
             return False
 
@@ -292,11 +378,28 @@ class LiveService:
             connection.close()
 
     def stop(self):
+        """Stops every process (signalled at once, then waited for), then
+        runs after_stop, drops the database and removes the folder."""
         for process in reversed(self.processes):
-            process.stop()
-        if self.postgres:
-            self.postgres.drop()
-        self.folder.cleanup()
+            process.send_signal()
+        try:
+            for process in reversed(self.processes):
+                process.stop()
+            for then in self.after_stop:
+                then()
+        finally:
+            if self.postgres:
+                self.postgres.drop()
+            self.folder.cleanup()
+
+    def stop_in_background(self):
+        """stop(), for a service no test uses any more: its processes are
+        signalled now, and the run goes on while they finish (each within
+        Process.stop's bounds); the run waits for every such stop before it
+        exits (the thread is not a daemon)."""
+        for process in reversed(self.processes):
+            process.send_signal()
+        threading.Thread(target=self.stop, name=f"stopping {self.dir.name}").start()
 
     @contextmanager
     def database(self):
@@ -385,7 +488,7 @@ _shared_services = {}
 
 
 def _stop_shared_service(key):
-    _shared_services.pop(key).stop()
+    _shared_services.pop(key).stop_in_background()
 
 
 class ServiceTestCase(ServiceClient, BoundedTestCase):
@@ -419,7 +522,7 @@ class ServiceTestCase(ServiceClient, BoundedTestCase):
     @classmethod
     def tearDownClass(cls):
         if not cls.share_server:
-            cls.service.stop()
+            cls.service.stop_in_background()
 
     def assertError(self, answer, status, mentions=None, also=()):
         """A JSON error body with the given status (and a message naming a field).
@@ -750,15 +853,17 @@ class FaultTestCase(ReportClient, ServiceClient, BoundedTestCase):
 
     def start_service(self, **env):
         service = LiveService(**env)
-        self.addCleanup(service.stop)
+        self.addCleanup(service.stop_in_background)
         self.service = service
         return service
 
     def start_service_on_rabbitmq(self):
-        """A service whose jobs go through a queue of this test alone on RabbitMQ."""
+        """A service whose jobs go through a queue of this test alone on RabbitMQ
+        (deleted once its processes have ended)."""
         queue = unique_name("test-faults-")
-        self.addCleanup(delete_queue, queue)
-        return self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
+        service = self.start_service(BROKER_URL=RABBITMQ_URL, REPORT_QUEUE=queue)
+        service.after_stop.append(lambda: delete_queue(queue))
+        return service
 
     def assertNoServerErrors(self, *processes):
         for process in processes:
