@@ -46,7 +46,7 @@ class EnvironmentIsolationTest(ServiceClient, BoundedTestCase):
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-        self.addCleanup(self.service.stop)
+        self.addCleanup(self.service.stop_in_background)
         for name in meddling:
             self.assertNotIn(name, self.service.env)
         server = self.service.start_server()

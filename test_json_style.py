@@ -8,6 +8,7 @@ responses.to_json, which writes it, is also tested in-process.
 
 import json
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.exc import OperationalError
 
@@ -65,18 +66,18 @@ class OneJsonStyleTest(unittest.TestCase):
                 if service is cls.services["postgresql"]
                 else f"sqlite:///{service.dir}/app.db"
             )
-        try:
-            for service in cls.services.values():
-                service.start_server()
+        try:  # both at once: each server starts on a database of its own
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(LiveService.start_server, cls.services.values()))
         except BaseException:
             cls.tearDownClass()
             raise
 
     @classmethod
     def tearDownClass(cls):
+        cls.services["postgresql"].after_stop.append(cls.postgres.drop)  # once it is stopped
         for service in cls.services.values():
-            service.stop()
-        cls.postgres.drop()
+            service.stop_in_background()
 
     def user_bytes_from_every_route(self, service):
         """{route: the bytes of the awkward user it returned}, on a fresh database."""

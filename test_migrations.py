@@ -64,7 +64,7 @@ class UpgradeChecks:
         if self.service.postgres:  # TEST_DATABASE_URL: this test makes its own database
             self.service.postgres.drop()
             self.service.postgres = None
-        self.addCleanup(self.service.stop)
+        self.addCleanup(self.service.stop_in_background)
         self.engine = create_engine(self.url)
         self.addCleanup(self.engine.dispose)
 

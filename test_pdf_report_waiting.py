@@ -23,7 +23,7 @@ from testing import (
     ServiceTestCase,
     pdf_text,
     rabbitmq_answers,
-    rabbitmqctl,
+    rabbitmq_stopped,
     require,
 )
 
@@ -155,9 +155,7 @@ class WaitingOnRabbitMQTest(Waiting, FaultTestCase):
         user, token = self.new_user_with_stats(victory_count=3)
         self.post_report(user, token)
         report_id = self.report_rows(user)[0][0]
-        rabbitmqctl("stop_app")
-        self.addCleanup(rabbitmqctl, "start_app")  # whatever happens below
-        try:
+        with rabbitmq_stopped():
             waiter = self.start_waiting(user, token)
             finished = subprocess.run(
                 [
@@ -173,8 +171,6 @@ class WaitingOnRabbitMQTest(Waiting, FaultTestCase):
                 timeout=60,
             )
             self.assertIn("finished job", finished.stdout, finished.stderr)
-        finally:
-            rabbitmqctl("start_app")
         answer, took = waiter.result(timeout=30)
         self.assertEqual(answer.status, 200, answer.body)
         self.assertLess(took, 9)  # not its deadline, 10 s

@@ -65,7 +65,7 @@ class ReadmeWalkTest(unittest.TestCase):
         # memory://) on a fresh data folder, whose database the server makes;
         # only the cheap test hashes differ.
         self.service = LiveService(fresh_database=True)
-        self.addCleanup(self.service.stop)
+        self.addCleanup(self.service.stop_in_background)
         self.service.start_server()
         self.terminal = Path(tempfile.mkdtemp(prefix="readme-walk-"))
         self.addCleanup(shutil.rmtree, self.terminal, ignore_errors=True)

@@ -192,7 +192,7 @@ class GeneratedSecretTest(ApiTestCase):
     def test_there_is_no_built_in_default_secret(self):
         self.sign_up()  # user 1 exists here, as it will there
         other = LiveService(**self.service_env)
-        self.addCleanup(other.stop)
+        self.addCleanup(other.stop_in_background)
         other.start_server()
         stranger = other.request("POST", "/users", {"username": unique_name(), "password": "pw"})
         self.assertEqual(stranger.status, 201, stranger.body)
@@ -206,7 +206,7 @@ class WeakSecretTest(BoundedTestCase):
 
     def start_with_secret(self, secret):
         service = LiveService(JWT_SECRET=secret, EMBEDDED_WORKER="off")
-        self.addCleanup(service.stop)
+        self.addCleanup(service.stop_in_background)
         process = service.start("server.py", PORT=str(free_port()))
         try:
             process.popen.wait(30)
@@ -225,7 +225,7 @@ class WeakSecretTest(BoundedTestCase):
 
     def test_a_32_byte_secret_starts(self):
         service = LiveService(JWT_SECRET="s" * 32, EMBEDDED_WORKER="off")
-        self.addCleanup(service.stop)
+        self.addCleanup(service.stop_in_background)
         service.start_server()
         self.assertEqual(service.request("GET", "/healthz").status, 200)
 

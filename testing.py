@@ -316,8 +316,9 @@ class LiveService:
             for env, port in zip(envs, ports, strict=True)
         ]
         for server, port in started:
-            wait_until(
+            wait_until(  # seconds, normally; a minute on a machine much busier than 2 cores
                 lambda server=server, port=port: self._answers(server, port),
+                timeout=60,
                 what=f"the server on port {port}",
             )
         self.server, self.port = started[-1]
@@ -831,6 +832,21 @@ def signal_if_alive(pid, signum):
 def rabbitmqctl(*args):
     """Runs rabbitmqctl on the machine's RabbitMQ (stop_app, start_app: a broker restart)."""
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120, stdout=subprocess.DEVNULL)
+
+
+@contextmanager
+def rabbitmq_stopped():
+    """RabbitMQ's app stopped for the with block (rabbitmqctl stop_app): a
+    broker restart. Started again once (start_app) however the block ends."""
+    try:
+        rabbitmqctl("stop_app")
+        yield
+    finally:
+        try:
+            rabbitmqctl("start_app")
+        except BaseException:  # cut short (a test out of time, say): once more
+            rabbitmqctl("start_app")
+            raise
 
 
 def require_rabbitmq(test_class):
