@@ -12,6 +12,7 @@ test_faults' SIGTERM, test_under_pressure's deaf-to-429).
 import logging
 import resource
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -187,6 +188,11 @@ def serve(wsgi_app, on_stop=None, on_answered=None, drain_seconds=8):
     left), which stops what else runs in the process (the embedded worker).
     on_answered(environ, status, seconds) hears of every request answered."""
     waitress.utilities.Error.to_response = json_error_response
+    # Each request passes from Waitress's event-loop thread to one of its
+    # workers: at CPython's default 5 ms switch interval they queue on the GIL
+    # (80 futex calls a request). GET /users/{id}, interleaved on this machine:
+    # 507-726 req/s at 5 ms, 1,678-1,818 at 20 us (BENCHMARKS.md, the ledger).
+    sys.setswitchinterval(0.00002)
     handler = logging.StreamHandler()  # the access log's lines, whatever logging's format
     handler.setFormatter(logging.Formatter("%(created).3f access %(message)s"))
     access_log.addHandler(handler)
