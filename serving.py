@@ -9,6 +9,8 @@ test that fails when an upgrade breaks it (test_conventions' malformed HTTP,
 test_faults' SIGTERM, test_under_pressure's deaf-to-429).
 """
 
+import contextlib
+import ctypes
 import logging
 import resource
 import signal
@@ -193,6 +195,14 @@ def serve(wsgi_app, on_stop=None, on_answered=None, drain_seconds=8):
     # (80 futex calls a request). GET /users/{id}, interleaved on this machine:
     # 507-726 req/s at 5 ms, 1,678-1,818 at 20 us (BENCHMARKS.md, the ledger).
     sys.setswitchinterval(0.00002)
+    # glibc keeps freed memory in an arena per thread, and after the first
+    # 16 MiB scrypt buffer is freed it serves the next from the arenas, not by
+    # mmap: under a login flood the server's peak RSS was 166 MiB (134 under a
+    # sign-up flood) without these, 86 MiB with them (bench, Under abuse: 120 MiB).
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to limit
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD: larger blocks by mmap, given back on free
     handler = logging.StreamHandler()  # the access log's lines, whatever logging's format
     handler.setFormatter(logging.Formatter("%(created).3f access %(message)s"))
     access_log.addHandler(handler)

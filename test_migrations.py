@@ -68,6 +68,14 @@ class UpgradeChecks:
         self.engine = create_engine(self.url)
         self.addCleanup(self.engine.dispose)
 
+    def index_names(self):
+        with self.engine.connect() as db:
+            if self.engine.dialect.name == "sqlite":
+                found = db.execute(text("SELECT name FROM sqlite_master WHERE type = 'index'"))
+            else:
+                found = db.execute(text("SELECT indexname FROM pg_indexes"))
+            return {row[0] for row in found}
+
     def make_old_database(self):
         """The database in the schema of the first revision, as servers before
         migrations made it (no alembic_version), with real rows in every table."""
@@ -143,6 +151,15 @@ class UpgradeChecks:
         self.assertEqual(
             stats, {"loss_count": 4, "session_count": 12, "total_time": 5000, "victory_count": 8}
         )
+        # The leaderboard of the rows kept: its count of players (0004) and an
+        # index for every order, the win rate's (an expression) included.
+        board = self.service.request("GET", "/leaderboard?by=win_rate", token=token)
+        self.assertEqual(
+            [(e["rank"], e["id"], e["value"]) for e in board.json], [(1, 2, 1.0), (2, 1, 8 / 12)]
+        )
+        self.assertEqual(board.header("X-Total-Count"), "2")
+        orders = ("victory_count", "loss_count", "session_count", "total_time", "win_rate")
+        self.assertLessEqual({f"stats_by_{by}" for by in orders}, self.index_names())
         # The finished report is served as it was; the pending one still becomes a PDF.
         report = self.service.request("GET", "/users/1/pdf", token=token)
         self.assertEqual(
