@@ -236,7 +236,12 @@ def _token_and_user(db, request, lock):
     except jwt.InvalidTokenError:
         raise _unauthorized("The token is not valid; log in again.") from None
     sub, version, jti = claims["sub"], claims["ver"], claims["jti"]
-    if not (sub.isascii() and sub.isdigit()) or type(version) is not int or type(jti) is not str:
+    if (
+        not (sub.isascii() and sub.isdigit())
+        or type(version) is not int
+        or type(jti) is not str
+        or len(jti) > 64  # the revoked_tokens column: a longer one could not be revoked
+    ):
         raise _unauthorized("The token is not valid; log in again.")
     # The revocation is read with the user: no round trip of its own.
     user = _find_token_user(db, int(sub), jti, lock)
@@ -254,7 +259,7 @@ def log_out(db, request, everywhere=False):
         models.update_user(db, user.id, {"token_version": users.c.token_version + 1})
     else:
         FORGET_REVOKED.run(db, {"now": time.time()})
-        REVOKE.run(db, {"jti": claims["jti"][:64], "exp": claims["exp"]})
+        REVOKE.run(db, {"jti": claims["jti"], "exp": claims["exp"]})
 
 
 # What the caller may touch

@@ -335,10 +335,12 @@ def find_stats(db, user_id):
 
 def update_stats(db, user_id, fields):
     """The stats after the change (fields not given keep their value)."""
-    had_played = played(find_stats(db, user_id))
+    # Only a change of victories or losses can change whom the win rate ranks.
+    counted = "victory_count" in fields or "loss_count" in fields
+    had_played = counted and played(find_stats(db, user_id))
     row = UPDATE_STATS.first(
         db, {"id": user_id, **{name: fields.get(name) for name in STAT_FIELDS}}
     )
-    if played(row) != had_played:  # the win-rate leaderboard's count
+    if counted and played(row) != had_played:  # the win-rate leaderboard's count
         COUNT_PLAYERS.run(db, {"change": -1 if had_played else 1})
     return row

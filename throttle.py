@@ -4,10 +4,10 @@ username (auth.py), sign-ups and logins by client address (limits.py).
 
 A key's events take numbered slots, 0 to limit - 1: an event takes a free
 slot, or the slot of one that has left the window (requests of one key at
-once start looking at different slots, so that they seldom pick the same). Taking a slot is one
-INSERT ... ON CONFLICT DO UPDATE that overwrites only an event out of the
-window, so of two servers that pick the same slot at once, one gets it and
-the other counts again. Rows older than the longest window are forgotten by
+once may start looking at different slots, so that they seldom pick the
+same). Taking a slot is one INSERT ... ON CONFLICT DO UPDATE that overwrites
+only an event out of the window, so of two servers that pick the same slot
+at once, one gets it and the other counts again. Rows older than the longest window are forgotten by
 every server's sweep (forget_old).
 """
 

@@ -15,7 +15,7 @@ TITLE = "API: the service against a bare Bottle + Waitress app (the ceiling)"
 
 def api_loads(user):
     """The three routes of the API section: (name, load, least share of the ceiling),
-    the floors that issue 20 set to stay whatever else changes."""
+    the floors the service keeps whatever else changes (BENCHMARKS.md, What each trick buys)."""
     return [
         ("GET /users/{id}", Load("GET", f"/users/{user.id}"), 0.40),
         ("GET /users?limit=100", Load("GET", "/users?limit=100"), 0.45),

@@ -6,7 +6,7 @@ scratch PostgreSQL database, made on POSTGRES_URL's server and dropped at the
 end (its rows are skipped when that server does not answer). Then the API
 section's load, interleaved: GET /users/{id} and GET /users?limit=100 on each
 SQLite size; and at the largest size, on each database, the first page of
-GET /leaderboard for each order beside GET /users?limit=100 (issue 22: at
+GET /leaderboard for each order beside GET /users?limit=100 (CONTRACT.md, Leaderboard: at
 least half its requests per second).
 """
 
