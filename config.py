@@ -35,14 +35,11 @@ def _list(name):  # the comma-separated entries of a variable, without blanks
     return [entry.strip() for entry in os.environ.get(name, "").split(",") if entry.strip()]
 
 
-def _networks(name):
-    networks = []
-    for entry in _list(name):
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise SystemExit(f"{name}: {entry!r} is not an address or CIDR range") from None
-    return tuple(networks)
+def _network(name, entry):
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise SystemExit(f"{name}: {entry!r} is not an address or CIDR range") from None
 
 
 HOST = os.environ.get("HOST", "127.0.0.1")
@@ -74,18 +71,15 @@ JWT_TTL = _int("JWT_TTL", 86400, minimum=1)
 
 CORS_ORIGINS = frozenset(origin.rstrip("/") for origin in _list("CORS_ORIGINS"))
 
-# scrypt's CPU/memory cost N. Only the test suite lowers it, to keep its
-# hundreds of sign-ups fast; production keeps OWASP's minimum (2**14).
+# scrypt's cost N: OWASP's minimum; only the test suite lowers it, for its many sign-ups.
 SCRYPT_N = _int("SCRYPT_N", 2**14, minimum=2)
 if SCRYPT_N & (SCRYPT_N - 1):
     raise SystemExit(f"SCRYPT_N must be a power of two, got {SCRYPT_N}")
 
-# Seconds during which 10 failed logins throttle a username: 300 (CONTRACT.md).
-# Only the tests shorten it, to see the throttle lift without waiting five minutes.
+# Seconds during which 10 failed logins throttle a username (CONTRACT.md); tests shorten it.
 LOGIN_FAILURE_WINDOW = _int("LOGIN_FAILURE_WINDOW", 300, minimum=1)
 
-# Seconds after which a report still pending is taken for one whose job was lost
-# (its server died before publishing) and published again: 60. Only the tests shorten it.
+# Seconds after which a pending report's job is taken for lost, and published again.
 REPUBLISH_AFTER = _int("REPUBLISH_AFTER", 60, minimum=1)
 
 # Under pressure (CONTRACT.md): what one client, or a flood, may take.
@@ -97,7 +91,7 @@ HEADER_TIMEOUT = _int("HEADER_TIMEOUT", 10, minimum=1)  # seconds
 MAX_WAITING = _int("MAX_WAITING", WEB_THREADS // 2)
 
 # Peers whose X-Forwarded-For names the client (addresses or CIDR ranges).
-TRUSTED_PROXIES = _networks("TRUSTED_PROXIES")
+TRUSTED_PROXIES = tuple(_network("TRUSTED_PROXIES", entry) for entry in _list("TRUSTED_PROXIES"))
 
 # Every process's log lines on stderr (the access log is serving.py's own).
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"

@@ -1,8 +1,7 @@
-"""The OpenAPI 3.1 document served at /openapi.json. OPERATIONS: every route of
-CONTRACT.md by tag, with its operationId (generated clients name their functions
-after it: logIn is log_in), summary and answers. SCHEMAS, with EXAMPLES, and HEADERS:
-what they refer to. The body schemas are built from validation.py's rules, so that
-the document cannot drift from the server."""
+"""The OpenAPI 3.1 document served at /openapi.json: OPERATIONS, every route of CONTRACT.md
+by tag with its operationId (generated clients name their functions after it), summary and
+answers; the SCHEMAS, EXAMPLES and HEADERS they refer to. Body schemas are built from
+validation.py's rules, so that the document cannot drift from the server."""
 
 from functools import cache
 
@@ -48,9 +47,8 @@ OPTIONAL = {"Link", "Preference-Applied"}  # when more follow; when the request 
 
 
 def answer(spec, content=None):
-    """(status, response) from "status [schema] [header ...]: description": the JSON
-    body's schema ("[User]": an array of them; an error naming none has the Error body)
-    and the headers sent. content: the body's media types, when not JSON."""
+    """(status, response) from "status [schema] [header ...]: description" ("[User]": an
+    array; an error naming no schema has the Error body). content: media types, if not JSON."""
     head, description = spec.split(": ", 1)
     status, *names = head.split()
     result = {"description": description}
@@ -67,9 +65,8 @@ def answer(spec, content=None):
 
 
 def operation(name_and_summary, *answers, body=None, optional_body=None, **more):
-    """An operation, named "operationId: summary" ("putX|updateX" for "PUT|PATCH /path").
-    answers: answer()'s specs, or its answers. body (or optional_body): the name of the
-    request body's schema. more: its parameters. with_conventions() adds the usual answers."""
+    """An operation from "operationId: summary" ("putX|updateX" for "PUT|PATCH /path"),
+    answer()'s specs or answers, the request body's schema name, and more (parameters)."""
     name, summary = name_and_summary.split(": ", 1)
     if body or optional_body:
         content = {"application/json": {"schema": ref(body or optional_body)}}
@@ -92,9 +89,8 @@ CONVENTIONS = [
 
 
 def with_conventions(verb, path, operation):
-    """The operation, and the answers of CONTRACT.md's conventions where it has none of its
-    own: 400 if it reads a body, 401 (and the bearer scheme) if it needs a token, 403 if it
-    writes a user's resources, 404 on a path with {id}, and 413 always."""
+    """The operation with CONVENTIONS' answers where it has none of its own: 400 if it reads a
+    body, 401 (and bearer) with a token, 403 if it writes a user's, 404 with {id}, 413 always."""
     token, by_id = f"{verb} {path}" not in OPEN, "{id}" in path
     applies = ["requestBody" in operation, token, token and by_id and verb != "GET", by_id, 1]
     answers = dict(answer(spec) for spec, yes in zip(CONVENTIONS, applies, strict=True) if yes)
@@ -117,9 +113,8 @@ BUSY_HASHING = (
     "this username); nothing was created or changed, and it is not a failed login: retry "
     "after Retry-After seconds"
 )
-# The server sends application/pdf. openapi-python-client reads no such media
-# type (it warns and drops the response): the octet-stream entry, the same
-# bytes, makes its clients give a File (format binary: bytes, a file to them).
+# application/pdf, and the same bytes as octet-stream: openapi-python-client drops a response
+# of a media type it does not know, and gives a File for this one.
 PDF_BYTES = {"type": "string", "format": "binary", "contentMediaType": "application/pdf"}
 PDF = {"application/pdf": {"schema": PDF_BYTES}, "application/octet-stream": {"schema": PDF_BYTES}}
 PREFER = parameter("Prefer", {**STRING, "examples": ["wait=10"]}, "header")
@@ -240,7 +235,6 @@ ID_PARAMETER["description"] = "A positive integer below 2**63; any other id is a
 
 
 def paths():
-    """OPERATIONS by path and verb, each under its tag."""
     result = {}
     for group, operations in OPERATIONS.items():
         for route, operation in operations.items():
@@ -294,8 +288,7 @@ SCHEMAS = {
     "ReportQueued": strict(url=user_path("/pdf"), status=PENDING),
     "ReportPending": strict(status=PENDING),
 }
-# What Swagger UI at /docs shows, and fills "Try it out" with; without them it
-# makes values up from the patterns, unreadable ones. Each is valid for its schema.
+# What Swagger UI shows and fills "Try it out" with (else values made up from the patterns).
 USER = {"id": 1, "username": "user1", "email": "user1@ggmail.com", "gender": "male"}
 USER |= {"profile_pic": None, "self": "/users/1", "stats": "/users/1/stats", "pdf": "/users/1/pdf"}
 LOGIN = {"username": "user1", "password": "s3cret"}
@@ -327,8 +320,7 @@ DOCUMENT = {
         "without the body, and any other method is 405 with Allow. Request bodies are read "
         "as JSON whatever their Content-Type.",
     },
-    # Relative, so right on any host and port: OpenAPI 3.1 reads a relative
-    # server URL against the document's own location (this service's root).
+    # Relative: OpenAPI 3.1 reads it against the document's own URL, right on any host.
     "servers": [{"url": "/", "description": "This service, where this document was read"}],
     "tags": TAGS,
     "paths": paths(),

@@ -1,9 +1,8 @@
 """The HTTP API of CONTRACT.md, route by route: a Bottle app.
 
-A request flows route -> body validation -> model -> (queue) -> response.
-Every answer is JSON (errors included), in one style (responses.py).
-serving.py serves the app on Waitress, adds the headers every response
-carries and its access-log line, and stops gracefully; main() starts it all.
+A request flows route -> body validation -> model -> (queue) -> response,
+and every answer is JSON in one style (responses.py). main() starts it all
+on Waitress (serving.py).
 """
 
 import logging
@@ -49,10 +48,8 @@ app = conventions.new_app()
 
 @app.hook("after_request")
 def keep_private_answers_private():
-    """CONTRACT.md: what a route that needs a token answers is the caller's own:
-    no shared cache keeps it, and a browser asks again before reusing it (a
-    conditional GET of the PDF still gets its 304). An answer that carries a
-    token says no-store itself."""
+    """CONTRACT.md: what a route that needs a token answers is the caller's own, kept by no
+    shared cache and asked again by a browser. An answer carrying a token says no-store."""
     route = request.environ.get("bottle.route")
     if route is not None and route.config.get("needs_token") and "Cache-Control" not in response:
         response.set_header("Cache-Control", "private, no-cache")
@@ -107,9 +104,8 @@ def create_user():
     except database.IntegrityError:
         raise username_taken(fields["username"]) from None
     body = f'{{"user":{representation},"token":{to_json(auth.issue_token(user))}}}'
-    return json_text_response(
-        body, 201, {"Location": f"/users/{user_id}", "Cache-Control": "no-store"}
-    )
+    headers = {"Location": f"/users/{user_id}", "Cache-Control": "no-store"}
+    return json_text_response(body, 201, headers)
 
 
 @app.get("/users/me", needs_token=True)
@@ -231,10 +227,8 @@ def login():
     user = auth.log_in(username, password, hashing=limits.hash_budget.held)
     if user is None:
         raise ApiError(401, BAD_LOGIN, WWW_Authenticate="Bearer")
-    return json_response(
-        {"success": True, "token": auth.issue_token(user), "user": f"/users/{user.id}"},
-        headers={"Cache-Control": "no-store"},
-    )
+    body = {"success": True, "token": auth.issue_token(user), "user": f"/users/{user.id}"}
+    return json_response(body, headers={"Cache-Control": "no-store"})
 
 
 @app.post("/logout", needs_token=True)
@@ -262,15 +256,12 @@ embedded_worker = None  # worker.Worker, when this server runs one (main)
 
 @app.get("/healthz")
 def healthz():
-    parts = {
-        "database": "ok" if models.database_is_up() else "down",
-        # With the embedded worker, the broker is of no use unless it consumes.
-        "broker": "ok"
-        if jobs.broker_is_up() and (embedded_worker is None or embedded_worker.consuming)
-        else "down",
-    }
-    up = all(state == "ok" for state in parts.values())
-    return json_response({"status": "ok" if up else "down", **parts}, 200 if up else 503)
+    # With the embedded worker, the broker is of no use unless it consumes.
+    consuming = embedded_worker is None or embedded_worker.consuming
+    parts = {"database": models.database_is_up(), "broker": jobs.broker_is_up() and consuming}
+    up = all(parts.values())
+    body = {name: "ok" if part else "down" for name, part in {"status": up, **parts}.items()}
+    return json_response(body, 200 if up else 503)
 
 
 @app.get("/metrics")
@@ -318,9 +309,8 @@ def main():
 
 
 def sweep():
-    """Every server, for as long as it runs: finds the reports whose job was
-    lost, and forgets the throttles' old events (a sixth of REPUBLISH_AFTER apart,
-    10 s: a lost job is found within that of its being due)."""
+    """Every server, every 10 s (a sixth of REPUBLISH_AFTER, if less): publishes again
+    the jobs that were lost, and forgets the throttles' old events."""
     longest_window = max(auth.FAILURE_WINDOW, limits.Rate.WINDOW)
     while True:
         time.sleep(min(10, reports.REPUBLISH_AFTER / 6))

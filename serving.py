@@ -1,12 +1,11 @@
-"""Serving the WSGI app on Waitress: the headers and the access log of every
-response, Waitress's own errors as JSON, connections that no client can hoard,
-refusals paced, and the graceful stop. It knows nothing of the routes.
+"""Serving the WSGI app on Waitress: the headers and access log of every response,
+Waitress's own errors as JSON, connections no client can hoard, paced refusals, and
+the graceful stop. It knows nothing of the routes.
 
-Waitress has no public API for its error pages (`Error.to_response`) or for a
-graceful stop (its event loop, `server._map`, `task_dispatcher`), and the paced
-refusals subclass its channel and task. Those reaches live here only, each with a
-test that fails when an upgrade breaks it (test_conventions' malformed HTTP,
-test_faults' SIGTERM, test_under_pressure's deaf-to-429).
+Waitress has no public API for its error pages (`Error.to_response`) or a graceful
+stop (`server._map`, `task_dispatcher`), and the paced refusals subclass its channel
+and task: those reaches live here only, each with a test that fails if an upgrade
+breaks it (test_conventions' malformed HTTP, test_faults' SIGTERM, test_under_pressure).
 """
 
 import contextlib
@@ -33,13 +32,10 @@ from responses import error_body
 log = logging.getLogger("serving")
 access_log = logging.getLogger("access")
 
-# CONTRACT.md's six, and Preference-Applied: a page that waits for a report
-# (Prefer: wait=N) reads whether it waited.
-EXPOSED_HEADERS = (
-    "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After, Preference-Applied"
-)
-# What a page may send beyond the safe headers: the token, JSON, the
-# conditional GETs of a report, and Prefer: wait=N.
+# CONTRACT.md's six, and Preference-Applied (whether a Prefer: wait=N GET waited).
+EXPOSED_HEADERS = "Location, Link, X-Total-Count, ETag, Last-Modified, Retry-After, "
+EXPOSED_HEADERS += "Preference-Applied"
+# Beyond the safe headers: the token, JSON, a report's conditional GETs, Prefer: wait=N.
 ALLOWED_HEADERS = "Authorization, Content-Type, If-None-Match, If-Modified-Since, Prefer"
 # Characters a path keeps as they are in the access log; any other is percent-encoded.
 PATH_AS_IS = "/!$&'()*+,;=:@"
@@ -88,33 +84,27 @@ def with_common_headers(wsgi_app, on_answered=None):
 
 
 def json_error_response(error, ident=None):
-    """Waitress's Error.to_response, which answers malformed HTTP in plain text;
-    replaced, as CONTRACT.md has every body JSON and Waitress has no hook for it."""
+    """Replaces Waitress's Error.to_response (malformed HTTP in plain text): CONTRACT.md has
+    every body JSON, and Waitress has no hook for it."""
     headers = [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")]
     body = error_body(f"{error.reason}: {error.body}").encode("utf-8")
     return f"{error.code} {error.reason}", headers, body
 
 
-# Connections that no client can hoard
-#
-# Waitress stops accepting at connection_limit, and keeps a silent connection for
-# channel_timeout (120 s): 100 idle sockets from one client used to lock everyone
-# else out. Here a new connection is always accepted; when its address holds too
-# many, or the server too many in all, the oldest idle one (no request being
-# served: silent, between requests, or headers still coming) is shed. A request
+# Connections that no client can hoard. Waitress stops accepting at connection_limit and
+# keeps a silent connection for 120 s: 100 idle sockets of one client locked everyone else
+# out. Here a new connection is always accepted; when its address holds too many, or the
+# server too many in all, the oldest idle one (no request being served) is shed. A request
 # whose headers take over HEADER_TIMEOUT is dropped.
 
-# Open connections in all (each costs a socket and a few KiB): 1,000, or what
-# the process may open (ulimit -n) less room for the database's and the broker's.
+# In all: 1,000, or what ulimit -n allows, less room for the database's and broker's.
 _open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 CONNECTION_LIMIT = 1000 if _open_files == resource.RLIM_INFINITY else min(1000, _open_files - 200)
 ADDRESS_LIMIT = 100  # one address's; a class behind one NAT still fits, idle ones are shed
 
-# A connection that was just told 429 (over its rate) is not read again for
-# REFUSED_PAUSE: a client deaf to Retry-After then gets 1 answer per pause per
-# connection, not as many as the server can make. The 429 goes out at once, and
-# the pause holds no thread, only the socket. Reads beside a flood of 429s: 0.34x-0.44x
-# of their rate alone without the paced channel, 0.89x-0.95x with it (BENCHMARKS.md).
+# A connection just told 429 is not read again for REFUSED_PAUSE: a client deaf to
+# Retry-After gets one answer per pause per connection, and the pause holds no thread.
+# Reads beside a flood of 429s: 0.34x-0.44x of their rate alone without it, 0.89x-0.95x with.
 REFUSED_PAUSE = 0.5  # seconds
 
 
@@ -138,9 +128,8 @@ class PacedTask(WSGITask):
 
 
 class GuardedChannel(HTTPChannel):
-    """Waitress's channel, which sheds an idle one of its address's (or of all)
-    when there are too many, knows since when its request's headers have been
-    arriving, and is not read while paused (PacedTask)."""
+    """Waitress's channel, which sheds an idle one of its address's (or of all) when there
+    are too many, knows since when its headers are arriving, and is not read while paused."""
 
     task_class = PacedTask
     by_address = defaultdict(dict)  # address -> {channel: None}, oldest first
@@ -185,20 +174,15 @@ def drop_slow_headers(server):
 
 
 def serve(wsgi_app, on_stop=None, on_answered=None, drain_seconds=8):
-    """Serve wsgi_app on HOST:PORT until SIGTERM or SIGINT; then stop accepting,
-    finish what is in flight (at most drain_seconds), and call on_stop(seconds
-    left), which stops what else runs in the process (the embedded worker).
+    """Serve wsgi_app on HOST:PORT until SIGTERM or SIGINT; then stop accepting, finish what
+    is in flight (at most drain_seconds), and call on_stop(seconds left) (the embedded worker).
     on_answered(environ, status, seconds) hears of every request answered."""
     waitress.utilities.Error.to_response = json_error_response
-    # Each request passes from Waitress's event-loop thread to one of its
-    # workers: at CPython's default 5 ms switch interval they queue on the GIL
-    # (80 futex calls a request). GET /users/{id}, interleaved on this machine:
-    # 507-726 req/s at 5 ms, 1,678-1,818 at 20 us (BENCHMARKS.md, the ledger).
+    # Each request passes from Waitress's event loop to a worker thread: at the default 5 ms
+    # switch interval they queue on the GIL. GET /users/{id}: 507-726 req/s, 1,678-1,818 here.
     sys.setswitchinterval(0.00002)
-    # glibc keeps freed memory in an arena per thread, and after the first
-    # 16 MiB scrypt buffer is freed it serves the next from the arenas, not by
-    # mmap: under a login flood the server's peak RSS was 166 MiB (134 under a
-    # sign-up flood) without these, 86 MiB with them (bench, Under abuse: 120 MiB).
+    # glibc keeps freed 16 MiB scrypt buffers in per-thread arenas: peak RSS under a login
+    # flood 166 MiB without these, 86 MiB with them (the ceiling is 120).
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to limit
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-8, 2)  # M_ARENA_MAX
@@ -218,9 +202,8 @@ def serve(wsgi_app, on_stop=None, on_answered=None, drain_seconds=8):
         ident="",
         # The channels shed first; Waitress's own limit is only a backstop.
         connection_limit=CONNECTION_LIMIT + 50,
-        # X-Forwarded-For reaches the app, which trusts it only from TRUSTED_PROXIES
-        # (CIDR ranges, right-most untrusted hop: limits.client_address); Waitress's
-        # own trusted_proxy takes one address and would strip the header otherwise.
+        # X-Forwarded-For reaches the app, which trusts it from TRUSTED_PROXIES (CIDR ranges:
+        # limits.client_address); Waitress's trusted_proxy takes one address, strips it else.
         clear_untrusted_proxy_headers=False,
     )
     server.channel_class = GuardedChannel
@@ -228,9 +211,8 @@ def serve(wsgi_app, on_stop=None, on_answered=None, drain_seconds=8):
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    # waitress.serve() has no graceful stop (README: SIGTERM finishes the requests in
-    # flight within 10 s): run its event loop on server._map, its channels, ourselves.
-    # poll, not select: select cannot watch a socket numbered over 1023.
+    # waitress.serve() has no graceful stop (README: SIGTERM finishes requests in flight
+    # within 10 s): run its event loop ourselves. poll: select cannot watch fds over 1023.
     next_sweep = 0
     while not stopping.is_set():
         wasyncore.loop(timeout=0.2, map=server._map, count=1, use_poll=True)
@@ -241,8 +223,7 @@ def serve(wsgi_app, on_stop=None, on_answered=None, drain_seconds=8):
     server.del_channel()
     server.socket.close()
     deadline = time.monotonic() + drain_seconds
-    # Until two polls in a row find nothing in flight: a request whose bytes
-    # had arrived but were not read yet shows up only after a poll.
+    # Two polls in a row with nothing in flight: bytes not read yet show up after a poll.
     quiet_polls, dispatcher = 0, server.task_dispatcher
     while quiet_polls < 2 and time.monotonic() < deadline:
         wasyncore.loop(timeout=0.05, map=server._map, count=1, use_poll=True)

@@ -15,10 +15,12 @@ MAX_BODY = 1 << 20  # 1 MiB
 
 
 class Text:
-    def __init__(self, max_length, min_length=0, pattern=None, nullable=False, what="a string"):
-        self.max_length, self.min_length = max_length, min_length
-        self.pattern = pattern and re.compile(pattern)
-        self.nullable, self.what = nullable, what
+    """A string of min_length to max_length characters matching pattern (None too, if nullable);
+    what: the rule in words, for the 400."""
+
+    def __init__(self, what, max_length, min_length=0, pattern=None, nullable=False):
+        self.what, self.max_length, self.min_length = what, max_length, min_length
+        self.pattern, self.nullable = pattern and re.compile(pattern), nullable
 
     def accepts(self, value):
         if value is None:
@@ -36,15 +38,21 @@ class Text:
         return value
 
     def schema(self):
-        schema = {
-            "type": ["string", "null"] if self.nullable else "string",
-            "maxLength": self.max_length,
-        }
+        schema = {"type": ["string", "null"] if self.nullable else "string"}
+        schema["maxLength"] = self.max_length
         if self.min_length:
             schema["minLength"] = self.min_length
         if self.pattern:
             schema["pattern"] = f"^{self.pattern.pattern}$"
         return schema
+
+
+def _has_lone_surrogate(value):
+    try:
+        value.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 class Count:
@@ -60,49 +68,25 @@ class Count:
     def schema(self):
         # JSON Schema compares numbers by value (2.0 is the integer 2 to it); the
         # server goes by the spelling, so the description states what the schema cannot.
-        return {
-            "type": "integer",
-            "minimum": 0,
-            "maximum": self.maximum,
-            "description": "Written as a JSON integer: a fraction or an exponent "
-            "(1.0, 1e2, -0.0) makes it a float, which is 400.",
-        }
-
-
-def _has_lone_surrogate(value):
-    try:
-        value.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
+        schema = {"type": "integer", "minimum": 0, "maximum": self.maximum}
+        schema["description"] = (
+            "Written as a JSON integer: a fraction or an exponent (1.0, 1e2, -0.0) makes it a "
+            "float, which is 400."
+        )
+        return schema
 
 
 # No control characters in stored text: PostgreSQL refuses NUL, and none belongs there.
 PRINTABLE = r"[^\x00-\x1f\x7f]"
+EMAIL = r"[^@ \x00-\x1f\x7f]+@[^@ \x00-\x1f\x7f]+\.[^@ \x00-\x1f\x7f]+"
+# Spelled out rather than \s or (?i): JSON Schema's regex dialect differs on those.
+URL = r"[Hh][Tt][Tt][Pp][Ss]?://[^ /?#\x00-\x1f\x7f]+[^ \x00-\x1f\x7f]*"
 USER_FIELDS = {
-    "username": Text(32, 1, r"[A-Za-z0-9_.-]+", what="1 to 32 letters, digits, '_', '-' or '.'"),
-    "password": Text(256, 1, what="a string of 1 to 256 characters"),
-    "email": Text(
-        254,
-        3,
-        r"[^@ \x00-\x1f\x7f]+@[^@ \x00-\x1f\x7f]+\.[^@ \x00-\x1f\x7f]+",
-        nullable=True,
-        what="null or an email address of at most 254 characters",
-    ),
-    "gender": Text(
-        32,
-        pattern=PRINTABLE + "*",
-        nullable=True,
-        what="null or a string of at most 32 printable characters",
-    ),
-    # Spelled out rather than \s or (?i): JSON Schema's regex dialect differs on those.
-    "profile_pic": Text(
-        2048,
-        pattern=r"[Hh][Tt][Tt][Pp][Ss]?://"
-        r"[^ /?#\x00-\x1f\x7f]+[^ \x00-\x1f\x7f]*",
-        nullable=True,
-        what="null or an http(s) URL of at most 2048 characters",
-    ),
+    "username": Text("1 to 32 letters, digits, '_', '-' or '.'", 32, 1, r"[A-Za-z0-9_.-]+"),
+    "password": Text("a string of 1 to 256 characters", 256, 1),
+    "email": Text("null or an email address of at most 254 characters", 254, 3, EMAIL, True),
+    "gender": Text("null or at most 32 printable characters", 32, 0, PRINTABLE + "*", True),
+    "profile_pic": Text("null or an http(s) URL of at most 2048 characters", 2048, 0, URL, True),
 }
 PASSWORD_CHANGE_FIELDS = {"current_password": USER_FIELDS["password"]}
 STATS_FIELDS = {
@@ -149,12 +133,6 @@ def reject_unknown_fields(body, allowed, ignored=frozenset()):
 
 
 def object_schema(rules, required=(), extra=None):
-    properties = {name: rule.schema() for name, rule in rules.items()}
-    schema = {
-        "type": "object",
-        "properties": {**properties, **(extra or {})},
-        "additionalProperties": False,
-    }
-    if required:
-        schema["required"] = list(required)
-    return schema
+    properties = {name: rule.schema() for name, rule in rules.items()} | (extra or {})
+    schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    return schema | ({"required": list(required)} if required else {})
