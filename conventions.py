@@ -1,6 +1,5 @@
-"""What every route of a Bottle app shares (CONTRACT.md, Conventions):
-ids that are positive integers, 413 for a body over 1 MiB on any route,
-OPTIONS answered with Allow, 405 with Allow, and Bottle's own error pages
+"""What every route of a Bottle app shares (CONTRACT.md, Conventions): positive integer
+ids, 413 for a body over 1 MiB, OPTIONS and 405 with Allow, and Bottle's own error pages
 (no route, wrong method, an uncaught exception) as JSON errors."""
 
 import logging

@@ -1,10 +1,6 @@
-"""The browser pages of CONTRACT.md: the console at / and Swagger UI at /docs.
-
-Both are files, of this project (console/) and of the pinned Swagger UI
-package, all served from this origin: each page's Content-Security-Policy
-holds the browser to that, with no inline script, and they send no Referer
-to anyone (Referrer-Policy). Every other answer stays JSON: a file that is
-not there is the API's JSON 404 (conventions.py).
+"""The browser pages of CONTRACT.md: the console at / and Swagger UI at /docs, files of
+this project (console/) and of the pinned Swagger UI package, served from this origin only
+(Content-Security-Policy, no inline script) with no Referer. A missing file is a JSON 404.
 """
 
 import hashlib
@@ -20,9 +16,8 @@ SWAGGER_UI = str(swagger_ui_path)
 # What docs.html loads; the package's own index.html would start on a petstore.
 SWAGGER_UI_FILES = {"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png"}
 
-# This origin only, no inline script, no <base>, not framed by other sites.
-# Beyond that, the console shows its report (a PDF it fetched with the token)
-# in a frame from a blob: URL, and Swagger UI's CSS draws icons from data: URLs.
+# This origin only, no inline script, no <base>, not framed. The console shows its report in
+# a frame from a blob: URL, and Swagger UI's CSS draws icons from data: URLs.
 POLICY = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 CONSOLE_POLICY = f"{POLICY}; frame-src blob:"
 DOCS_POLICY = f"{POLICY}; img-src 'self' data:"

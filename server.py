@@ -60,8 +60,6 @@ def username_taken(username):
 
 
 # Users
-
-
 @app.get("/users")
 def list_users():
     limit = query_int("limit", default=100, minimum=1, maximum=1000)
@@ -170,8 +168,6 @@ def delete_user(user_id):
 
 
 # Stats
-
-
 @app.get("/users/<user_id:id>/stats", needs_token=True)
 def get_stats(user_id):
     with database.reading() as db:
@@ -191,8 +187,6 @@ def update_stats(user_id):
 
 
 # Leaderboard
-
-
 @app.get("/leaderboard", needs_token=True)
 def get_leaderboard():
     with database.reading() as db:
@@ -249,8 +243,6 @@ pages.add_routes(app)
 
 
 # Service
-
-
 embedded_worker = None  # worker.Worker, when this server runs one (main)
 
 
