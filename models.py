@@ -182,15 +182,6 @@ COUNT_DELETION = Statement(
 COUNT_PLAYERS = Statement(
     update(user_count).values(with_games=user_count.c.with_games + bindparam("change"))
 )
-RECOUNT_USERS = Statement(
-    update(user_count).values(
-        n=select(func.count()).select_from(users).scalar_subquery(),
-        with_games=select(func.count())
-        .select_from(stats)
-        .where(text(PLAYED.format(t="")))
-        .scalar_subquery(),
-    )
-)
 # The user representation is written as JSON by the database: building rows
 # and dicts in Python, then encoding them, cost more than the rest of a request
 # (the list went from 0.22x to 0.74x of the ceiling). Spelt out key by key, in
@@ -297,11 +288,6 @@ def delete_user(db, user_id):
     had_played = played(find_stats(db, user_id))
     if DELETE_USER.run(db, {"id": user_id}).rowcount:  # stats, reports: ON DELETE CASCADE
         COUNT_DELETION.run(db, {"played": int(had_played)})
-
-
-def recount_users(db):
-    """For whoever adds users behind the service's back (the benchmark's seeding)."""
-    RECOUNT_USERS.run(db)
 
 
 # Stats
