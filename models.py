@@ -173,14 +173,12 @@ USER_BY_ID = Statement(_user_by_id)
 # NO KEY: inserting a report or stats row, which only key-shares it, need not wait.
 USER_BY_ID_LOCKED = Statement(_user_by_id.with_for_update(key_share=True))
 USER_BY_NAME = Statement(select(users).where(users.c.username == bindparam("username")))
-COUNT_SIGN_UP = Statement(update(user_count).values(n=user_count.c.n + 1))
-COUNT_DELETION = Statement(
+# The user_count row, by how many users and players (with_games) a write adds or removes.
+COUNT_CHANGE = Statement(
     update(user_count).values(
-        n=user_count.c.n - 1, with_games=user_count.c.with_games - bindparam("played")
+        n=user_count.c.n + bindparam("users"),
+        with_games=user_count.c.with_games + bindparam("players"),
     )
-)
-COUNT_PLAYERS = Statement(
-    update(user_count).values(with_games=user_count.c.with_games + bindparam("change"))
 )
 # The user representation is written as JSON by the database: building rows
 # and dicts in Python, then encoding them, cost more than the rest of a request
@@ -272,7 +270,7 @@ def create_user(db, fields):
     """The new user's id, with their stats at zero; IntegrityError if the name is taken."""
     user_id = INSERT_USER.scalar(db, {name: fields.get(name) for name in NEW_USER_COLUMNS})
     INSERT_STATS.run(db, {"id": user_id})
-    COUNT_SIGN_UP.run(db)
+    COUNT_CHANGE.run(db, {"users": 1, "players": 0})
     return user_id
 
 
@@ -287,7 +285,7 @@ def update_user(db, user_id, fields):
 def delete_user(db, user_id):
     had_played = played(find_stats(db, user_id))
     if DELETE_USER.run(db, {"id": user_id}).rowcount:  # stats, reports: ON DELETE CASCADE
-        COUNT_DELETION.run(db, {"played": int(had_played)})
+        COUNT_CHANGE.run(db, {"users": -1, "players": -int(had_played)})
 
 
 # Stats
@@ -328,5 +326,5 @@ def update_stats(db, user_id, fields):
         db, {"id": user_id, **{name: fields.get(name) for name in STAT_FIELDS}}
     )
     if counted and played(row) != had_played:  # the win-rate leaderboard's count
-        COUNT_PLAYERS.run(db, {"change": -1 if had_played else 1})
+        COUNT_CHANGE.run(db, {"users": 0, "players": -1 if had_played else 1})
     return row
