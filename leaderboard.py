@@ -14,8 +14,7 @@ from sqlalchemy import Float, bindparam, func, literal_column, select, text
 from database import Statement
 from models import PLAYED, WIN_RATE, stats, user_count, users
 
-COUNTS = ("victory_count", "loss_count", "session_count", "total_time")
-ORDERS = (*COUNTS, "win_rate")
+ORDERS = ("victory_count", "loss_count", "session_count", "total_time", "win_rate")
 
 
 def _statements(by):
@@ -55,13 +54,6 @@ def page(db, by, limit, offset):
             rank = position + 1  # the first of its value: those before are better
         else:  # the page's first row: ties may reach back onto earlier pages
             rank = better.scalar(db, {"value": row.value}) + 1
-        entries.append(
-            {
-                "rank": rank,
-                "id": row.id,
-                "username": row.username,
-                "self": f"/users/{row.id}",
-                "value": row.value,
-            }
-        )
+        user = {"id": row.id, "username": row.username, "self": f"/users/{row.id}"}
+        entries.append({"rank": rank, **user, "value": row.value})
     return (rows[0].total if rows else count.scalar(db)), entries
