@@ -18,16 +18,14 @@ import config
 
 URL = make_url(config.DATABASE_URL)
 SQLITE = URL.get_backend_name() == "sqlite"
-# The driver's module (sqlite3 or psycopg), imported, not connected.
-_driver = URL.get_dialect().import_dbapi()
+_driver = URL.get_dialect().import_dbapi()  # sqlite3 or psycopg: imported, not connected
 DatabaseError, IntegrityError = _driver.Error, _driver.IntegrityError
 # WAL and a busy timeout: many threads and processes can read and write at once.
 SQLITE_PRAGMAS = ("journal_mode=WAL", "busy_timeout=30000", "foreign_keys=ON", "synchronous=FULL")
 
 
-@cache
+@cache  # one engine per process, made when first needed
 def engine():
-    """The one engine of this process, made when first needed."""
     if not SQLITE:
         return create_engine(URL, pool_pre_ping=True, pool_size=config.WEB_THREADS + 2)
     url, folder = URL, None  # folder: of the database file, made on first connect
@@ -126,7 +124,6 @@ class Statement:
         return self._sql
 
     def run(self, db, params=None):
-        """Runs it with params, which must name exactly its parameters; the cursor."""
         sql, params = self.sql, params or {}
         if params.keys() != self.required:
             raise TypeError(
@@ -147,7 +144,6 @@ class Statement:
         return found[0] if found else None
 
     def scalar(self, db, params=None):
-        """The first column of the first row, or None when there is no row."""
         row = self.run(db, params).fetchone()
         return row[0] if row else None
 

@@ -1,12 +1,11 @@
 """The leaderboard (CONTRACT.md): users ranked by one of their stats, best first.
 
-A rank is 1 + the number of users with a strictly better value, so ties
-share it and the next one skips (1, 2, 2, 4), and it is the same on every
-page. A page is read in order from the index of its `by` (migration 0004);
-in that order a rank is 1 + the position of the first user with the same
-value, so only the page's first value needs a count: one short range scan of
-the same index, with that value bound (a count correlated to each row, on
-PostgreSQL, was planned as a scan of every row per rank: 0.02x of GET /users).
+A rank is 1 + the number of users with a strictly better value, so ties share it and the
+next one skips (1, 2, 2, 4), and it is the same on every page. A page is read in order from
+the index of its `by` (migration 0004); in that order a rank is 1 + the position of the first
+user with the same value, so only the page's first value needs a count: one short range scan
+of the same index, with that value bound (a count correlated to each row, on PostgreSQL, was
+planned as a scan of every row per rank: 0.02x of GET /users).
 """
 
 from sqlalchemy import Float, bindparam, func, literal_column, select, text

@@ -21,8 +21,7 @@ import database
 log = logging.getLogger("schema")
 FIRST_REVISION = "0001"
 VERSIONS = config.PROJECT_DIR / "migrations" / "versions"
-# The newest revision, by the files' names ("0002_....py" is revision 0002;
-# test_migrations checks that Alembic agrees).
+# The newest revision, by the files' names ("0002_....py" is 0002; test_migrations checks it).
 HEAD = max(path.name.split("_", 1)[0] for path in VERSIONS.glob("[0-9]*_*.py"))
 
 

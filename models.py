@@ -1,9 +1,8 @@
 """The tables (the whole schema), and the queries of users and their stats.
 
-Each query is one small function over a statement that SQLAlchemy built and
-compiled once (database.Statement), so that a route reads as a few named
-steps and a request costs little more than its SQL. The other tables' queries
-are their modules': reports.py, leaderboard.py, throttle.py, auth.py (tokens).
+Each query is a small function over a statement SQLAlchemy built and compiled once
+(database.Statement): a route reads as a few named steps, and a request costs little more
+than its SQL. The other tables' queries are in reports.py, leaderboard.py, throttle.py, auth.py.
 """
 
 import sqlalchemy as sa
@@ -143,9 +142,9 @@ def database_is_up():
 
 _user_by_id = sa.select(users).where(users.c.id == sa.bindparam("id"))
 USER_BY_ID = Statement(_user_by_id)
-# PostgreSQL: the row stays locked until the transaction ends, so a deletion or password
-# change cannot commit between this check and the write after it (SQLite has no row locks:
-# BEGIN IMMEDIATE serialises its writers). NO KEY: a report or stats row's insert need not wait.
+# PostgreSQL: the row stays locked until the transaction ends, so a deletion or password change
+# cannot commit between this check and the write after it (SQLite: BEGIN IMMEDIATE serialises
+# writers). NO KEY: inserting a report or stats row, which only key-shares it, need not wait.
 USER_BY_ID_LOCKED = Statement(_user_by_id.with_for_update(key_share=True))
 USER_BY_NAME = Statement(sa.select(users).where(users.c.username == sa.bindparam("username")))
 # The user_count row, by how many users and players (with_games) a write adds or removes.
@@ -219,9 +218,8 @@ def possible_id(number):
 
 def find_user(db, user_id, lock=False):
     """The user's row, or None; lock=True keeps it locked until the write commits."""
-    if not possible_id(user_id):
-        return None
-    return (USER_BY_ID_LOCKED if lock else USER_BY_ID).first(db, {"id": user_id})
+    statement = USER_BY_ID_LOCKED if lock else USER_BY_ID
+    return statement.first(db, {"id": user_id}) if possible_id(user_id) else None
 
 
 def user_json(db, user_id):

@@ -32,9 +32,8 @@ from models import reports as table
 
 log = logging.getLogger("reports")
 
-# A job pending this long was probably lost between commit and publish (a server died):
-# every server's sweep and the next POST queue it again. A worker drops a duplicate of a
-# finished job, and renders one of a job in hand again, as it would a redelivery.
+# Pending this long, a job was probably lost between commit and publish (a server died): the
+# sweep and the next POST queue it again. A duplicate is dropped if done, else rendered again.
 REPUBLISH_AFTER = config.REPUBLISH_AFTER  # seconds (60)
 
 UNFINISHED = ("pending", "rendering")
@@ -106,10 +105,9 @@ def queue(db, user_id):
 
 
 def republish_lost_jobs(publish):
-    """Publishes again the jobs of reports pending for over REPUBLISH_AFTER (their
-    server died between commit and publish), so that every POST answered 202 ends
-    in a report. They are claimed in one statement: of servers sweeping at once,
-    one publishes each."""
+    """Publishes again the jobs of reports pending over REPUBLISH_AFTER (their server died
+    between commit and publish), so that every POST answered 202 ends in a report. They are
+    claimed in one statement: of servers sweeping at once, one publishes each."""
     now = time.time()
     with database.writing() as db:
         lost = CLAIM_LOST_JOBS.rows(db, {"before": now - REPUBLISH_AFTER, "at": now})
@@ -123,8 +121,7 @@ def republish_lost_jobs(publish):
 
 
 def republish_unfinished(publish):
-    """Publishes the job of every unfinished report again (the in-process
-    broker's jobs are lost with the process that held them)."""
+    """Publishes every unfinished report's job again (an in-process broker's jobs die with it)."""
     with database.reading() as db:
         unfinished = ALL_UNFINISHED_REPORTS.rows(db)
     for report in unfinished:
@@ -139,9 +136,8 @@ def forget(db, report_id):
 
 
 def newest_and_newest_done(db, user_id):
-    """(the user's newest report, their newest done one), without PDFs; each may
-    be None, and both are the same report when the newest is done. One
-    statement, so one snapshot: a report finishing meanwhile is in both or neither."""
+    """(the user's newest report, their newest done one: maybe None, maybe the same), without
+    PDFs. One statement, one snapshot: a report finishing meanwhile is in both or neither."""
     rows = NEWEST_AND_NEWEST_DONE.rows(db, {"user_id": user_id})
     latest = max(rows, key=lambda row: row.id, default=None)
     done = max((row for row in rows if row.state == "done"), key=lambda row: row.id, default=None)
