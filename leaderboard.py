@@ -1,12 +1,11 @@
 """The leaderboard (CONTRACT.md): users ranked by one of their stats, best first.
 
-A rank is 1 + the number of users with a strictly better value, so ties
-share it and the next one skips (1, 2, 2, 4), and it is the same on every
-page. A page is read in order from the index of its `by` (migration 0004);
-in that order a rank is 1 + the position of the first user with the same
-value, so only the page's first value needs a count: one short range scan of
-the same index, with that value bound (a count correlated to each row, on
-PostgreSQL, was planned as a scan of every row per rank: 0.02x of GET /users).
+A rank is 1 + the number of users with a strictly better value, so ties share it and the
+next one skips (1, 2, 2, 4), and it is the same on every page. A page is read in order from
+the index of its `by` (migration 0004); in that order a rank is 1 + the position of the first
+user with the same value, so only the page's first value needs a count: one short range scan
+of the same index, with that value bound (a count correlated to each row, on PostgreSQL, was
+planned as a scan of every row per rank: 0.02x of GET /users).
 """
 
 from sqlalchemy import Float, bindparam, func, literal_column, select, text
@@ -14,8 +13,7 @@ from sqlalchemy import Float, bindparam, func, literal_column, select, text
 from database import Statement
 from models import PLAYED, WIN_RATE, stats, user_count, users
 
-COUNTS = ("victory_count", "loss_count", "session_count", "total_time")
-ORDERS = (*COUNTS, "win_rate")
+ORDERS = ("victory_count", "loss_count", "session_count", "total_time", "win_rate")
 
 
 def _statements(by):
@@ -55,13 +53,6 @@ def page(db, by, limit, offset):
             rank = position + 1  # the first of its value: those before are better
         else:  # the page's first row: ties may reach back onto earlier pages
             rank = better.scalar(db, {"value": row.value}) + 1
-        entries.append(
-            {
-                "rank": rank,
-                "id": row.id,
-                "username": row.username,
-                "self": f"/users/{row.id}",
-                "value": row.value,
-            }
-        )
+        user = {"id": row.id, "username": row.username, "self": f"/users/{row.id}"}
+        entries.append({"rank": rank, **user, "value": row.value})
     return (rows[0].total if rows else count.scalar(db)), entries

@@ -1,13 +1,12 @@
 """The database's schema: Alembic's migrations (migrations/), run to the newest
 revision by every server and worker at start-up, and by `./run.sh migrate`.
 
-Under the schema lock (database.schema_lock), processes starting at once take
-turns: the first upgrades, the others find it done. A database made before
-migrations existed (tables, no alembic_version) is stamped with the first
-revision, whose schema it has. A database at a revision this code does not
-know was upgraded by newer code: the process refuses to start. A process whose
-database is at the newest revision never imports Alembic (11 MiB it need not
-carry); one that must upgrade runs `python migrate.py` in a process of its own.
+Under the schema lock (database.schema_lock), processes starting at once take turns:
+the first upgrades, the others find it done. A database made before migrations (tables,
+no alembic_version) is stamped with the first revision, whose schema it has; one at a
+revision this code does not know was upgraded by newer code: the process refuses to
+start. At the newest revision, a process never imports Alembic (11 MiB); one that must
+upgrade runs `python migrate.py` in a process of its own.
 """
 
 import logging
@@ -22,8 +21,7 @@ import database
 log = logging.getLogger("schema")
 FIRST_REVISION = "0001"
 VERSIONS = config.PROJECT_DIR / "migrations" / "versions"
-# The newest revision, by the files' names ("0002_....py" is revision 0002;
-# test_migrations checks that Alembic agrees).
+# The newest revision, by the files' names ("0002_....py" is 0002; test_migrations checks it).
 HEAD = max(path.name.split("_", 1)[0] for path in VERSIONS.glob("[0-9]*_*.py"))
 
 
@@ -74,20 +72,6 @@ def upgrade():
         if current != head:
             log.info("upgrading the schema from %s to %s", current, head)
             command.upgrade(settings, "head")
-
-
-def alembic_head():
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
-def check():
-    """Whether the models and the database agree (alembic check); raises if not."""
-    from alembic import command
-
-    with database.engine().connect() as connection:
-        command.check(alembic_config(connection))
 
 
 if __name__ == "__main__":  # ./run.sh migrate, and ensure_newest()

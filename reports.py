@@ -22,103 +22,67 @@ when a POST queues a new job.
 import logging
 import time
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, or_, select
 
 import config
 import database
 import models
 from database import Statement
-from models import reports as table  # the reports table
+from models import reports as table
 
 log = logging.getLogger("reports")
 
-# A job still pending after this long was probably lost between commit and
-# publish (a server died): every server's sweep (republish_lost_jobs) and the next
-# POST queue it again. Workers drop a duplicate of a finished job; one of a job
-# in hand is rendered again, as a redelivery is.
+# Pending this long, a job was probably lost between commit and publish (a server died): the
+# sweep and the next POST queue it again. A duplicate is dropped if done, else rendered again.
 REPUBLISH_AFTER = config.REPUBLISH_AFTER  # seconds (60)
 
 UNFINISHED = ("pending", "rendering")
 # Spelt out, not IN (...): IN compiles to an expanding parameter that only
 # SQLAlchemy's own execute fills in, and Statement runs the SQL as it is.
 _unfinished = or_(*(table.c.state == state for state in UNFINISHED))
-REPORT_SUMMARY = (
-    table.c.id,
-    table.c.user_id,
-    table.c.state,
-    table.c.finished_at,
-    table.c.error,
-)
-PENDING_REPORT = Statement(
-    select(table.c.id, table.c.published_at).where(
-        table.c.user_id == bindparam("user_id"), table.c.state == "pending"
-    )
-)
+_pending = table.c.state == "pending"
+_done = table.c.state == "done"
+_by_id = table.c.id == bindparam("id")
+_of_user = table.c.user_id == bindparam("user_id")
+REPORT_SUMMARY = (table.c.id, table.c.user_id, table.c.state, table.c.finished_at, table.c.error)
+
+PENDING_REPORT = Statement(select(table.c.id, table.c.published_at).where(_of_user, _pending))
 INSERT_REPORT = Statement(
-    insert(table)
+    table.insert()
     .values(user_id=bindparam("user_id"), published_at=bindparam("at"))
     .returning(table.c.id)
 )
-REPUBLISHED = Statement(
-    update(table)
-    .where(table.c.id == bindparam("id"), table.c.state == "pending")
-    .values(published_at=bindparam("at"))
+# When its job was last queued: now, or 0 for the next sweep to queue it again.
+SET_PUBLISHED_AT = Statement(
+    table.update().where(_by_id, _pending).values(published_at=bindparam("at"))
 )
-FORGET_PENDING = Statement(
-    delete(table).where(table.c.id == bindparam("id"), table.c.state == "pending")
-)
-_by_user_newest_first = (
-    select(*REPORT_SUMMARY)
-    .where(table.c.user_id == bindparam("user_id"))
-    .order_by(table.c.id.desc())
-    .limit(1)
-)
-_newest_done = _by_user_newest_first.where(table.c.state == "done")
-_of_user = table.c.user_id == bindparam("user_id")
+FORGET_PENDING = Statement(table.delete().where(_by_id, _pending))
+
+
+def _newest_id(*conditions):
+    return select(func.max(table.c.id)).where(_of_user, *conditions).scalar_subquery()
+
+
 NEWEST_AND_NEWEST_DONE = Statement(
-    select(*REPORT_SUMMARY).where(
-        or_(
-            table.c.id == select(func.max(table.c.id)).where(_of_user).scalar_subquery(),
-            table.c.id
-            == select(func.max(table.c.id))
-            .where(_of_user, table.c.state == "done")
-            .scalar_subquery(),
-        )
-    )
+    select(*REPORT_SUMMARY).where(or_(table.c.id == _newest_id(), table.c.id == _newest_id(_done)))
 )
-NEWEST_DONE_PDF = Statement(_newest_done.add_columns(table.c.pdf))
-REPORT_BY_ID = Statement(select(*REPORT_SUMMARY).where(table.c.id == bindparam("id")))
-START_REPORT = Statement(
-    update(table).where(table.c.id == bindparam("id"), _unfinished).values(state="rendering")
+NEWEST_DONE_PDF = Statement(
+    select(*REPORT_SUMMARY, table.c.pdf).where(_of_user, _done).order_by(table.c.id.desc()).limit(1)
 )
+REPORT_BY_ID = Statement(select(*REPORT_SUMMARY).where(_by_id))
+START_REPORT = Statement(table.update().where(_by_id, _unfinished).values(state="rendering"))
+_outcome = {name: bindparam(name) for name in ("state", "pdf", "error", "finished_at")}
 FINISH_REPORT = Statement(
-    update(table)
-    .where(table.c.id == bindparam("id"), table.c.state == "rendering")
-    .values(
-        state=bindparam("state"),
-        pdf=bindparam("pdf"),
-        error=bindparam("error"),
-        finished_at=bindparam("at"),
-    )
+    table.update().where(_by_id, table.c.state == "rendering").values(_outcome)
 )
 DROP_REPLACED_REPORTS = Statement(
-    delete(table).where(
-        table.c.user_id == bindparam("user_id"),
-        table.c.id < bindparam("id"),
-        table.c.state != "pending",
-    )
+    table.delete().where(_of_user, table.c.id < bindparam("id"), table.c.state != "pending")
 )
-
 CLAIM_LOST_JOBS = Statement(
-    update(table)
-    .where(table.c.state == "pending", table.c.published_at < bindparam("before"))
+    table.update()
+    .where(_pending, table.c.published_at < bindparam("before"))
     .values(published_at=bindparam("at"))
     .returning(table.c.id, table.c.user_id)
-)
-DUE_AGAIN = Statement(
-    update(table)
-    .where(table.c.id == bindparam("id"), table.c.state == "pending")
-    .values(published_at=0)
 )
 COUNT_BY_STATE = Statement(select(table.c.state, func.count()).group_by(table.c.state))
 UNFINISHED_BEFORE = Statement(
@@ -128,23 +92,21 @@ ALL_UNFINISHED_REPORTS = Statement(select(table.c.id, table.c.user_id).where(_un
 
 
 def queue(db, user_id):
-    """For a POST: the id of the report whose job is to be published now (a new
-    pending one, or one whose job was published too long ago), or None when a
-    job queued moments ago will do (it has not read the user's data yet)."""
+    """For a POST: the id of the report whose job to publish now (a new pending one, or one
+    published too long ago), or None: a job queued moments ago has not read the data yet."""
     pending = PENDING_REPORT.first(db, {"user_id": user_id})
     now = time.time()
     if pending is None:
         return INSERT_REPORT.scalar(db, {"user_id": user_id, "at": now})
     if pending.published_at > now - REPUBLISH_AFTER:
         return None
-    REPUBLISHED.run(db, {"id": pending.id, "at": now})
+    SET_PUBLISHED_AT.run(db, {"id": pending.id, "at": now})
     return pending.id
 
 
 def republish_lost_jobs(publish):
-    """Publishes again the jobs of reports pending for over REPUBLISH_AFTER
-    (their server died between commit and publish), so that every POST answered
-    202 ends in a report, whoever dies and though nobody asks again. They are
+    """Publishes again the jobs of reports pending over REPUBLISH_AFTER (their server died
+    between commit and publish), so that every POST answered 202 ends in a report. They are
     claimed in one statement: of servers sweeping at once, one publishes each."""
     now = time.time()
     with database.writing() as db:
@@ -155,12 +117,11 @@ def republish_lost_jobs(publish):
             publish(report.id, report.user_id)
         except Exception:  # the broker away: the next sweep tries again
             with database.writing() as db:
-                DUE_AGAIN.run(db, {"id": report.id})
+                SET_PUBLISHED_AT.run(db, {"id": report.id, "at": 0})
 
 
 def republish_unfinished(publish):
-    """Publishes the job of every unfinished report again (the in-process
-    broker's jobs are lost with the process that held them)."""
+    """Publishes every unfinished report's job again (an in-process broker's jobs die with it)."""
     with database.reading() as db:
         unfinished = ALL_UNFINISHED_REPORTS.rows(db)
     for report in unfinished:
@@ -175,9 +136,8 @@ def forget(db, report_id):
 
 
 def newest_and_newest_done(db, user_id):
-    """(the user's newest report, their newest done one), without PDFs; each may
-    be None, and both are the same report when the newest is done. One
-    statement, so one snapshot: a report finishing meanwhile is in both or neither."""
+    """(the user's newest report, their newest done one: maybe None, maybe the same), without
+    PDFs. One statement, one snapshot: a report finishing meanwhile is in both or neither."""
     rows = NEWEST_AND_NEWEST_DONE.rows(db, {"user_id": user_id})
     latest = max(rows, key=lambda row: row.id, default=None)
     done = max((row for row in rows if row.state == "done"), key=lambda row: row.id, default=None)
@@ -217,15 +177,7 @@ def finish(db, report, pdf, error):
     # jobs of one user finishing at once would otherwise lock each other's rows.
     if models.find_user(db, report.user_id, lock=True) is None:
         return  # deleted meanwhile, reports and all
-    finished = FINISH_REPORT.run(
-        db,
-        {
-            "id": report.id,
-            "state": "done" if pdf else "failed",
-            "pdf": pdf,
-            "error": error,
-            "at": time.time(),
-        },
-    )
+    outcome = {"state": "done" if pdf else "failed", "pdf": pdf, "error": error}
+    finished = FINISH_REPORT.run(db, {"id": report.id, **outcome, "finished_at": time.time()})
     if finished.rowcount and pdf:
         DROP_REPLACED_REPORTS.run(db, {"user_id": report.user_id, "id": report.id})

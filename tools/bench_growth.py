@@ -184,7 +184,7 @@ def board_table(section, settings, results, names, size, mismatches):
         "on the same database; the same load and repetitions. The seeded stats are random "
         "(a seeded RNG: the same users on every run and database): a tenth of the users "
         "never played, most a few dozen games, a few some hundreds, so that many tie. "
-        f"Seeded in batches of {SEED_BATCH:,}, then models.recount_users"
+        f"Seeded in batches of {SEED_BATCH:,}, then user_count recounted"
         + (
             ", and on PostgreSQL ANALYZE but no VACUUM (autovacuum off for its tables: the "
             "visibility map as a bulk load leaves it, which the planner prices as it does "
