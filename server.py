@@ -272,7 +272,7 @@ def openapi_document():
 
 def main():
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
-    migrate.ensure_newest()
+    migrate.upgrade()
     auth.secret()  # made now, if it must be generated: not on the first request
     auth.spend_one_hash("")  # the first unknown-user login must not pay for its setup
     jobs.on_settled(waiting.wake)

@@ -23,7 +23,6 @@ from testing import (
     LiveService,
     ScratchPostgres,
     free_port,
-    inherited_environment,
     wait_until,
 )
 
@@ -200,22 +199,6 @@ class UpgradeChecks:
             self.assertEqual(
                 db.execute(text("SELECT version_num FROM alembic_version")).scalar(), "9999"
             )
-
-
-class RevisionsTest(unittest.TestCase):
-    """The migration files alone: no database needed (it ran twice, once per
-    database, before)."""
-
-    def test_the_newest_revision_by_file_name_is_alembics_head(self):
-        found = run_python(
-            "import migrate\nfrom alembic.script import ScriptDirectory\n"
-            "scripts = ScriptDirectory.from_config(migrate.alembic_config())\n"
-            "print(migrate.HEAD, scripts.get_current_head())\n",
-            {**inherited_environment(), "DATABASE_URL": "sqlite://"},  # never opened
-        )
-        self.assertEqual(found.returncode, 0, found.stderr)
-        by_name, alembics = found.stdout.split()
-        self.assertEqual(by_name, alembics)
 
 
 class SqliteUpgradeTest(UpgradeChecks, unittest.TestCase):

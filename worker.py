@@ -269,7 +269,7 @@ def main():
     import metrics
 
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
-    migrate.ensure_newest()
+    migrate.upgrade()
     _ready()  # matplotlib loads now, not during the first job
     metrics.serve_for_worker()
     worker = Worker(on_settled=[tell_servers, metrics.observe_job])
