@@ -88,60 +88,35 @@ def log_in(username, password, hashing=nullcontext):
         with hashing():
             spend_one_hash(password)  # no such user can exist; answer as slowly
         return None
-    user, slot = _begin_login(username)
+    slot, user = throttle.take_slot(
+        LOGIN_FAILURE,
+        username,
+        MAX_FAILURES,
+        FAILURE_WINDOW,
+        refusal=lambda wait: ApiError(
+            429,
+            f"Too many failed logins for '{username}'; try again in {wait} seconds.",
+            Retry_After=wait,
+        ),
+        # Not a throttle (failures may stay under ten): busy, so try again soon.
+        busy=lambda: ApiError(
+            503,
+            f"Other logins for '{username}' are being checked; try again in a moment.",
+            Retry_After=1,
+        ),
+        pending=True,
+        then=lambda db: models.find_user_by_name(db, username),
+    )
     matched = None
     try:
         with hashing():
-            matched = _password_matches(user, password)
+            # An unknown name costs one hash, as a wrong password does.
+            stored = user.password_hash if user else _hash_of_nobody()
+            matched = password_matches(password, stored) and user is not None
     finally:  # a login never checked (the budget was full) is no failure
         with database.writing() as db:
-            failed = matched is False
-            throttle.settle(db, LOGIN_FAILURE, username, slot, time.time(), happened=failed)
+            throttle.settle(db, LOGIN_FAILURE, username, slot, happened=matched is False)
     return user if matched else None
-
-
-def _password_matches(user, password):
-    if user is None:
-        spend_one_hash(password)  # an unknown name costs one hash, as a wrong password does
-        return False
-    return password_matches(password, user.password_hash)
-
-
-def _begin_login(username):
-    """(the user or None, the slot of this login); ApiError 429 or 503."""
-    for _ in range(3):
-        with database.writing() as db:
-            now = time.time()
-            events = throttle.in_window(db, LOGIN_FAILURE, username, now, FAILURE_WINDOW)
-            failures = {slot: event for slot, event in events.items() if not event[1]}
-            if len(failures) >= MAX_FAILURES:
-                wait = throttle.seconds_until_one_leaves(failures, now, FAILURE_WINDOW)
-                raise _throttled(username, wait)
-            slot = throttle.free_slot(events, MAX_FAILURES)
-            if slot is None:
-                raise _busy(username)
-            if throttle.take(db, LOGIN_FAILURE, username, slot, now, FAILURE_WINDOW, pending=True):
-                return models.find_user_by_name(db, username), slot
-        # Another login of the name took the slot meanwhile: count again.
-    raise _busy(username)
-
-
-def _throttled(username, wait):
-    wait = max(1, wait)
-    return ApiError(
-        429,
-        f"Too many failed logins for '{username}'; try again in {wait} seconds.",
-        Retry_After=wait,
-    )
-
-
-def _busy(username):
-    # Not a throttle (failures may stay under ten): busy, so try again soon.
-    return ApiError(
-        503,
-        f"Other logins for '{username}' are being checked; try again in a moment.",
-        Retry_After=1,
-    )
 
 
 # Tokens

@@ -16,11 +16,9 @@
 import ipaddress
 import random
 import threading
-import time
 from contextlib import contextmanager
 
 import config
-import database
 import throttle
 from responses import ApiError
 
@@ -85,22 +83,17 @@ class Rate:
 
     def take(self, client):
         """Counts one event of client; ApiError 429 (counting nothing) beyond the limit."""
-        now = time.time()
-        # A refusal reads, and writes nothing: a flood of them costs no write lock.
-        with database.reading() as db:
-            self._refuse_if_full(throttle.in_window(db, self.kind, client, now, self.WINDOW), now)
-        for _ in range(10):
-            with database.writing() as db:
-                events = throttle.in_window(db, self.kind, client, now, self.WINDOW)
-                self._refuse_if_full(events, now)
-                slot = throttle.free_slot(events, self.limit, random.randrange(self.limit))
-                if throttle.take(db, self.kind, client, slot, now, self.WINDOW):
-                    return
-        raise self._refusal(1)  # other requests of the client took every slot meanwhile
-
-    def _refuse_if_full(self, events, now):
-        if len(events) >= self.limit:
-            raise self._refusal(throttle.seconds_until_one_leaves(events, now, self.WINDOW))
+        throttle.take_slot(
+            self.kind,
+            client,
+            self.limit,
+            self.WINDOW,
+            refusal=self._refusal,
+            busy=lambda: self._refusal(1),  # other requests of the client took every slot
+            start=random.randrange(self.limit),
+            tries=10,
+            read_first=True,
+        )
 
     def _refusal(self, wait):
         self.refused += 1

@@ -3,19 +3,20 @@ database that every server shares (models.recent_events): failed logins by
 username (auth.py), sign-ups and logins by client address (limits.py).
 
 A key's events take numbered slots, 0 to limit - 1: an event takes a free
-slot, or the slot of one that has left the window (requests of one key at
-once may start looking at different slots, so that they seldom pick the
-same). Taking a slot is one INSERT ... ON CONFLICT DO UPDATE that overwrites
-only an event out of the window, so of two servers that pick the same slot
-at once, one gets it and the other counts again. Rows older than the longest window are forgotten by
+slot, or the slot of one that has left the window. Taking a slot is one
+INSERT ... ON CONFLICT DO UPDATE that overwrites only an event out of the
+window, so of two servers that pick the same slot at once, one gets it and
+the other counts again. Rows older than the longest window are forgotten by
 every server's sweep (forget_old).
 """
 
 import itertools
 import math
+import time
 
 from sqlalchemy import bindparam, delete, select, update
 
+import database
 from database import SQLITE, Statement
 from models import recent_events as table
 
@@ -30,11 +31,7 @@ _of_key = (table.c.kind == bindparam("kind"), table.c.key == bindparam("key"))
 _of_slot = (*_of_key, table.c.slot == bindparam("slot"))
 EVENTS = Statement(select(table.c.slot, table.c.at, table.c.pending).where(*_of_key))
 _new = insert(table).values(
-    kind=bindparam("kind"),
-    key=bindparam("key"),
-    slot=bindparam("slot"),
-    at=bindparam("at"),
-    pending=bindparam("pending"),
+    {name: bindparam(name) for name in ("kind", "key", "slot", "at", "pending")}
 )
 TAKE_SLOT = Statement(
     _new.on_conflict_do_update(
@@ -48,10 +45,53 @@ FREE_SLOT = Statement(delete(table).where(*_of_slot))
 FORGET = Statement(delete(table).where(table.c.at <= bindparam("before")))
 
 
-def in_window(db, kind, key, now, window):
-    """{slot: (at, pending)} of the key's events within the window."""
-    rows = EVENTS.rows(db, {"kind": kind, "key": key[:KEY_LENGTH]})
-    return {row.slot: (row.at, row.pending) for row in rows if row.at > now - window}
+def take_slot(
+    kind,
+    key,
+    limit,
+    window,
+    refusal,
+    busy,
+    *,
+    start=0,
+    tries=3,
+    pending=False,
+    read_first=False,
+    then=None,
+):
+    """Takes a slot for one more event of key, in a write that first counts the key's
+    events in the window: (the slot, then(db) in that write). Raises refusal(seconds
+    until one leaves) when `limit` settled events count, and busy() when pending ones
+    fill the other slots, or when other requests took the slot it picked `tries` times.
+
+    start: the first slot tried (requests of one key at once that start apart seldom
+    pick the same). pending: the event counts once settle() says it happened.
+    read_first: a refusal then costs one read and no write (a flood takes no write lock)."""
+    key = key[:KEY_LENGTH]
+    if read_first:
+        with database.reading() as db:
+            _events_unless_full(db, kind, key, limit, window, refusal)
+    for _ in range(tries):
+        with database.writing() as db:
+            now, events = _events_unless_full(db, kind, key, limit, window, refusal)
+            slot = free_slot(events, limit, start)
+            if slot is None:
+                raise busy()
+            params = {"kind": kind, "key": key, "slot": slot, "at": now, "pending": pending}
+            if TAKE_SLOT.run(db, {**params, "out_of_window": now - window}).rowcount == 1:
+                return slot, then(db) if then else None
+    raise busy()
+
+
+def _events_unless_full(db, kind, key, limit, window, refusal):
+    """(now, {slot: (at, pending)} of the key's events in the window), or refusal(wait)."""
+    now = time.time()
+    rows = EVENTS.rows(db, {"kind": kind, "key": key})
+    events = {row.slot: (row.at, row.pending) for row in rows if row.at > now - window}
+    settled = {slot: event for slot, event in events.items() if not event[1]}
+    if len(settled) >= limit:
+        raise refusal(seconds_until_one_leaves(settled, now, window))
+    return now, events
 
 
 def free_slot(events, limit, start=0):
@@ -69,27 +109,11 @@ def seconds_until_one_leaves(events, now, window):
     return max(1, math.ceil(oldest + window - now))
 
 
-def take(db, kind, key, slot, now, window, pending=False):
-    """Records an event in slot; False when another request took it meanwhile."""
-    taken = TAKE_SLOT.run(
-        db,
-        {
-            "kind": kind,
-            "key": key[:KEY_LENGTH],
-            "slot": slot,
-            "at": now,
-            "pending": pending,
-            "out_of_window": now - window,
-        },
-    )
-    return taken.rowcount == 1
-
-
-def settle(db, kind, key, slot, now, happened):
+def settle(db, kind, key, slot, happened):
     """A pending event's outcome: it stays, as of now, or its slot is freed."""
     params = {"kind": kind, "key": key[:KEY_LENGTH], "slot": slot}
     if happened:
-        SETTLE.run(db, {**params, "at": now})
+        SETTLE.run(db, {**params, "at": time.time()})
     else:
         FREE_SLOT.run(db, params)
 
