@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from contextlib import nullcontext
-from functools import cache, lru_cache
+from functools import cache
 
 import jwt
 from sqlalchemy import bindparam, delete, exists, insert, select
@@ -35,15 +35,8 @@ def _b64(raw):
 
 def _scrypt(password, salt, n, r, p):
     # surrogatepass: a JSON string may hold a lone surrogate; hash it, never crash.
-    return hashlib.scrypt(
-        password.encode("utf-8", "surrogatepass"),
-        salt=salt,
-        n=n,
-        r=r,
-        p=p,
-        maxmem=256 * n * r,
-        dklen=32,
-    )
+    encoded = password.encode("utf-8", "surrogatepass")
+    return hashlib.scrypt(encoded, salt=salt, n=n, r=r, p=p, maxmem=256 * n * r, dklen=32)
 
 
 def hash_password(password):
@@ -59,7 +52,7 @@ def password_matches(password, stored):
     return hmac.compare_digest(computed, base64.b64decode(digest))
 
 
-@lru_cache(maxsize=1)
+@cache
 def _hash_of_nobody():
     return hash_password("no user has this password")
 
@@ -72,27 +65,22 @@ def spend_one_hash(password):
 # Login throttling: this many failures for one username within the window
 # (300 s; config.LOGIN_FAILURE_WINDOW, which only the tests shorten).
 MAX_FAILURES, FAILURE_WINDOW = 10, config.LOGIN_FAILURE_WINDOW
-LOGIN_FAILURE = "login-failure"  # its kind of event (throttle.py)
+FAILURES = throttle.Throttle("login-failure", MAX_FAILURES, FAILURE_WINDOW, pending=True)
 
 
 def log_in(username, password, hashing=nullcontext):
-    """The user for this pair, or None for a bad one; ApiError 429 while the
-    username is throttled, 503 while logins being checked fill what its
-    failures leave. hashing() is held around the hash (the server's budget).
+    """The user for this pair, or None; ApiError 429 while the username is throttled, 503
+    while logins being checked fill what its failures leave. hashing() is held around the hash.
 
-    One transaction counts the username's recent failures and takes a slot
-    for this login as a pending failure, before the hash, so that logins
-    sent at once each count the others. The hash's outcome then settles it:
-    a failure, or nothing. Only a checked, wrong pair counts as a failed login."""
+    One transaction counts the username's failures and takes a slot for this login as a
+    pending failure, before the hash, so that logins sent at once each count the others.
+    The hash then settles it: only a checked, wrong pair counts as a failed login."""
     if not USER_FIELDS["username"].accepts(username):
         with hashing():
             spend_one_hash(password)  # no such user can exist; answer as slowly
         return None
-    slot, user = throttle.take_slot(
-        LOGIN_FAILURE,
+    slot, user = FAILURES.take(
         username,
-        MAX_FAILURES,
-        FAILURE_WINDOW,
         refusal=lambda wait: ApiError(
             429,
             f"Too many failed logins for '{username}'; try again in {wait} seconds.",
@@ -104,7 +92,6 @@ def log_in(username, password, hashing=nullcontext):
             f"Other logins for '{username}' are being checked; try again in a moment.",
             Retry_After=1,
         ),
-        pending=True,
         then=lambda db: models.find_user_by_name(db, username),
     )
     matched = None
@@ -115,7 +102,7 @@ def log_in(username, password, hashing=nullcontext):
             matched = password_matches(password, stored) and user is not None
     finally:  # a login never checked (the budget was full) is no failure
         with database.writing() as db:
-            throttle.settle(db, LOGIN_FAILURE, username, slot, happened=matched is False)
+            FAILURES.settle(db, username, slot, happened=matched is False)
     return user if matched else None
 
 
@@ -145,13 +132,9 @@ def secret():
 
 def issue_token(user):
     now = int(time.time())
-    claims = {
-        "sub": str(user.id),
-        "iat": now,
-        "exp": now + config.JWT_TTL,
-        "ver": user.token_version,
-        "jti": uuid.uuid4().hex,  # what POST /logout revokes
-    }
+    expires = now + config.JWT_TTL
+    claims = {"sub": str(user.id), "iat": now, "exp": expires, "ver": user.token_version}
+    claims["jti"] = uuid.uuid4().hex  # what POST /logout revokes
     return jwt.encode(claims, secret(), algorithm="HS256")
 
 
@@ -176,16 +159,8 @@ FORGET_REVOKED = Statement(
 )
 
 
-def _find_token_user(db, user_id, jti, lock):
-    """The user's row with .revoked (whether the token jti was revoked), or None."""
-    if not possible_id(user_id):
-        return None
-    return (TOKEN_USER_LOCKED if lock else TOKEN_USER).first(db, {"id": user_id, "jti": jti})
-
-
 def current_user(db, request, lock=False):
     """The user whose valid token came with the request; 401 for anything else.
-
     lock=True (in a write) keeps the user as checked until the write commits."""
     return _token_and_user(db, request, lock)[1]
 
@@ -199,27 +174,21 @@ def _token_and_user(db, request, lock):
         raise _unauthorized(
             "This needs an Authorization: Bearer <token> header; get a token from POST /login."
         )
+    required = {"require": ["exp", "iat", "sub", "ver", "jti"]}
     try:
-        claims = jwt.decode(
-            token.strip(),
-            secret(),
-            algorithms=["HS256"],
-            options={"require": ["exp", "iat", "sub", "ver", "jti"]},
-        )
+        claims = jwt.decode(token.strip(), secret(), algorithms=["HS256"], options=required)
     except jwt.ExpiredSignatureError:
         raise _unauthorized("The token has expired; log in again.") from None
     except jwt.InvalidTokenError:
         raise _unauthorized("The token is not valid; log in again.") from None
     sub, version, jti = claims["sub"], claims["ver"], claims["jti"]
-    if (
-        not (sub.isascii() and sub.isdigit())
-        or type(version) is not int
-        or type(jti) is not str
-        or len(jti) > 64  # the revoked_tokens column: a longer one could not be revoked
-    ):
+    # A jti longer than the revoked_tokens column could not have been revoked.
+    well_formed = sub.isascii() and sub.isdigit() and type(version) is int
+    if not (well_formed and type(jti) is str and len(jti) <= 64):
         raise _unauthorized("The token is not valid; log in again.")
     # The revocation is read with the user: no round trip of its own.
-    user = _find_token_user(db, int(sub), jti, lock)
+    statement = TOKEN_USER_LOCKED if lock else TOKEN_USER
+    user = statement.first(db, {"id": int(sub), "jti": jti}) if possible_id(int(sub)) else None
     if user is None or user.token_version != version or user.revoked:
         raise token_no_longer_valid()
     request.environ[USER_ID_KEY] = user.id  # for the access log
@@ -253,9 +222,7 @@ def user_or_404(db, user_id):
 
 def owned_user(db, request, user_id, lock=True):
     """The user at user_id, when the caller's token is theirs: else 401, 404 or 403.
-
-    With lock (in a write), the user stays as checked until it commits
-    (see models.find_user)."""
+    lock: as in current_user (see models.find_user)."""
     caller = current_user(db, request, lock)
     if caller.id == user_id:
         return caller

@@ -1,16 +1,11 @@
 """What one client, or a flood, may take (CONTRACT.md, Under pressure).
 
-- The hashing budget: at most HASH_CONCURRENCY password hashes at once
-  (scrypt takes 16 MiB and a core's worth of time each). A request that
-  finds it full waits briefly, and only a few wait at once, so that a flood
-  of sign-ups or logins cannot hold the Waitress threads that reads need;
-  the others get 503 at once.
-- Per-client rates: SIGNUP_RATE sign-ups and LOGIN_RATE logins per client
-  address per minute, then 429 (every request counts, a 503 too). Counted
-  in the database every server shares, so that the limit is the limit
-  behind a load balancer too. A refused request costs one read, never a write.
-- The client address: the peer's, or the right-most hop of X-Forwarded-For
-  that is not a trusted proxy, when the peer is one (TRUSTED_PROXIES).
+- The hashing budget: at most HASH_CONCURRENCY password hashes at once (scrypt
+  takes 16 MiB and a core's worth of time each); a few requests may wait briefly
+  for it, the others get 503 at once.
+- Per-client rates: SIGNUP_RATE sign-ups and LOGIN_RATE logins per client address
+  per minute, then 429, counted in the database every server shares (throttle.py),
+  so that the limit is the limit behind a load balancer too.
 """
 
 import ipaddress
@@ -72,30 +67,22 @@ hash_budget = _HashBudget(config.HASH_CONCURRENCY, HASH_WAITERS)
 
 
 class Rate:
-    """At most `limit` events per client address in any 60 s, counted in the
-    shared database (throttle.py): the limit holds across servers."""
+    """At most `limit` events per client address in any 60 s."""
 
     WINDOW = 60  # seconds
 
     def __init__(self, kind, name, limit):
-        self.kind, self.name, self.limit = kind, name, limit
+        self.name = name
+        self.throttle = throttle.Throttle(kind, limit, self.WINDOW, read_first=True, tries=10)
         self.refused = 0  # by this process (metrics.py)
 
     def take(self, client):
         """Counts one event of client; ApiError 429 (counting nothing) beyond the limit."""
-        throttle.take_slot(
-            self.kind,
-            client,
-            self.limit,
-            self.WINDOW,
-            refusal=self._refusal,
-            busy=lambda: self._refusal(1),  # other requests of the client took every slot
-            start=random.randrange(self.limit),
-            tries=10,
-            read_first=True,
-        )
+        # Busy (others of the client took the slot it picked, every time): a second's refusal.
+        start = random.randrange(self.throttle.limit)
+        self.throttle.take(client, refusal=self._refusal, busy=self._refusal, start=start)
 
-    def _refusal(self, wait):
+    def _refusal(self, wait=1):
         self.refused += 1
         return ApiError(
             429,
@@ -109,10 +96,9 @@ logins = Rate("login", "logins", config.LOGIN_RATE)
 
 
 def count(rate, environ):
-    """Counts the request toward its client's rate; ApiError 429 beyond it.
-    Every request counts, a 503 too: a flooding client then meets the 429
-    within a minute (and serving.py's pause after it), and stops competing
-    with everyone else for the budget."""
+    """Counts the request toward its client's rate; ApiError 429 beyond it. Every request
+    counts, a 503 too: a flooding client then meets the 429 within a minute (and
+    serving.py's pause after it), and stops competing with everyone else for the budget."""
     rate.take(client_address(environ))
 
 

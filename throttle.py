@@ -45,53 +45,57 @@ FREE_SLOT = Statement(delete(table).where(*_of_slot))
 FORGET = Statement(delete(table).where(table.c.at <= bindparam("before")))
 
 
-def take_slot(
-    kind,
-    key,
-    limit,
-    window,
-    refusal,
-    busy,
-    *,
-    start=0,
-    tries=3,
-    pending=False,
-    read_first=False,
-    then=None,
-):
-    """Takes a slot for one more event of key, in a write that first counts the key's
-    events in the window: (the slot, then(db) in that write). Raises refusal(seconds
-    until one leaves) when `limit` settled events count, and busy() when pending ones
-    fill the other slots, or when other requests took the slot it picked `tries` times.
+class Throttle:
+    """At most `limit` events of `kind` per key in any `window` seconds.
 
-    start: the first slot tried (requests of one key at once that start apart seldom
-    pick the same). pending: the event counts once settle() says it happened.
-    read_first: a refusal then costs one read and no write (a flood takes no write lock)."""
-    key = key[:KEY_LENGTH]
-    if read_first:
-        with database.reading() as db:
-            _events_unless_full(db, kind, key, limit, window, refusal)
-    for _ in range(tries):
-        with database.writing() as db:
-            now, events = _events_unless_full(db, kind, key, limit, window, refusal)
-            slot = free_slot(events, limit, start)
-            if slot is None:
-                raise busy()
-            params = {"kind": kind, "key": key, "slot": slot, "at": now, "pending": pending}
-            if TAKE_SLOT.run(db, {**params, "out_of_window": now - window}).rowcount == 1:
-                return slot, then(db) if then else None
-    raise busy()
+    pending: an event is taken before its outcome is known, and counts once settle()
+    says it happened. read_first: a refusal costs one read and no write (a flood of
+    them takes no write lock). tries: how often a slot that others took meanwhile is
+    sought again."""
 
+    def __init__(self, kind, limit, window, pending=False, read_first=False, tries=3):
+        self.kind, self.limit, self.window = kind, limit, window
+        self.pending, self.read_first, self.tries = pending, read_first, tries
 
-def _events_unless_full(db, kind, key, limit, window, refusal):
-    """(now, {slot: (at, pending)} of the key's events in the window), or refusal(wait)."""
-    now = time.time()
-    rows = EVENTS.rows(db, {"kind": kind, "key": key})
-    events = {row.slot: (row.at, row.pending) for row in rows if row.at > now - window}
-    settled = {slot: event for slot, event in events.items() if not event[1]}
-    if len(settled) >= limit:
-        raise refusal(seconds_until_one_leaves(settled, now, window))
-    return now, events
+    def take(self, key, refusal, busy, start=0, then=None):
+        """Takes a slot for one more event of key, in a write that first counts the key's
+        events in the window: (the slot, then(db) in that write). Raises refusal(seconds
+        until one leaves) when `limit` settled events count, and busy() while pending ones
+        fill the other slots, or when others took the slot it picked every time.
+        start: the first slot tried (requests at once that start apart seldom collide)."""
+        key = key[:KEY_LENGTH]
+        if self.read_first:
+            with database.reading() as db:
+                self._events_unless_full(db, key, refusal)
+        for _ in range(self.tries):
+            with database.writing() as db:
+                now, events = self._events_unless_full(db, key, refusal)
+                slot = free_slot(events, self.limit, start)
+                if slot is None:
+                    raise busy()
+                params = {"kind": self.kind, "key": key, "slot": slot, "at": now}
+                params.update(pending=self.pending, out_of_window=now - self.window)
+                if TAKE_SLOT.run(db, params).rowcount == 1:
+                    return slot, then(db) if then else None
+        raise busy()
+
+    def _events_unless_full(self, db, key, refusal):
+        """(now, {slot: (at, pending)} of the key's events in the window), or refusal(wait)."""
+        now = time.time()
+        rows = EVENTS.rows(db, {"kind": self.kind, "key": key})
+        events = {row.slot: (row.at, row.pending) for row in rows if row.at > now - self.window}
+        settled = {slot: event for slot, event in events.items() if not event[1]}
+        if len(settled) >= self.limit:
+            raise refusal(seconds_until_one_leaves(settled, now, self.window))
+        return now, events
+
+    def settle(self, db, key, slot, happened):
+        """A pending event's outcome: it stays, as of now, or its slot is freed."""
+        params = {"kind": self.kind, "key": key[:KEY_LENGTH], "slot": slot}
+        if happened:
+            SETTLE.run(db, {**params, "at": time.time()})
+        else:
+            FREE_SLOT.run(db, params)
 
 
 def free_slot(events, limit, start=0):
@@ -107,15 +111,6 @@ def seconds_until_one_leaves(events, now, window):
     """Whole seconds (at least 1) until the oldest of events leaves the window."""
     oldest = min(at for at, _ in events.values())
     return max(1, math.ceil(oldest + window - now))
-
-
-def settle(db, kind, key, slot, happened):
-    """A pending event's outcome: it stays, as of now, or its slot is freed."""
-    params = {"kind": kind, "key": key[:KEY_LENGTH], "slot": slot}
-    if happened:
-        SETTLE.run(db, {**params, "at": time.time()})
-    else:
-        FREE_SLOT.run(db, params)
 
 
 def forget_old(db, before):
