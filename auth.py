@@ -6,7 +6,7 @@ import hmac
 import os
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from functools import cache
 
 import jwt
@@ -21,8 +21,7 @@ from models import possible_id, revoked_tokens, users
 from responses import ApiError
 from validation import USER_FIELDS
 
-# Where current_user leaves the caller's id in the request's environ.
-USER_ID_KEY = "stats_api.user_id"
+USER_ID_KEY = "stats_api.user_id"  # where current_user leaves the caller's id in the environ
 
 # OWASP's minimum for scrypt, in the variant that needs 16 MiB per hash
 # (128 * N * r bytes): eight logins at once stay well inside a small machine.
@@ -62,8 +61,7 @@ def spend_one_hash(password):
     password_matches(password, _hash_of_nobody())
 
 
-# Login throttling: this many failures for one username within the window
-# (300 s; config.LOGIN_FAILURE_WINDOW, which only the tests shorten).
+# Failed logins per username in the window (300 s; config.LOGIN_FAILURE_WINDOW for tests).
 MAX_FAILURES, FAILURE_WINDOW = 10, config.LOGIN_FAILURE_WINDOW
 FAILURES = throttle.Throttle("login-failure", MAX_FAILURES, FAILURE_WINDOW, pending=True)
 
@@ -71,10 +69,8 @@ FAILURES = throttle.Throttle("login-failure", MAX_FAILURES, FAILURE_WINDOW, pend
 def log_in(username, password, hashing=nullcontext):
     """The user for this pair, or None; ApiError 429 while the username is throttled, 503
     while logins being checked fill what its failures leave. hashing() is held around the hash.
-
-    One transaction counts the username's failures and takes a slot for this login as a
-    pending failure, before the hash, so that logins sent at once each count the others.
-    The hash then settles it: only a checked, wrong pair counts as a failed login."""
+    One transaction counts the username's failures and takes a slot for this login as a pending
+    failure before the hash, so that logins sent at once count each other; the hash settles it."""
     if not USER_FIELDS["username"].accepts(username):
         with hashing():
             spend_one_hash(password)  # no such user can exist; answer as slowly
@@ -106,9 +102,6 @@ def log_in(username, password, hashing=nullcontext):
     return user if matched else None
 
 
-# Tokens
-
-
 @cache
 def secret():
     """JWT_SECRET, or the one generated into the data folder the first time it is needed."""
@@ -118,13 +111,11 @@ def secret():
     if not path.exists():
         config.DATA_DIR.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(f".jwt_secret.{os.getpid()}")
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(base64.urlsafe_b64encode(os.urandom(32)).decode("ascii"))
+        draft.touch(mode=0o600)  # for this user's eyes only, from the start
+        draft.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode("ascii"))
         try:
-            os.link(draft, path)  # atomic: of two processes starting at once, one wins
-        except FileExistsError:
-            pass
+            with suppress(FileExistsError):  # atomic: of two processes starting at once, one wins
+                os.link(draft, path)
         finally:
             os.unlink(draft)
     return path.read_text().strip()
@@ -148,9 +139,8 @@ def token_no_longer_valid():
 
 
 # A token's user, and whether the token was revoked: one round trip.
-_token_user = select(
-    users, exists().where(revoked_tokens.c.jti == bindparam("jti")).label("revoked")
-).where(users.c.id == bindparam("id"))
+_revoked = exists().where(revoked_tokens.c.jti == bindparam("jti")).label("revoked")
+_token_user = select(users, _revoked).where(users.c.id == bindparam("id"))
 TOKEN_USER = Statement(_token_user)
 TOKEN_USER_LOCKED = Statement(_token_user.with_for_update(key_share=True))  # see models.py
 REVOKE = Statement(insert(revoked_tokens).values(jti=bindparam("jti"), expires_at=bindparam("exp")))
@@ -168,8 +158,7 @@ def current_user(db, request, lock=False):
 def _token_and_user(db, request, lock):
     """(the token's claims, its user): see current_user."""
     # From the environ as sent (latin-1): Bottle's get_header fails on non-UTF-8 bytes.
-    header = request.environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = request.environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized(
             "This needs an Authorization: Bearer <token> header; get a token from POST /login."
@@ -204,9 +193,6 @@ def log_out(db, request, everywhere=False):
     else:
         FORGET_REVOKED.run(db, {"now": time.time()})
         REVOKE.run(db, {"jti": claims["jti"], "exp": claims["exp"]})
-
-
-# What the caller may touch
 
 
 def no_such_user(user_id):

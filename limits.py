@@ -1,11 +1,9 @@
 """What one client, or a flood, may take (CONTRACT.md, Under pressure).
 
-- The hashing budget: at most HASH_CONCURRENCY password hashes at once (scrypt
-  takes 16 MiB and a core's worth of time each); a few requests may wait briefly
-  for it, the others get 503 at once.
-- Per-client rates: SIGNUP_RATE sign-ups and LOGIN_RATE logins per client address
-  per minute, then 429, counted in the database every server shares (throttle.py),
-  so that the limit is the limit behind a load balancer too.
+- The hashing budget: at most HASH_CONCURRENCY password hashes at once (scrypt takes
+  16 MiB and a core's worth of time each); a few may wait briefly, the others get 503.
+- Per-client rates: SIGNUP_RATE sign-ups and LOGIN_RATE logins per address per minute, then
+  429, counted in the database every server shares: the limit holds behind a load balancer too.
 """
 
 import ipaddress
@@ -48,11 +46,8 @@ class _HashBudget:
         if not self._acquire():
             with self._lock:
                 self.refused += 1
-            raise ApiError(
-                503,
-                "The server is busy checking other passwords; try again in a moment.",
-                Retry_After=1,
-            )
+            message = "The server is busy checking other passwords; try again in a moment."
+            raise ApiError(503, message, Retry_After=1)
         with self._lock:
             self.in_flight += 1
         try:
@@ -66,29 +61,20 @@ class _HashBudget:
 hash_budget = _HashBudget(config.HASH_CONCURRENCY, HASH_WAITERS)
 
 
-class Rate:
+class Rate(throttle.Throttle):
     """At most `limit` events per client address in any 60 s."""
 
     WINDOW = 60  # seconds
 
     def __init__(self, kind, name, limit):
+        super().__init__(kind, limit, self.WINDOW, read_first=True, tries=10)
         self.name = name
-        self.throttle = throttle.Throttle(kind, limit, self.WINDOW, read_first=True, tries=10)
         self.refused = 0  # by this process (metrics.py)
 
-    def take(self, client):
-        """Counts one event of client; ApiError 429 (counting nothing) beyond the limit."""
-        # Busy (others of the client took the slot it picked, every time): a second's refusal.
-        start = random.randrange(self.throttle.limit)
-        self.throttle.take(client, refusal=self._refusal, busy=self._refusal, start=start)
-
-    def _refusal(self, wait=1):
+    def refusal(self, wait=1):
         self.refused += 1
-        return ApiError(
-            429,
-            f"Too many {self.name} from your address; try again in {wait} seconds.",
-            Retry_After=wait,
-        )
+        message = f"Too many {self.name} from your address; try again in {wait} seconds."
+        return ApiError(429, message, Retry_After=wait)
 
 
 sign_ups = Rate("sign-up", "sign-ups", config.SIGNUP_RATE)
@@ -99,7 +85,9 @@ def count(rate, environ):
     """Counts the request toward its client's rate; ApiError 429 beyond it. Every request
     counts, a 503 too: a flooding client then meets the 429 within a minute (and
     serving.py's pause after it), and stops competing with everyone else for the budget."""
-    rate.take(client_address(environ))
+    # Busy (others of the client took the slot it picked, every time): a second's refusal.
+    start = random.randrange(rate.limit)
+    rate.take(client_address(environ), rate.refusal, busy=rate.refusal, start=start)
 
 
 def _trusted(address):
@@ -111,9 +99,8 @@ def _trusted(address):
 
 
 def client_address(environ):
-    """The address that rates count: the peer, unless it is a trusted proxy;
-    then the right-most X-Forwarded-For hop that is not one (the left-most
-    is whatever the client chose to write)."""
+    """The address that rates count: the peer, unless it is a trusted proxy; then the right-most
+    X-Forwarded-For hop that is not one (the left-most is whatever the client wrote)."""
     peer = environ.get("REMOTE_ADDR", "")
     if not config.TRUSTED_PROXIES or not _trusted(peer):
         return peer

@@ -1,16 +1,15 @@
 """Numbers for operators: `GET /metrics` in Prometheus text (CONTRACT.md).
 
-Counts and durations only, never user data: a route is named by its template
-(`/users/{id}`, never `/users/17`). A worker serves its own on WORKER_METRICS_PORT.
-No `*_created` series: they would double the series of every counter and histogram
-for a figure nobody reads.
+Counts and durations only, never user data (`/users/{id}`, never `/users/17`); a worker
+serves its own on WORKER_METRICS_PORT. No `*_created` series: they would double the series
+of every counter and histogram for a figure nobody reads.
 """
 
 import re
 from functools import cache
 
 import prometheus_client
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import config
@@ -21,10 +20,7 @@ registry = prometheus_client.CollectorRegistry()
 prometheus_client.ProcessCollector(registry=registry)
 
 REQUESTS = Counter(
-    "http_requests_total",
-    "Requests answered, by route template, method and status",
-    ["route", "method", "status"],
-    registry=registry,
+    "http_requests_total", "Requests answered", ["route", "method", "status"], registry=registry
 )
 DURATION = Histogram(
     "http_request_duration_seconds",
@@ -34,10 +30,7 @@ DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 JOBS = Counter(
-    "report_jobs_total",
-    "Report jobs settled by this process's worker, by outcome",
-    ["outcome"],
-    registry=registry,
+    "report_jobs_total", "Report jobs this process's worker settled", ["outcome"], registry=registry
 )
 JOB_DURATION = Histogram(
     "report_job_duration_seconds",
@@ -46,13 +39,12 @@ JOB_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-# A wildcard of a Bottle rule, "<user_id:id>", is named by its filter: "{id}".
+# A wildcard of a Bottle rule is named by its filter: "/users/<user_id:id>" -> "/users/{id}".
 _WILDCARD = re.compile(r"<(\w+)(?::(\w+))?[^>]*>")
 
 
 @cache
 def route_template(rule):
-    """ "/users/<user_id:id>/pdf" -> "/users/{id}/pdf"."""
     return _WILDCARD.sub(lambda found: "{" + (found.group(2) or found.group(1)) + "}", rule)
 
 
@@ -81,8 +73,7 @@ def observe_job(settled, seconds):
 
 
 class ServiceCollector:
-    """Read at each scrape: reports by state, jobs waiting, the hashing budget and
-    the refusals of limits.py."""
+    """Read at each scrape: reports by state, jobs waiting, the hashing budget, refusals."""
 
     def __init__(self, reports_by_state, jobs_waiting):
         self.reports_by_state, self.jobs_waiting = reports_by_state, jobs_waiting
@@ -99,8 +90,7 @@ class ServiceCollector:
         # depth, None when it does not answer (no figure rather than a wrong one).
         waiting = counted.get("pending", 0) if config.IN_PROCESS_BROKER else self.jobs_waiting()
         if waiting is not None:
-            about = "Jobs queued for a worker (RabbitMQ: the queue's depth)"
-            yield GaugeMetricFamily("report_jobs_waiting", about, value=waiting)
+            yield GaugeMetricFamily("report_jobs_waiting", "Jobs queued for workers", value=waiting)
         budget = limits.hash_budget
         about = "Password hashes running now"
         yield GaugeMetricFamily("password_hashes_in_flight", about, value=budget.in_flight)
@@ -124,6 +114,4 @@ def exposition():
 def serve_for_worker():
     """A worker's own metrics on WORKER_METRICS_PORT (off when 0)."""
     if config.WORKER_METRICS_PORT:
-        prometheus_client.start_http_server(
-            config.WORKER_METRICS_PORT, addr=config.HOST, registry=registry
-        )
+        start_http_server(config.WORKER_METRICS_PORT, addr=config.HOST, registry=registry)

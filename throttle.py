@@ -1,13 +1,10 @@
-"""At most `limit` events of a kind per key in a window, counted in the
-database that every server shares (models.recent_events): failed logins by
-username (auth.py), sign-ups and logins by client address (limits.py).
+"""At most `limit` events of a kind per key in a window, counted in the database that
+every server shares (models.recent_events): failed logins by username (auth.py),
+sign-ups and logins by client address (limits.py).
 
-A key's events take numbered slots, 0 to limit - 1: an event takes a free
-slot, or the slot of one that has left the window. Taking a slot is one
-INSERT ... ON CONFLICT DO UPDATE that overwrites only an event out of the
-window, so of two servers that pick the same slot at once, one gets it and
-the other counts again. Rows older than the longest window are forgotten by
-every server's sweep (forget_old).
+A key's events take numbered slots, 0 to limit - 1. Taking a free slot, or that of an
+event out of the window, is one INSERT ... ON CONFLICT DO UPDATE: of two servers that pick
+the same slot at once, one gets it and the other counts again.
 """
 
 import itertools
@@ -30,9 +27,7 @@ KEY_LENGTH = 64  # a longer key (a forwarded address is whatever a proxy wrote) 
 _of_key = (table.c.kind == bindparam("kind"), table.c.key == bindparam("key"))
 _of_slot = (*_of_key, table.c.slot == bindparam("slot"))
 EVENTS = Statement(select(table.c.slot, table.c.at, table.c.pending).where(*_of_key))
-_new = insert(table).values(
-    {name: bindparam(name) for name in ("kind", "key", "slot", "at", "pending")}
-)
+_new = insert(table).values({column.name: bindparam(column.name) for column in table.c})
 TAKE_SLOT = Statement(
     _new.on_conflict_do_update(
         index_elements=[table.c.kind, table.c.key, table.c.slot],
@@ -48,20 +43,18 @@ FORGET = Statement(delete(table).where(table.c.at <= bindparam("before")))
 class Throttle:
     """At most `limit` events of `kind` per key in any `window` seconds.
 
-    pending: an event is taken before its outcome is known, and counts once settle()
-    says it happened. read_first: a refusal costs one read and no write (a flood of
-    them takes no write lock). tries: how often a slot that others took meanwhile is
-    sought again."""
+    pending: an event is taken before its outcome is known, and counts once settled.
+    read_first: a refusal costs one read, no write (a flood of them takes no write lock).
+    tries: how often it seeks a slot again when others took the one it picked."""
 
     def __init__(self, kind, limit, window, pending=False, read_first=False, tries=3):
         self.kind, self.limit, self.window = kind, limit, window
         self.pending, self.read_first, self.tries = pending, read_first, tries
 
     def take(self, key, refusal, busy, start=0, then=None):
-        """Takes a slot for one more event of key, in a write that first counts the key's
-        events in the window: (the slot, then(db) in that write). Raises refusal(seconds
-        until one leaves) when `limit` settled events count, and busy() while pending ones
-        fill the other slots, or when others took the slot it picked every time.
+        """(a slot taken for one more event of key, then(db)), in a write that counts the key's
+        events first: refusal(seconds until one leaves) when `limit` settled ones count, busy()
+        while pending ones fill the other slots, or when others took each slot it picked.
         start: the first slot tried (requests at once that start apart seldom collide)."""
         key = key[:KEY_LENGTH]
         if self.read_first:
@@ -99,8 +92,7 @@ class Throttle:
 
 
 def free_slot(events, limit, start=0):
-    """A slot for one more event beside events ({slot: ...} in the window), or
-    None: the first free one from start on (round to 0 after limit - 1)."""
+    """The first free slot of events ({slot: ...} in the window) from start on, round; or None."""
     if len(events) >= limit:
         return None
     slots = itertools.chain(range(start, limit), range(start))
