@@ -61,7 +61,7 @@ def spend_one_hash(password):
     password_matches(password, _hash_of_nobody())
 
 
-# Failed logins per username in the window (300 s; config.LOGIN_FAILURE_WINDOW for tests).
+# At most 10 failed logins per username in the window (300 s; the tests set a shorter one).
 MAX_FAILURES, FAILURE_WINDOW = 10, config.LOGIN_FAILURE_WINDOW
 FAILURES = throttle.Throttle("login-failure", MAX_FAILURES, FAILURE_WINDOW, pending=True)
 
@@ -94,7 +94,7 @@ def log_in(username, password, hashing=nullcontext):
     try:
         with hashing():
             # An unknown name costs one hash, as a wrong password does.
-            stored = user.password_hash if user else _hash_of_nobody()
+            stored = user.password_hash if user is not None else _hash_of_nobody()
             matched = password_matches(password, stored) and user is not None
     finally:  # a login never checked (the budget was full) is no failure
         with database.writing() as db:

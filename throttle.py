@@ -92,7 +92,7 @@ class Throttle:
 
 
 def free_slot(events, limit, start=0):
-    """The first free slot of events ({slot: ...} in the window) from start on, round; or None."""
+    """The first free slot beside events ({slot: ...}) from start on, going round; or None."""
     if len(events) >= limit:
         return None
     slots = itertools.chain(range(start, limit), range(start))
