@@ -6,8 +6,8 @@ import hmac
 import os
 import time
 import uuid
-from contextlib import nullcontext
-from functools import cache, lru_cache
+from contextlib import nullcontext, suppress
+from functools import cache
 
 import jwt
 from sqlalchemy import bindparam, delete, exists, insert, select
@@ -21,8 +21,7 @@ from models import possible_id, revoked_tokens, users
 from responses import ApiError
 from validation import USER_FIELDS
 
-# Where current_user leaves the caller's id in the request's environ.
-USER_ID_KEY = "stats_api.user_id"
+USER_ID_KEY = "stats_api.user_id"  # where current_user leaves the caller's id in the environ
 
 # OWASP's minimum for scrypt, in the variant that needs 16 MiB per hash
 # (128 * N * r bytes): eight logins at once stay well inside a small machine.
@@ -35,15 +34,8 @@ def _b64(raw):
 
 def _scrypt(password, salt, n, r, p):
     # surrogatepass: a JSON string may hold a lone surrogate; hash it, never crash.
-    return hashlib.scrypt(
-        password.encode("utf-8", "surrogatepass"),
-        salt=salt,
-        n=n,
-        r=r,
-        p=p,
-        maxmem=256 * n * r,
-        dklen=32,
-    )
+    encoded = password.encode("utf-8", "surrogatepass")
+    return hashlib.scrypt(encoded, salt=salt, n=n, r=r, p=p, maxmem=256 * n * r, dklen=32)
 
 
 def hash_password(password):
@@ -59,7 +51,7 @@ def password_matches(password, stored):
     return hmac.compare_digest(computed, base64.b64decode(digest))
 
 
-@lru_cache(maxsize=1)
+@cache
 def _hash_of_nobody():
     return hash_password("no user has this password")
 
@@ -69,82 +61,45 @@ def spend_one_hash(password):
     password_matches(password, _hash_of_nobody())
 
 
-# Login throttling: this many failures for one username within the window
-# (300 s; config.LOGIN_FAILURE_WINDOW, which only the tests shorten).
+# At most 10 failed logins per username in the window (300 s; the tests set a shorter one).
 MAX_FAILURES, FAILURE_WINDOW = 10, config.LOGIN_FAILURE_WINDOW
-LOGIN_FAILURE = "login-failure"  # its kind of event (throttle.py)
+FAILURES = throttle.Throttle("login-failure", MAX_FAILURES, FAILURE_WINDOW, pending=True)
 
 
 def log_in(username, password, hashing=nullcontext):
-    """The user for this pair, or None for a bad one; ApiError 429 while the
-    username is throttled, 503 while logins being checked fill what its
-    failures leave. hashing() is held around the hash (the server's budget).
-
-    One transaction counts the username's recent failures and takes a slot
-    for this login as a pending failure, before the hash, so that logins
-    sent at once each count the others. The hash's outcome then settles it:
-    a failure, or nothing. Only a checked, wrong pair counts as a failed login."""
+    """The user for this pair, or None; ApiError 429 while the username is throttled, 503
+    while logins being checked fill what its failures leave. hashing() is held around the hash.
+    One transaction counts the username's failures and takes a slot for this login as a pending
+    failure before the hash, so that logins sent at once count each other; the hash settles it."""
     if not USER_FIELDS["username"].accepts(username):
         with hashing():
             spend_one_hash(password)  # no such user can exist; answer as slowly
         return None
-    user, slot = _begin_login(username)
+    slot, user = FAILURES.take(
+        username,
+        refusal=lambda wait: ApiError(
+            429,
+            f"Too many failed logins for '{username}'; try again in {wait} seconds.",
+            Retry_After=wait,
+        ),
+        # Not a throttle (failures may stay under ten): busy, so try again soon.
+        busy=lambda: ApiError(
+            503,
+            f"Other logins for '{username}' are being checked; try again in a moment.",
+            Retry_After=1,
+        ),
+        then=lambda db: models.find_user_by_name(db, username),
+    )
     matched = None
     try:
         with hashing():
-            matched = _password_matches(user, password)
+            # An unknown name costs one hash, as a wrong password does.
+            stored = user.password_hash if user is not None else _hash_of_nobody()
+            matched = password_matches(password, stored) and user is not None
     finally:  # a login never checked (the budget was full) is no failure
         with database.writing() as db:
-            failed = matched is False
-            throttle.settle(db, LOGIN_FAILURE, username, slot, time.time(), happened=failed)
+            FAILURES.settle(db, username, slot, happened=matched is False)
     return user if matched else None
-
-
-def _password_matches(user, password):
-    if user is None:
-        spend_one_hash(password)  # an unknown name costs one hash, as a wrong password does
-        return False
-    return password_matches(password, user.password_hash)
-
-
-def _begin_login(username):
-    """(the user or None, the slot of this login); ApiError 429 or 503."""
-    for _ in range(3):
-        with database.writing() as db:
-            now = time.time()
-            events = throttle.in_window(db, LOGIN_FAILURE, username, now, FAILURE_WINDOW)
-            failures = {slot: event for slot, event in events.items() if not event[1]}
-            if len(failures) >= MAX_FAILURES:
-                wait = throttle.seconds_until_one_leaves(failures, now, FAILURE_WINDOW)
-                raise _throttled(username, wait)
-            slot = throttle.free_slot(events, MAX_FAILURES)
-            if slot is None:
-                raise _busy(username)
-            if throttle.take(db, LOGIN_FAILURE, username, slot, now, FAILURE_WINDOW, pending=True):
-                return models.find_user_by_name(db, username), slot
-        # Another login of the name took the slot meanwhile: count again.
-    raise _busy(username)
-
-
-def _throttled(username, wait):
-    wait = max(1, wait)
-    return ApiError(
-        429,
-        f"Too many failed logins for '{username}'; try again in {wait} seconds.",
-        Retry_After=wait,
-    )
-
-
-def _busy(username):
-    # Not a throttle (failures may stay under ten): busy, so try again soon.
-    return ApiError(
-        503,
-        f"Other logins for '{username}' are being checked; try again in a moment.",
-        Retry_After=1,
-    )
-
-
-# Tokens
 
 
 @cache
@@ -156,13 +111,11 @@ def secret():
     if not path.exists():
         config.DATA_DIR.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(f".jwt_secret.{os.getpid()}")
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(base64.urlsafe_b64encode(os.urandom(32)).decode("ascii"))
+        draft.touch(mode=0o600)  # for this user's eyes only, from the start
+        draft.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode("ascii"))
         try:
-            os.link(draft, path)  # atomic: of two processes starting at once, one wins
-        except FileExistsError:
-            pass
+            with suppress(FileExistsError):  # atomic: of two processes starting at once, one wins
+                os.link(draft, path)
         finally:
             os.unlink(draft)
     return path.read_text().strip()
@@ -170,13 +123,9 @@ def secret():
 
 def issue_token(user):
     now = int(time.time())
-    claims = {
-        "sub": str(user.id),
-        "iat": now,
-        "exp": now + config.JWT_TTL,
-        "ver": user.token_version,
-        "jti": uuid.uuid4().hex,  # what POST /logout revokes
-    }
+    expires = now + config.JWT_TTL
+    claims = {"sub": str(user.id), "iat": now, "exp": expires, "ver": user.token_version}
+    claims["jti"] = uuid.uuid4().hex  # what POST /logout revokes
     return jwt.encode(claims, secret(), algorithm="HS256")
 
 
@@ -190,9 +139,8 @@ def token_no_longer_valid():
 
 
 # A token's user, and whether the token was revoked: one round trip.
-_token_user = select(
-    users, exists().where(revoked_tokens.c.jti == bindparam("jti")).label("revoked")
-).where(users.c.id == bindparam("id"))
+_revoked = exists().where(revoked_tokens.c.jti == bindparam("jti")).label("revoked")
+_token_user = select(users, _revoked).where(users.c.id == bindparam("id"))
 TOKEN_USER = Statement(_token_user)
 TOKEN_USER_LOCKED = Statement(_token_user.with_for_update(key_share=True))  # see models.py
 REVOKE = Statement(insert(revoked_tokens).values(jti=bindparam("jti"), expires_at=bindparam("exp")))
@@ -201,16 +149,8 @@ FORGET_REVOKED = Statement(
 )
 
 
-def _find_token_user(db, user_id, jti, lock):
-    """The user's row with .revoked (whether the token jti was revoked), or None."""
-    if not possible_id(user_id):
-        return None
-    return (TOKEN_USER_LOCKED if lock else TOKEN_USER).first(db, {"id": user_id, "jti": jti})
-
-
 def current_user(db, request, lock=False):
     """The user whose valid token came with the request; 401 for anything else.
-
     lock=True (in a write) keeps the user as checked until the write commits."""
     return _token_and_user(db, request, lock)[1]
 
@@ -218,33 +158,26 @@ def current_user(db, request, lock=False):
 def _token_and_user(db, request, lock):
     """(the token's claims, its user): see current_user."""
     # From the environ as sent (latin-1): Bottle's get_header fails on non-UTF-8 bytes.
-    header = request.environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = request.environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized(
             "This needs an Authorization: Bearer <token> header; get a token from POST /login."
         )
+    required = {"require": ["exp", "iat", "sub", "ver", "jti"]}
     try:
-        claims = jwt.decode(
-            token.strip(),
-            secret(),
-            algorithms=["HS256"],
-            options={"require": ["exp", "iat", "sub", "ver", "jti"]},
-        )
+        claims = jwt.decode(token.strip(), secret(), algorithms=["HS256"], options=required)
     except jwt.ExpiredSignatureError:
         raise _unauthorized("The token has expired; log in again.") from None
     except jwt.InvalidTokenError:
         raise _unauthorized("The token is not valid; log in again.") from None
     sub, version, jti = claims["sub"], claims["ver"], claims["jti"]
-    if (
-        not (sub.isascii() and sub.isdigit())
-        or type(version) is not int
-        or type(jti) is not str
-        or len(jti) > 64  # the revoked_tokens column: a longer one could not be revoked
-    ):
+    # A jti longer than the revoked_tokens column could not have been revoked.
+    well_formed = sub.isascii() and sub.isdigit() and type(version) is int
+    if not (well_formed and type(jti) is str and len(jti) <= 64):
         raise _unauthorized("The token is not valid; log in again.")
     # The revocation is read with the user: no round trip of its own.
-    user = _find_token_user(db, int(sub), jti, lock)
+    statement = TOKEN_USER_LOCKED if lock else TOKEN_USER
+    user = statement.first(db, {"id": int(sub), "jti": jti}) if possible_id(int(sub)) else None
     if user is None or user.token_version != version or user.revoked:
         raise token_no_longer_valid()
     request.environ[USER_ID_KEY] = user.id  # for the access log
@@ -262,9 +195,6 @@ def log_out(db, request, everywhere=False):
         REVOKE.run(db, {"jti": claims["jti"], "exp": claims["exp"]})
 
 
-# What the caller may touch
-
-
 def no_such_user(user_id):
     return ApiError(404, f"There is no user {user_id}.")
 
@@ -278,9 +208,7 @@ def user_or_404(db, user_id):
 
 def owned_user(db, request, user_id, lock=True):
     """The user at user_id, when the caller's token is theirs: else 401, 404 or 403.
-
-    With lock (in a write), the user stays as checked until it commits
-    (see models.find_user)."""
+    lock: as in current_user (see models.find_user)."""
     caller = current_user(db, request, lock)
     if caller.id == user_id:
         return caller

@@ -1,26 +1,17 @@
 """What one client, or a flood, may take (CONTRACT.md, Under pressure).
 
-- The hashing budget: at most HASH_CONCURRENCY password hashes at once
-  (scrypt takes 16 MiB and a core's worth of time each). A request that
-  finds it full waits briefly, and only a few wait at once, so that a flood
-  of sign-ups or logins cannot hold the Waitress threads that reads need;
-  the others get 503 at once.
-- Per-client rates: SIGNUP_RATE sign-ups and LOGIN_RATE logins per client
-  address per minute, then 429 (every request counts, a 503 too). Counted
-  in the database every server shares, so that the limit is the limit
-  behind a load balancer too. A refused request costs one read, never a write.
-- The client address: the peer's, or the right-most hop of X-Forwarded-For
-  that is not a trusted proxy, when the peer is one (TRUSTED_PROXIES).
+- The hashing budget: at most HASH_CONCURRENCY password hashes at once (scrypt takes
+  16 MiB and a core's worth of time each); a few may wait briefly, the others get 503.
+- Per-client rates: SIGNUP_RATE sign-ups and LOGIN_RATE logins per address per minute, then
+  429, counted in the database every server shares: the limit holds behind a load balancer too.
 """
 
 import ipaddress
 import random
 import threading
-import time
 from contextlib import contextmanager
 
 import config
-import database
 import throttle
 from responses import ApiError
 
@@ -55,11 +46,8 @@ class _HashBudget:
         if not self._acquire():
             with self._lock:
                 self.refused += 1
-            raise ApiError(
-                503,
-                "The server is busy checking other passwords; try again in a moment.",
-                Retry_After=1,
-            )
+            message = "The server is busy checking other passwords; try again in a moment."
+            raise ApiError(503, message, Retry_After=1)
         with self._lock:
             self.in_flight += 1
         try:
@@ -73,42 +61,20 @@ class _HashBudget:
 hash_budget = _HashBudget(config.HASH_CONCURRENCY, HASH_WAITERS)
 
 
-class Rate:
-    """At most `limit` events per client address in any 60 s, counted in the
-    shared database (throttle.py): the limit holds across servers."""
+class Rate(throttle.Throttle):
+    """At most `limit` events per client address in any 60 s."""
 
     WINDOW = 60  # seconds
 
     def __init__(self, kind, name, limit):
-        self.kind, self.name, self.limit = kind, name, limit
+        super().__init__(kind, limit, self.WINDOW, read_first=True, tries=10)
+        self.name = name
         self.refused = 0  # by this process (metrics.py)
 
-    def take(self, client):
-        """Counts one event of client; ApiError 429 (counting nothing) beyond the limit."""
-        now = time.time()
-        # A refusal reads, and writes nothing: a flood of them costs no write lock.
-        with database.reading() as db:
-            self._refuse_if_full(throttle.in_window(db, self.kind, client, now, self.WINDOW), now)
-        for _ in range(10):
-            with database.writing() as db:
-                events = throttle.in_window(db, self.kind, client, now, self.WINDOW)
-                self._refuse_if_full(events, now)
-                slot = throttle.free_slot(events, self.limit, random.randrange(self.limit))
-                if throttle.take(db, self.kind, client, slot, now, self.WINDOW):
-                    return
-        raise self._refusal(1)  # other requests of the client took every slot meanwhile
-
-    def _refuse_if_full(self, events, now):
-        if len(events) >= self.limit:
-            raise self._refusal(throttle.seconds_until_one_leaves(events, now, self.WINDOW))
-
-    def _refusal(self, wait):
+    def refusal(self, wait=1):
         self.refused += 1
-        return ApiError(
-            429,
-            f"Too many {self.name} from your address; try again in {wait} seconds.",
-            Retry_After=wait,
-        )
+        message = f"Too many {self.name} from your address; try again in {wait} seconds."
+        return ApiError(429, message, Retry_After=wait)
 
 
 sign_ups = Rate("sign-up", "sign-ups", config.SIGNUP_RATE)
@@ -116,11 +82,12 @@ logins = Rate("login", "logins", config.LOGIN_RATE)
 
 
 def count(rate, environ):
-    """Counts the request toward its client's rate; ApiError 429 beyond it.
-    Every request counts, a 503 too: a flooding client then meets the 429
-    within a minute (and serving.py's pause after it), and stops competing
-    with everyone else for the budget."""
-    rate.take(client_address(environ))
+    """Counts the request toward its client's rate; ApiError 429 beyond it. Every request
+    counts, a 503 too: a flooding client then meets the 429 within a minute (and
+    serving.py's pause after it), and stops competing with everyone else for the budget."""
+    # Busy (others of the client took the slot it picked, every time): a second's refusal.
+    start = random.randrange(rate.limit)
+    rate.take(client_address(environ), rate.refusal, busy=rate.refusal, start=start)
 
 
 def _trusted(address):
@@ -132,9 +99,8 @@ def _trusted(address):
 
 
 def client_address(environ):
-    """The address that rates count: the peer, unless it is a trusted proxy;
-    then the right-most X-Forwarded-For hop that is not one (the left-most
-    is whatever the client chose to write)."""
+    """The address that rates count: the peer, unless it is a trusted proxy; then the right-most
+    X-Forwarded-For hop that is not one (the left-most is whatever the client wrote)."""
     peer = environ.get("REMOTE_ADDR", "")
     if not config.TRUSTED_PROXIES or not _trusted(peer):
         return peer

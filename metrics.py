@@ -1,41 +1,26 @@
 """Numbers for operators: `GET /metrics` in Prometheus text (CONTRACT.md).
 
-Counts and durations only, never user data: requests by route template
-(`/users/{id}`, never `/users/17`), method and status, and report jobs, with
-their durations; reports by state and jobs waiting, read when scraped; password
-hashes in flight and requests refused under pressure; and the process's own
-figures (start time, memory, open files, CPU: process_*), by which restarts and
-leaks show. A worker process serves its own on WORKER_METRICS_PORT. No
-`*_created` series: they would double the series of every counter and histogram
-for a figure nobody reads.
+Counts and durations only, never user data (`/users/{id}`, never `/users/17`); a worker
+serves its own on WORKER_METRICS_PORT. No `*_created` series: they would double the series
+of every counter and histogram for a figure nobody reads.
 """
 
 import re
 from functools import cache
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
-    start_http_server,
-)
+import prometheus_client
+from prometheus_client import Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import config
 
-disable_created_metrics()  # process-wide, read at each scrape
-registry = CollectorRegistry()
-ProcessCollector(registry=registry)  # process_*, read from /proc at each scrape
+prometheus_client.disable_created_metrics()  # process-wide, read at each scrape
+registry = prometheus_client.CollectorRegistry()
+# process_* (start time, memory, open files, CPU), read at each scrape: restarts and leaks show.
+prometheus_client.ProcessCollector(registry=registry)
 
 REQUESTS = Counter(
-    "http_requests_total",
-    "Requests answered, by route template, method and status",
-    ["route", "method", "status"],
-    registry=registry,
+    "http_requests_total", "Requests answered", ["route", "method", "status"], registry=registry
 )
 DURATION = Histogram(
     "http_request_duration_seconds",
@@ -45,10 +30,7 @@ DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 JOBS = Counter(
-    "report_jobs_total",
-    "Report jobs settled by this process's worker, by outcome",
-    ["outcome"],
-    registry=registry,
+    "report_jobs_total", "Report jobs this process's worker settled", ["outcome"], registry=registry
 )
 JOB_DURATION = Histogram(
     "report_job_duration_seconds",
@@ -57,13 +39,12 @@ JOB_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-# A wildcard of a Bottle rule, "<user_id:id>", is named by its filter: "{id}".
+# A wildcard of a Bottle rule is named by its filter: "/users/<user_id:id>" -> "/users/{id}".
 _WILDCARD = re.compile(r"<(\w+)(?::(\w+))?[^>]*>")
 
 
 @cache
 def route_template(rule):
-    """ "/users/<user_id:id>/pdf" -> "/users/{id}/pdf"."""
     return _WILDCARD.sub(lambda found: "{" + (found.group(2) or found.group(1)) + "}", rule)
 
 
@@ -79,22 +60,20 @@ def observe_request(environ, status, seconds):
 
 
 def observe_heard_job(_user_id, seconds):
-    """A job that another process's worker settled, from its news (jobs.on_settled);
-    seconds: how long its render took (None: it drew nothing)."""
-    if seconds is not None:
+    """A job that another process's worker settled (jobs.on_settled): its render's seconds."""
+    if seconds is not None:  # None: it drew nothing
         JOB_DURATION.observe(seconds)
 
 
 def observe_job(settled, seconds):
-    """Counts a settled job (a worker's on_settled listener)."""
+    """A job that this process's worker settled (its on_settled)."""
     JOBS.labels(settled.outcome).inc()
     if seconds is not None:
         JOB_DURATION.observe(seconds)
 
 
 class ServiceCollector:
-    """What is read at scrape time: reports by state, jobs waiting, the
-    hashing budget and the refusals of limits.py."""
+    """Read at each scrape: reports by state, jobs waiting, the hashing budget, refusals."""
 
     def __init__(self, reports_by_state, jobs_waiting):
         self.reports_by_state, self.jobs_waiting = reports_by_state, jobs_waiting
@@ -102,8 +81,8 @@ class ServiceCollector:
     def collect(self):
         import limits
 
-        states = GaugeMetricFamily("reports", "Reports by state", labels=["state"])
         counted = dict(self.reports_by_state())
+        states = GaugeMetricFamily("reports", "Reports by state", labels=["state"])
         for state in ("pending", "rendering", "done", "failed"):
             states.add_metric([state], counted.get(state, 0))
         yield states
@@ -111,22 +90,13 @@ class ServiceCollector:
         # depth, None when it does not answer (no figure rather than a wrong one).
         waiting = counted.get("pending", 0) if config.IN_PROCESS_BROKER else self.jobs_waiting()
         if waiting is not None:
-            yield GaugeMetricFamily(
-                "report_jobs_waiting",
-                "Jobs queued for a worker (RabbitMQ: the queue's depth)",
-                value=waiting,
-            )
-        yield GaugeMetricFamily(
-            "password_hashes_in_flight",
-            "Password hashes running now",
-            value=limits.hash_budget.in_flight,
-        )
-        refused = CounterMetricFamily(
-            "requests_refused",
-            "Requests refused under pressure (CONTRACT.md), by reason",
-            labels=["reason"],
-        )
-        refused.add_metric(["hashing_budget"], limits.hash_budget.refused)
+            yield GaugeMetricFamily("report_jobs_waiting", "Jobs queued for workers", value=waiting)
+        budget = limits.hash_budget
+        about = "Password hashes running now"
+        yield GaugeMetricFamily("password_hashes_in_flight", about, value=budget.in_flight)
+        about = "Requests refused under pressure (CONTRACT.md), by reason"
+        refused = CounterMetricFamily("requests_refused", about, labels=["reason"])
+        refused.add_metric(["hashing_budget"], budget.refused)
         refused.add_metric(["signup_rate"], limits.sign_ups.refused)
         refused.add_metric(["login_rate"], limits.logins.refused)
         yield refused
@@ -138,7 +108,7 @@ def watch_service(reports_by_state, jobs_waiting):
 
 def exposition():
     """(the body, its Content-Type) of a scrape."""
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
 
 
 def serve_for_worker():
