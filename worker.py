@@ -1,8 +1,8 @@
 """The PDF worker: consumes report jobs, renders them, stores them.
 
 Run it as a process (`./run.sh worker`) beside servers on RabbitMQ, or let
-the server run it in a thread (EMBEDDED_WORKER, the default on memory://);
-the embedded worker runs its jobs in a child process (JobProcess).
+the server run it in a thread (EMBEDDED_WORKER, the default on memory://),
+its jobs then in a child process (JobProcess).
 
 A job is acked only after its report is committed, so a worker that dies
 mid-job loses nothing: the broker hands the job to the next worker. A job
@@ -41,16 +41,15 @@ FAILURE_PAUSE = 2  # seconds
 
 
 class Settled(NamedTuple):
-    """What became of a job: outcome "finished", "failed" or "dropped" (the
-    metrics' label), its user when the job named one, and a line for the log."""
+    """What became of a job: its outcome (the metrics' label), its user if any, a line to log."""
 
-    outcome: str
+    outcome: str  # "finished", "failed" or "dropped"
     user_id: int | None
     text: str
 
 
 def run_job(body):
-    """Render and store one report."""
+    """Renders and stores one report; what became of it (Settled)."""
     import drawing
 
     if not (
@@ -95,21 +94,20 @@ class JobProcess:
     Eight clients polling: 5.7 PDFs/s in a thread, 28.6 here; server RSS 113 -> 56.5 MiB."""
 
     def __init__(self):
-        self._pool = self._start()
+        self._start()
 
     def _start(self):
         spawn = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(1, spawn, initializer=_job_process_starts)
-        pool.submit(_ready)  # matplotlib loads now, not during the first job
-        return pool
+        self._pool = ProcessPoolExecutor(1, spawn, initializer=_job_process_starts)
+        self._pool.submit(_ready)  # matplotlib loads now, not during the first job
 
     def run(self, body):
-        """run_job(body) in the child; what it returns, or what it raised."""
+        """run_job(body) in the child: its outcome from the future, or what it raised."""
         try:
             future = self._pool.submit(run_job, body)
         except BrokenProcessPool:  # the child died (its job went back to the queue)
             self._pool.shutdown(wait=False)
-            self._pool = self._start()
+            self._start()
             future = self._pool.submit(run_job, body)
         return future.result()
 
@@ -135,20 +133,16 @@ def _ready():
     import drawing  # noqa: F401 (loading it is the point)
 
 
-class Stopping(Exception):
-    """Leaves the reconnection loop once the worker is asked to stop."""
-
-
 class BrokerLost(Exception):
-    """The consuming connection is gone, and the log said what it cost."""
+    """The consuming connection is gone, and the log need not say so again:
+    it said what the loss cost, or the worker stops."""
 
 
 class Worker(ConsumerMixin):
     """Consumes report jobs until stop(), one at a time, and reconnects by itself
     when the broker goes away (connection: jobs.connect's, with heartbeats).
-    run(body) does a job and returns its Settled (run_job, or the same in the
-    embedded worker's child process); on_settled(settled, seconds) is told of
-    every job settled (the metrics, the news for waiting requests)."""
+    run(body) does a job and returns its Settled (run_job, or JobProcess.run);
+    on_settled(settled, seconds) hears of every job settled."""
 
     def __init__(self, connection=None, run=run_job, on_settled=(), failure_pause=FAILURE_PAUSE):
         self.connection = connection or jobs.connect(heartbeat=jobs.HEARTBEAT)
@@ -166,12 +160,9 @@ class Worker(ConsumerMixin):
         self.consuming = True
         log.info("consuming report jobs from %s", connection.as_uri())
 
-    def on_consume_end(self, connection, channel):
-        self.consuming = False
-
     def on_connection_error(self, error, interval):
         if self.should_stop:
-            raise Stopping() from error
+            raise BrokerLost() from error  # out of the reconnection loop, and of run()
         log.warning("cannot reach the broker (%r); trying again in %ss", error, interval)
 
     @contextmanager
@@ -193,48 +184,39 @@ class Worker(ConsumerMixin):
             # The database, most likely: leave the job for later, or another worker.
             log.exception("job %r failed; it goes back to the queue", body)
             self._paused.wait(self.failure_pause)
-            with self._broker_loss(f"job {body!r:.100} could not go back to the queue"):
-                message.requeue()
+            message.requeue()
             return
         log.info(settled.text)
         # A dropped job drew nothing: its few milliseconds are no render's
         # duration, and would make waiting.py's Retry-After too hopeful.
         seconds = None if settled.outcome == "dropped" else time.monotonic() - began
-        with self._broker_loss(f"{settled.text}, but its ack was lost"):
-            try:
-                message.ack()
-            finally:  # the outcome is committed: whoever waits on it hears of it
-                for listener in self.on_settled:
-                    listener(settled, seconds)
-
-    @contextmanager
-    def _broker_loss(self, what):
-        """Says what a lost connection meant, then lets run() reconnect."""
         try:
-            yield
-        except self.connection.connection_errors + (OSError,) as error:
-            # Nothing is lost: the broker gives the unacked job to a worker
-            # again, which drops it if its report is finished by now.
-            log.warning("%s with the broker's connection (%r); it will be redelivered", what, error)
+            message.ack()
+        except self.connection.connection_errors as error:
+            # Nothing is lost: the worker it goes to drops it (its report is finished).
+            log.warning("%s, but its ack was lost (%r): to be redelivered", settled.text, error)
             raise BrokerLost() from error
+        finally:  # the outcome is committed: whoever waits on it hears of it
+            for listener in self.on_settled:
+                listener(settled, seconds)
 
     def on_decode_error(self, message, error):
         log.error("dropped a job that is not JSON (%s): %r", error, message.body[:200])
         message.ack()
 
     def run(self):
-        """ConsumerMixin's run, which says what a lost connection cost in one line,
-        can stop while the broker is away, and tells stop() when it is done."""
+        """ConsumerMixin's run, which logs a lost connection in one line (not a
+        traceback) and also ends when stop() is called while the broker is away."""
         errors = self.connection.connection_errors + self.connection.channel_errors
         while not self.should_stop:
             try:
                 for _ in self.consume():
                     pass
-            except (BrokerLost, Stopping):
-                pass  # said already, or should_stop is set
+            except BrokerLost:
+                pass
             except errors as error:
                 log.warning("lost the broker (%r); connecting again", error)
-            self.consuming = False  # on_consume_end is not called when consume() raises
+            self.consuming = False
         log.info("worker stopped")
         self._stopped.set()
 
