@@ -47,14 +47,15 @@ def get_report(user_id):
     wait = waiting.preferred_wait(request.environ)
     if not wait:
         return report_answer(user_id)
-    with waiting.watching(user_id) as news_within:
+    with waiting.watching(user_id) as news:
         answer = report_answer(user_id)
-        if answer.status_code != 202 or news_within is None:
+        if answer.status_code != 202 or news is None:
             return answer  # ready, failed, or MAX_WAITING already wait: at once
         deadline = time.monotonic() + wait
         # Read again only on news of the user's jobs (or at the deadline).
         while answer.status_code == 202 and time.monotonic() < deadline:
-            news_within(deadline - time.monotonic())
+            news.wait(deadline - time.monotonic())
+            news.clear()
             answer = report_answer(user_id)
     answer.set_header("Preference-Applied", f"wait={wait}")
     return answer
@@ -69,7 +70,7 @@ def report_answer(user_id):
         latest, done = reports.newest_and_newest_done(db, user_id)
         if done is None:
             return report_not_ready(db, latest, user_id)
-        if not_modified(report_etag(done), done.finished_at):
+        if not_modified(done):
             return bottle.HTTPResponse(status=304, headers=report_headers(done))
         # Read again with its PDF: a newer report may have replaced this one meanwhile.
         done = reports.newest_pdf(db, user_id)
@@ -92,15 +93,9 @@ def pdf_media_type():
     return "application/pdf"
 
 
-def report_etag(report):
-    return f'"report-{report.id}"'
-
-
 def report_headers(report):
-    return {
-        "ETag": report_etag(report),
-        "Last-Modified": formatdate(report.finished_at, usegmt=True),
-    }
+    last_modified = formatdate(report.finished_at, usegmt=True)
+    return {"ETag": f'"report-{report.id}"', "Last-Modified": last_modified}
 
 
 def report_not_ready(db, latest, user_id):
@@ -118,11 +113,11 @@ def report_not_ready(db, latest, user_id):
     )
 
 
-def not_modified(etag, finished_at):
+def not_modified(report):
     # Headers from the environ as sent: Bottle's get_header fails on non-UTF-8 bytes.
     if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return etag in tags or "*" in tags
+        return report_headers(report)["ETag"] in tags or "*" in tags
     since = bottle.parse_date(request.environ.get("HTTP_IF_MODIFIED_SINCE", ""))
-    return since is not None and int(finished_at) <= since
+    return since is not None and int(report.finished_at) <= since

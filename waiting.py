@@ -23,7 +23,7 @@ MAX_WAIT = 10  # seconds a client may ask for (CONTRACT.md)
 _WAIT_PREFERENCE = re.compile(r'^\s*wait\s*=\s*"?(\d{1,6})"?\s*$', re.IGNORECASE)
 
 _lock = threading.Lock()
-_watchers = {}  # user id -> set of threading.Event, one per waiting request
+_watchers = {}  # threading.Event -> user id, one per waiting request (at most MAX_WAITING)
 _slots = threading.BoundedSemaphore(config.MAX_WAITING) if config.MAX_WAITING else None
 # When jobs settled lately (any worker's), and how long one took: the base
 # of Retry-After. The pace of settling counts workers running side by side,
@@ -45,29 +45,20 @@ def preferred_wait(environ):
 @contextmanager
 def watching(user_id):
     """Interest in the user's jobs, taken before reading their state so that
-    news arriving between that read and the wait is not missed. Yields a
-    wait(seconds) function that returns when news came or the time is up; or
-    None when MAX_WAITING requests already wait (answer at once, then)."""
+    news arriving between that read and the wait is not missed. Yields an
+    Event that news of the user sets; or None when MAX_WAITING requests
+    already wait (answer at once, then)."""
     if _slots is None or not _slots.acquire(blocking=False):
         yield None
         return
     news = threading.Event()
     with _lock:
-        _watchers.setdefault(user_id, set()).add(news)
+        _watchers[news] = user_id
     try:
-
-        def wait(seconds):
-            came = news.wait(max(0.0, seconds))
-            news.clear()
-            return came
-
-        yield wait
+        yield news
     finally:
         with _lock:
-            watchers = _watchers.get(user_id)
-            watchers.discard(news)
-            if not watchers:
-                del _watchers[user_id]
+            del _watchers[news]
         _slots.release()
 
 
@@ -79,27 +70,25 @@ def wake(user_id, seconds=None):
         _job_seconds = 0.8 * _job_seconds + 0.2 * seconds
         _settled_at.append(time.monotonic())
     with _lock:
-        for news in _watchers.get(user_id, ()):
-            news.set()
+        for news, watched in _watchers.items():
+            if watched == user_id:
+                news.set()
 
 
 def wake_everyone():
     """News may have been missed (the news listener was away): every waiting
     request reads its report again, once."""
     with _lock:
-        for watchers in _watchers.values():
-            for news in watchers:
-                news.set()
+        for news in _watchers:
+            news.set()
 
 
 def retry_after(jobs_ahead):
     """An honest Retry-After in whole seconds (at least 1) for a report with
     jobs_ahead unfinished jobs queued before it: at the pace jobs settled in
-    the last PACE_WINDOW seconds, else at one job's recent duration.
-
-    (Jobs ahead times one job's duration alone overestimated: with two
-    workers, or after the render process's slow start, a burst's clients were
-    told to wait up to 6 s for reports done in under 1 s.)"""
+    the last PACE_WINDOW seconds, else at one job's recent duration. (That
+    duration alone told a burst's clients, with two workers, to wait up to
+    6 s for reports done in under 1 s.)"""
     now = time.monotonic()
     recent = [at for at in list(_settled_at) if at > now - PACE_WINDOW]
     per_job = _job_seconds
