@@ -72,6 +72,7 @@ def hours_and_minutes(seconds):
 
 def render(data, now=None):
     """The report as PDF bytes."""
+    now = now or datetime.now(UTC)
     try:
         "".join(str(value) for value in astuple(data)).encode("cp1252")
         fonts = CORE_FONTS
@@ -79,21 +80,14 @@ def render(data, now=None):
         fonts = EMBEDDED_FONTS
     # rc_context changes global settings: fine, as a worker renders one report at a time.
     with matplotlib.rc_context(fonts):
-        return _render(data, now)
-
-
-def _render(data, now):
-    now = now or datetime.now(UTC)
-    figure = Figure(figsize=A4_INCHES)
-    _header(figure, data)
-    _cards(figure, data)
-    _bar_chart(figure, data)
-    _win_share(figure, data)
-    _text(figure, 0.08, 0.04, f"Generated {now:%Y-%m-%d %H:%M:%S} UTC", 9, color=MUTED)
-    buffer = io.BytesIO()
-    title = f"Game statistics of {data.username}"
-    metadata = {"Title": title, "Creator": "stats-api", "CreationDate": now}
-    FigureCanvasPdf(figure).print_pdf(buffer, metadata=metadata)
+        figure = Figure(figsize=A4_INCHES)
+        for draw in (_header, _cards, _bar_chart, _win_share):
+            draw(figure, data)
+        _text(figure, 0.08, 0.04, f"Generated {now:%Y-%m-%d %H:%M:%S} UTC", 9, color=MUTED)
+        buffer = io.BytesIO()
+        title = f"Game statistics of {data.username}"
+        metadata = {"Title": title, "Creator": "stats-api", "CreationDate": now}
+        FigureCanvasPdf(figure).print_pdf(buffer, metadata=metadata)
     return buffer.getvalue()
 
 
