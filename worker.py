@@ -9,6 +9,7 @@ mid-job loses nothing: the broker hands the job to the next worker. A job
 that can never succeed is acked and logged, never redelivered forever.
 """
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -99,7 +100,7 @@ class JobProcess:
     def _start(self):
         spawn = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(1, spawn, initializer=_job_process_starts)
-        self._pool.submit(_ready)  # matplotlib loads now, not during the first job
+        self._pool.submit(importlib.import_module, "drawing")  # matplotlib now, not in a job
 
     def run(self, body):
         """run_job(body) in the child: its outcome from the future, or what it raised."""
@@ -129,10 +130,6 @@ def _exit_with(parent):
     os._exit(0)  # a job in hand was never acked: the restarted server requeues it
 
 
-def _ready():
-    import drawing  # noqa: F401 (loading it is the point)
-
-
 class BrokerLost(Exception):
     """The consuming connection is gone, and the log need not say so again:
     it said what the loss cost, or the worker stops."""
@@ -141,8 +138,9 @@ class BrokerLost(Exception):
 class Worker(ConsumerMixin):
     """Consumes report jobs until stop(), one at a time, and reconnects by itself
     when the broker goes away (connection: jobs.connect's, with heartbeats).
-    run(body) does a job and returns its Settled (run_job, or JobProcess.run);
-    on_settled(settled, seconds) hears of every job settled."""
+    run(body) does a job and returns its Settled (run_job, or JobProcess.run).
+    Every job settled is news for the servers (jobs.announce_settled) and for
+    each of on_settled(settled, seconds)."""
 
     def __init__(self, connection=None, run=run_job, on_settled=(), failure_pause=FAILURE_PAUSE):
         self.connection = connection or jobs.connect(heartbeat=jobs.HEARTBEAT)
@@ -197,6 +195,8 @@ class Worker(ConsumerMixin):
             log.warning("%s, but its ack was lost (%r): to be redelivered", settled.text, error)
             raise BrokerLost() from error
         finally:  # the outcome is committed: whoever waits on it hears of it
+            if settled.user_id is not None:  # the requests waiting on the user's report
+                jobs.announce_settled(settled.user_id, seconds)
             for listener in self.on_settled:
                 listener(settled, seconds)
 
@@ -227,17 +227,11 @@ class Worker(ConsumerMixin):
         self._stopped.wait(wait)
 
 
-def tell_servers(settled, seconds):
-    """News for the requests waiting on the user's report, whichever server holds them."""
-    if settled.user_id is not None:
-        jobs.announce_settled(settled.user_id, seconds)
-
-
 def start_in_thread(on_settled=()):
     """The embedded worker of a server process: it consumes in a thread, and
     runs the jobs in a child process."""
     job_process = JobProcess()
-    worker = Worker(run=job_process.run, on_settled=[tell_servers, *on_settled])
+    worker = Worker(run=job_process.run, on_settled=on_settled)
 
     def consume():
         worker.run()
@@ -252,9 +246,10 @@ def main():
 
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     migrate.ensure_newest()
-    _ready()  # matplotlib loads now, not during the first job
+    import drawing  # noqa: F401 (matplotlib loads now, not during the first job)
+
     metrics.serve_for_worker()
-    worker = Worker(on_settled=[tell_servers, metrics.observe_job])
+    worker = Worker(on_settled=[metrics.observe_job])
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run()
