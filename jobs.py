@@ -2,10 +2,9 @@
 
 One durable queue of small persistent messages, {"report_id", "user_id"}:
 the worker reads the user's data itself when the job runs. Beside it, news
-of settled jobs for the requests that wait on them (waiting.py). Every wait on the
-broker is bounded, because kombu retries forever by default in places.
-Importing this module connects to nothing: the publisher's connection is
-made on the first publish.
+of settled jobs for the requests that wait on them (waiting.py). Every wait
+on the broker is bounded, because kombu retries forever by default in places.
+Importing this module connects to nothing.
 """
 
 import logging
@@ -14,7 +13,6 @@ import socket
 import time
 import uuid
 from contextlib import suppress
-from functools import cache
 
 from kombu import Connection, Consumer, Exchange, Queue, pools
 
@@ -47,17 +45,15 @@ def connect(heartbeat=0):
     )
 
 
-@cache
-def _publisher_connection():
-    """Shared by the server's threads: kombu's producer pool gives each
-    publish a producer (and channel) of its own."""
-    return connect()
+# Shared by the server's threads (it connects on the first publish): kombu's
+# producer pool gives each publish a producer (and channel) of its own.
+_publisher = connect()
 
 
 def _publish(body, timeout, **where):
     """Sends body where it says (persistent unless its exchange says otherwise),
     confirmed by the broker; raises whatever the broker's absence raised."""
-    with pools.producers[_publisher_connection()].acquire(block=True, timeout=timeout) as producer:
+    with pools.producers[_publisher].acquire(block=True, timeout=timeout) as producer:
         producer.publish(body, serializer="json", retry=True, retry_policy=RETRY_POLICY, **where)
 
 
@@ -124,7 +120,7 @@ def announce_settled(user_id, seconds):
         log.warning("could not announce a settled job of user %s: %r", user_id, error)
 
 
-def listen_for_news(on_connected, reconnect_delay=2):
+def listen_for_news(on_connected):
     """Hears the workers' news for as long as the process lives (a server's
     daemon thread, on RabbitMQ). on_connected() is called each time the
     listener is ready again: news sent while it was away is lost with its
@@ -148,5 +144,5 @@ def listen_for_news(on_connected, reconnect_delay=2):
                             connection.drain_events(timeout=1)
                         connection.heartbeat_check()
         except Exception as error:
-            log.warning("not hearing job news (%r); listening again in %ss", error, reconnect_delay)
-            time.sleep(reconnect_delay)
+            log.warning("not hearing job news (%r); listening again in 2 s", error)
+            time.sleep(2)

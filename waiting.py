@@ -3,11 +3,9 @@
 A waiting GET registers interest in its user before it reads the report's
 state, then sleeps until a job of that user settles (or N seconds pass), and
 only then reads again: the database is read on news, never polled. The news
-comes from jobs.py: straight from the embedded worker in this process, or
-from the workers' broadcast on RabbitMQ, whichever server published the job.
-
-At most MAX_WAITING requests wait at once: a waiting request holds a
-Waitress thread, and the others must stay free for everyone else.
+comes from jobs.py, whichever server published the job. At most MAX_WAITING
+requests wait at once: each holds a Waitress thread, and the others must stay
+free for everyone else.
 """
 
 import math
@@ -27,7 +25,8 @@ _watchers = {}  # threading.Event -> user id, one per waiting request (at most M
 _slots = threading.BoundedSemaphore(config.MAX_WAITING) if config.MAX_WAITING else None
 # When jobs settled lately (any worker's), and how long one took: the base
 # of Retry-After. The pace of settling counts workers running side by side,
-# and a slow first job (the render process starting) soon stops counting.
+# and a slow first job (the render process starting) soon stops counting: one
+# job's duration alone told a burst's clients 6 s for reports done within 1 s.
 _settled_at = deque(maxlen=64)
 _job_seconds = 0.05
 PACE_WINDOW = 10  # seconds
@@ -44,10 +43,9 @@ def preferred_wait(environ):
 
 @contextmanager
 def watching(user_id):
-    """Interest in the user's jobs, taken before reading their state so that
-    news arriving between that read and the wait is not missed. Yields an
-    Event that news of the user sets; or None when MAX_WAITING requests
-    already wait (answer at once, then)."""
+    """Interest in the user's jobs, taken before reading their state (news
+    between that read and the wait is not missed): an Event that news of the
+    user sets, or None when MAX_WAITING requests already wait (answer at once)."""
     if _slots is None or not _slots.acquire(blocking=False):
         yield None
         return
@@ -63,8 +61,7 @@ def watching(user_id):
 
 
 def wake(user_id, seconds=None):
-    """News of the user: a job of theirs settled (done, failed, dropped), or they are gone;
-    seconds, when given, is how long the job took."""
+    """News of the user: a job of theirs settled (taking seconds, if given), or they are gone."""
     global _job_seconds
     if seconds is not None and seconds > 0:
         _job_seconds = 0.8 * _job_seconds + 0.2 * seconds
@@ -76,19 +73,16 @@ def wake(user_id, seconds=None):
 
 
 def wake_everyone():
-    """News may have been missed (the news listener was away): every waiting
-    request reads its report again, once."""
+    """News may have been missed (its listener was away): every waiting request reads again."""
     with _lock:
         for news in _watchers:
             news.set()
 
 
 def retry_after(jobs_ahead):
-    """An honest Retry-After in whole seconds (at least 1) for a report with
-    jobs_ahead unfinished jobs queued before it: at the pace jobs settled in
-    the last PACE_WINDOW seconds, else at one job's recent duration. (That
-    duration alone told a burst's clients, with two workers, to wait up to
-    6 s for reports done in under 1 s.)"""
+    """An honest Retry-After in whole seconds (at least 1) for a report with jobs_ahead
+    unfinished jobs queued before it: at one job's recent duration, or at the pace
+    jobs settled in the last PACE_WINDOW seconds if that is faster."""
     now = time.monotonic()
     recent = [at for at in list(_settled_at) if at > now - PACE_WINDOW]
     per_job = _job_seconds
