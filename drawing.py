@@ -94,15 +94,15 @@ def render(data, now=None):
 def _text(figure, x, y, content, size, width=None, bold=False, **style):
     """Text exactly as given, shrunk to fit width (in figure fractions) if need be.
     No mathtext: a '$' in a user's email must stay a dollar sign."""
-    if width is not None:
-        size = min(size, width * A4_INCHES[0] * 72 / _em_width(content, bold))
     weight = "bold" if bold else "normal"
+    if width is not None:
+        size = min(size, width * A4_INCHES[0] * 72 / _em_width(content, weight))
     return figure.text(x, y, content, fontsize=size, fontweight=weight, parse_math=False, **style)
 
 
-def _em_width(content, bold):
+def _em_width(content, weight):
     """The width of content in ems of Helvetica; unknown characters count as one em."""
-    metrics = _helvetica(bold)
+    metrics = _parse_afm(findfont(FontProperties(family="Helvetica", weight=weight), fontext="afm"))
     width = 0
     for character in content:
         try:
@@ -110,12 +110,6 @@ def _em_width(content, bold):
         except KeyError:
             width += 1000
     return max(width, 1) / 1000
-
-
-@cache
-def _helvetica(bold):
-    properties = FontProperties(family="Helvetica", weight="bold" if bold else "normal")
-    return _parse_afm(findfont(properties, fontext="afm"))
 
 
 # Shapes are placed in figure fractions (add_artist's default transform) or, in the
