@@ -1,8 +1,6 @@
-"""The PDF worker: consumes report jobs, renders them, stores them.
-
-Run it as a process (`./run.sh worker`) beside servers on RabbitMQ, or let
-the server run it in a thread (EMBEDDED_WORKER, the default on memory://),
-its jobs then in a child process (JobProcess).
+"""The PDF worker: consumes report jobs, renders them, stores them. It runs as a
+process (`./run.sh worker`) beside servers on RabbitMQ, or in a thread of the
+server (EMBEDDED_WORKER, the default on memory://), its jobs in a child process.
 
 A job is acked only after its report is committed, so a worker that dies
 mid-job loses nothing: the broker hands the job to the next worker. A job
@@ -30,9 +28,6 @@ import migrate
 import models
 import reports
 
-# drawing (matplotlib, 53 MiB) is imported where a job runs, so that a server
-# whose embedded worker runs its jobs in a child process never loads it.
-
 log = logging.getLogger("worker")
 
 RENDER_ATTEMPTS = 3
@@ -51,15 +46,12 @@ class Settled(NamedTuple):
 
 def run_job(body):
     """Renders and stores one report; what became of it."""
-    import drawing
+    import drawing  # here: a server whose child process runs its jobs never loads it (53 MiB)
 
-    if not (
-        isinstance(body, dict)
-        and type(body.get("report_id")) is int
-        and type(body.get("user_id")) is int
-    ):
+    fields = body if isinstance(body, dict) else {}
+    user_id, report_id = fields.get("user_id"), fields.get("report_id")
+    if type(user_id) is not int or type(report_id) is not int:
         return Settled("dropped", None, f"dropped malformed job {body!r:.200}")
-    user_id, report_id = body["user_id"], body["report_id"]
     with database.writing() as db:
         job = reports.find(db, report_id)
         if job is None or job.user_id != user_id:
@@ -129,8 +121,7 @@ def _exit_with(parent):
 
 
 class BrokerLost(Exception):
-    """Out of consume(), with nothing more to log: the log said what the lost
-    connection cost, or the worker stops."""
+    """Out of consume(): the log said what the lost connection cost, or the worker stops."""
 
 
 class Worker(ConsumerMixin):
@@ -186,7 +177,7 @@ class Worker(ConsumerMixin):
         seconds = None if settled.outcome == "dropped" else time.monotonic() - began
         try:
             message.ack()  # only now: a worker that dies before it loses nothing
-        except self.connection.connection_errors as error:
+        except self.connection_errors as error:
             # Nothing is lost: the worker it goes to drops it (its report is finished).
             log.warning("%s, but its ack was lost (%r): to be redelivered", settled.text, error)
             raise BrokerLost() from error
@@ -203,7 +194,7 @@ class Worker(ConsumerMixin):
     def run(self):
         """ConsumerMixin's run, which logs a lost connection in one line (not a
         traceback) and also ends when stop() is called while the broker is away."""
-        errors = self.connection.connection_errors + self.connection.channel_errors
+        errors = self.connection_errors + self.channel_errors
         while not self.should_stop:
             try:
                 for _ in self.consume():
