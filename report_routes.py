@@ -37,9 +37,8 @@ def request_report(user_id):
     except jobs.BrokerUnavailable:
         with database.writing() as db:
             reports.forget(db, report_id)
-        raise ApiError(
-            503, "The report queue is unavailable right now; try again shortly.", Retry_After=5
-        ) from None
+        message = "The report queue is unavailable right now; try again shortly."
+        raise ApiError(503, message, Retry_After=5) from None
     return accepted
 
 
@@ -76,12 +75,9 @@ def report_answer(user_id):
         done = reports.newest_pdf(db, user_id)
         if done is None:
             raise auth.no_such_user(user_id)  # deleted meanwhile, reports and all
-    headers = {
-        "Content-Type": pdf_media_type(),
-        "Content-Disposition": f'inline; filename="{user.username}_stats.pdf"',
-        **report_headers(done),
-    }
-    return bottle.HTTPResponse(done.pdf, 200, headers)
+    inline = f'inline; filename="{user.username}_stats.pdf"'
+    headers = {"Content-Type": pdf_media_type(), "Content-Disposition": inline}
+    return bottle.HTTPResponse(done.pdf, 200, {**headers, **report_headers(done)})
 
 
 def pdf_media_type():
@@ -99,18 +95,14 @@ def report_headers(report):
 
 
 def report_not_ready(db, latest, user_id):
+    post = f"POST /users/{user_id}/pdf"
     if latest is None:
-        return ApiError(
-            404,
-            f"No report was ever requested for user {user_id}; "
-            f"POST /users/{user_id}/pdf to request one.",
-        )
+        message = f"No report was ever requested for user {user_id}; {post} to request one."
+        return ApiError(404, message)
     if latest.state in reports.UNFINISHED:
         retry_after = waiting.retry_after(reports.unfinished_before(db, latest.id))
         return JsonAnswer({"status": "pending"}, 202, Retry_After=retry_after)
-    return ApiError(
-        409, f"The last report failed: {latest.error}. POST /users/{user_id}/pdf to try again."
-    )
+    return ApiError(409, f"The last report failed: {latest.error}. {post} to try again.")
 
 
 def not_modified(report):

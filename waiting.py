@@ -22,7 +22,7 @@ _WAIT_PREFERENCE = re.compile(r'^\s*wait\s*=\s*"?(\d{1,6})"?\s*$', re.IGNORECASE
 
 _lock = threading.Lock()
 _watchers = {}  # threading.Event -> user id, one per waiting request (at most MAX_WAITING)
-_slots = threading.BoundedSemaphore(config.MAX_WAITING) if config.MAX_WAITING else None
+_slots = threading.BoundedSemaphore(config.MAX_WAITING)
 # When jobs settled lately (any worker's), and how long one took: the base
 # of Retry-After. The pace of settling counts workers running side by side,
 # and a slow first job (the render process starting) soon stops counting: one
@@ -46,7 +46,7 @@ def watching(user_id):
     """Interest in the user's jobs, taken before reading their state (news
     between that read and the wait is not missed): an Event that news of the
     user sets, or None when MAX_WAITING requests already wait (answer at once)."""
-    if _slots is None or not _slots.acquire(blocking=False):
+    if not _slots.acquire(blocking=False):
         yield None
         return
     news = threading.Event()
