@@ -22,13 +22,9 @@ from matplotlib.patches import FancyBboxPatch, Rectangle, Wedge
 # The PDF core fonts are built into every reader: nothing to embed, and the
 # text stays text. They cover Latin-1 (cp1252) only: a report with other
 # characters embeds DejaVu Sans instead (see render).
-CORE_FONTS = {
-    "pdf.use14corefonts": True,
-    "font.family": "sans-serif",
-    "font.sans-serif": ["Helvetica"],
-}
+matplotlib.rcParams["font.family"] = "sans-serif"
+CORE_FONTS = {"pdf.use14corefonts": True, "font.sans-serif": ["Helvetica"]}
 EMBEDDED_FONTS = {"pdf.use14corefonts": False, "pdf.fonttype": 42, "font.sans-serif": "DejaVu Sans"}
-matplotlib.rcParams.update(CORE_FONTS)
 
 
 @cache
@@ -115,8 +111,6 @@ def _em_width(content, weight):
 # Shapes are placed in figure fractions (add_artist's default transform) or, in the
 # charts, in inches on the page (figure.dpi_scale_trans), as patches rather than in
 # Axes: an Axes costs more than the rest of the page (ticks, locators, layout).
-
-
 def _header(figure, data):
     figure.add_artist(Rectangle((0, 0.87), 1, 0.13, facecolor=INK, edgecolor="none"))
     _text(figure, 0.08, 0.925, data.username, 28, width=0.84, bold=True, color="white")

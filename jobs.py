@@ -121,10 +121,9 @@ def announce_settled(user_id, seconds):
 
 
 def listen_for_news(on_connected):
-    """Hears the workers' news for as long as the process lives (a server's
-    daemon thread, on RabbitMQ). on_connected() is called each time the
-    listener is ready again: news sent while it was away is lost with its
-    queue, so whoever waits on news should look again."""
+    """Hears the workers' news for as long as the process lives (a server's thread, on
+    RabbitMQ). on_connected() is called each time it listens again: news sent while
+    it was away was lost with its queue, so whoever waits on news should look again."""
     name = f"{news_exchange.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     mine = Queue(name, news_exchange, exclusive=True, auto_delete=True, durable=False)
 
