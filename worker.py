@@ -1,7 +1,6 @@
 """The PDF worker: consumes report jobs, renders them, stores them. It runs as a
 process (`./run.sh worker`) beside servers on RabbitMQ, or in a thread of the
 server (EMBEDDED_WORKER, the default on memory://), its jobs in a child process.
-
 A job is acked only after its report is committed, so a worker that dies
 mid-job loses nothing: the broker hands the job to the next worker. A job
 that can never succeed is acked and logged, never redelivered forever.
@@ -59,9 +58,8 @@ def run_job(body):
             return Settled("dropped", user_id, f"dropped job {report_id}: {why}")
         if not reports.start(db, job.id):  # it starts only a pending or rendering one
             return Settled("dropped", user_id, f"dropped job {job.id}: already finished")
-    # The data is read only after that commit. A POST that still found the job
-    # pending came before it, so its stats change is read here; a POST after it
-    # finds the job rendering and queues another.
+    # Read after that commit: a POST that found the job pending came before it (its
+    # stats are read here), and one after it finds the job rendering and queues another.
     with database.reading() as db:
         user, stats = models.find_user(db, user_id), models.find_stats(db, user_id)
         if user is None or stats is None:
@@ -82,9 +80,8 @@ def run_job(body):
 
 
 class JobProcess:
-    """Runs jobs in a child process, made again if it dies, gone with the server
-    (concurrent.futures stops it at exit). The render is pure Python: in the
-    server's own process it fought the Waitress threads for the GIL.
+    """Runs jobs in a child process, made again if it dies (concurrent.futures stops it at
+    exit). The render is pure Python: in the server's process it fought Waitress for the GIL.
     Eight clients polling: 5.7 PDFs/s in a thread, 28.6 here; server RSS 113 -> 56.5 MiB."""
 
     def __init__(self):
@@ -108,8 +105,7 @@ class JobProcess:
 
 def _job_process_starts():
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
-    # The server stops its child, after the job in hand: Ctrl-C is the server's.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops it, after the job in hand
     # A server killed outright (SIGKILL) cannot stop it: it goes by itself.
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
 
@@ -153,8 +149,7 @@ class Worker(ConsumerMixin):
 
     @contextmanager
     def establish_connection(self):
-        # ConsumerMixin's own, with at most 5 s between attempts (not 30 s):
-        # a restarted broker gets its consumers back soon.
+        # ConsumerMixin's own, but at most 5 s between attempts (not 30 s): a broker back soon.
         with self.create_connection() as connection:
             connection.ensure_connection(
                 self.on_connection_error, interval_start=0.5, interval_step=1, interval_max=5
@@ -172,11 +167,10 @@ class Worker(ConsumerMixin):
             message.requeue()
             return
         log.info(settled.text)
-        # A dropped job drew nothing: its few milliseconds are no render's
-        # duration, and would make waiting.py's Retry-After too hopeful.
+        # A dropped job drew nothing: its milliseconds would make Retry-After too hopeful.
         seconds = None if settled.outcome == "dropped" else time.monotonic() - began
         try:
-            message.ack()  # only now: a worker that dies before it loses nothing
+            message.ack()
         except self.connection_errors as error:
             # Nothing is lost: the worker it goes to drops it (its report is finished).
             log.warning("%s, but its ack was lost (%r): to be redelivered", settled.text, error)
