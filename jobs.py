@@ -51,8 +51,7 @@ _publisher = connect()
 
 
 def _publish(body, timeout, **where):
-    """Sends body where it says (persistent unless its exchange says otherwise),
-    confirmed by the broker; raises whatever the broker's absence raised."""
+    """Sends body where it says, confirmed; raises whatever the broker's absence raised."""
     with pools.producers[_publisher].acquire(block=True, timeout=timeout) as producer:
         producer.publish(body, serializer="json", retry=True, retry_policy=RETRY_POLICY, **where)
 
@@ -88,10 +87,9 @@ def broker_is_up():
         return False
 
 
-# News of settled jobs, for the requests waiting on them (waiting.py). With
-# the in-process broker the worker is in this very process: the news is a
-# call. On RabbitMQ every worker broadcasts it on a fanout exchange, and
-# every server hears it on a queue of its own, whichever server queued the job.
+# News of settled jobs, for the requests waiting on them (waiting.py). On memory://
+# the worker is in this very process: the news is a call. On RabbitMQ every worker
+# broadcasts it on a fanout exchange, every server hears it on a queue of its own.
 news_exchange = Exchange(
     f"{config.REPORT_QUEUE}.settled", type="fanout", durable=False, delivery_mode="transient"
 )
@@ -103,15 +101,11 @@ def on_settled(callback):
     _listeners.append(callback)
 
 
-def _tell_listeners(user_id, seconds):
-    for callback in _listeners:
-        callback(user_id, seconds)
-
-
 def announce_settled(user_id, seconds):
     """Tells the servers that a job of the user settled (done, failed or dropped)."""
     if config.IN_PROCESS_BROKER:
-        _tell_listeners(user_id, seconds)
+        for callback in _listeners:
+            callback(user_id, seconds)
         return
     news = {"user_id": user_id, "seconds": seconds}
     try:
@@ -130,7 +124,8 @@ def listen_for_news(on_connected):
     def heard(body, message):
         if isinstance(body, dict) and type(body.get("user_id")) is int:
             seconds = body.get("seconds")
-            _tell_listeners(body["user_id"], seconds if isinstance(seconds, float) else None)
+            for callback in _listeners:
+                callback(body["user_id"], seconds if isinstance(seconds, float) else None)
 
     while True:
         try:
