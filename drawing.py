@@ -1,8 +1,5 @@
-"""A user's stats report: one A4 page drawn with matplotlib's PDF backend.
-
-Only matplotlib's object API is used (never pyplot, which keeps global state
-and is not thread-safe), so reports can be drawn in any thread.
-"""
+"""A user's stats report: one A4 page drawn with matplotlib's PDF backend, by its
+object API alone (never pyplot, which keeps global state and is not thread-safe)."""
 
 import io
 import logging
@@ -33,10 +30,9 @@ def _parse_afm(path):
         return _afm.AFM(file)
 
 
-# The PDF backend parses a core font's whole metrics file on every save, only
-# to read its name: a third of a report's time. Parse each file once: a render
-# takes 16.5-22.5 ms with it, 33.6-42.4 ms without (BENCHMARKS.md).
-# (test_pdf_report.ReportLibraryTest fails if a matplotlib upgrade makes this dead.)
+# The PDF backend parses a core font's whole metrics file on every save only to read
+# its name. Parsed once, a render takes 16.5-22.5 ms, not 33.6-42.4 (BENCHMARKS.md);
+# test_pdf_report.ReportLibraryTest fails if a matplotlib upgrade makes this dead.
 backend_pdf.AFM = lambda file: _parse_afm(file.name)
 # Helvetica has no "normal" weight entry in matplotlib's list; say it once, not per text.
 logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)

@@ -1,7 +1,6 @@
 """The PDF report's routes (CONTRACT.md, PDF report): POST queues a job for a
 worker; GET serves the newest finished report, waits for one (Prefer: wait=N),
-or says why there is none. A report's states, and who moves it between them:
-reports.py."""
+or says why there is none. A report's states, and who moves it: reports.py."""
 
 import time
 from email.utils import formatdate
@@ -51,7 +50,6 @@ def get_report(user_id):
         if answer.status_code != 202 or news is None:
             return answer  # ready, failed, or MAX_WAITING already wait: at once
         deadline = time.monotonic() + wait
-        # Read again only on news of the user's jobs (or at the deadline).
         while answer.status_code == 202 and time.monotonic() < deadline:
             news.wait(deadline - time.monotonic())
             news.clear()
@@ -81,12 +79,11 @@ def report_answer(user_id):
 
 
 def pdf_media_type():
-    """application/pdf, or application/octet-stream for a client that asks for
-    that alone (generated clients read a PDF as bytes only under that name)."""
+    """application/octet-stream for a client that asks for that alone (generated
+    clients read a PDF as bytes only under that name), else application/pdf."""
     accept = request.environ.get("HTTP_ACCEPT", "")
-    if "application/octet-stream" in accept and "application/pdf" not in accept:
-        return "application/octet-stream"
-    return "application/pdf"
+    octets = "application/octet-stream" in accept and "application/pdf" not in accept
+    return "application/octet-stream" if octets else "application/pdf"
 
 
 def report_headers(report):

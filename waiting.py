@@ -1,11 +1,9 @@
 """Waiting for a report instead of polling (CONTRACT.md): `Prefer: wait=N`.
 
-A waiting GET registers interest in its user before it reads the report's
-state, then sleeps until a job of that user settles (or N seconds pass), and
-only then reads again: the database is read on news, never polled. The news
-comes from jobs.py, whichever server published the job. At most MAX_WAITING
-requests wait at once: each holds a Waitress thread, and the others must stay
-free for everyone else.
+A waiting GET reads the report again only on news of its user's jobs (jobs.py,
+whichever server published the job), or at the deadline: the database is never
+polled. At most MAX_WAITING requests wait at once: each holds a Waitress thread,
+and the others must stay free for everyone else.
 """
 
 import math
@@ -23,10 +21,9 @@ _WAIT_PREFERENCE = re.compile(r'^\s*wait\s*=\s*"?(\d{1,6})"?\s*$', re.IGNORECASE
 _lock = threading.Lock()
 _watchers = {}  # threading.Event -> user id, one per waiting request (at most MAX_WAITING)
 _slots = threading.BoundedSemaphore(config.MAX_WAITING)
-# When jobs settled lately (any worker's), and how long one took: the base
-# of Retry-After. The pace of settling counts workers running side by side,
-# and a slow first job (the render process starting) soon stops counting: one
-# job's duration alone told a burst's clients 6 s for reports done within 1 s.
+# When jobs settled lately (any worker's), and how long one took: the base of
+# Retry-After. The pace counts workers side by side, and soon forgets a slow first
+# job: one job's duration alone told a burst's clients 6 s for reports done in 1 s.
 _settled_at = deque(maxlen=64)
 _job_seconds = 0.05
 PACE_WINDOW = 10  # seconds
