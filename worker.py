@@ -149,7 +149,7 @@ class Worker(ConsumerMixin):
 
     @contextmanager
     def establish_connection(self):
-        # ConsumerMixin's own, but at most 5 s between attempts (not 30 s): a broker back soon.
+        # ConsumerMixin's own, retrying at most 5 s apart (not 30 s): soon back after a restart.
         with self.create_connection() as connection:
             connection.ensure_connection(
                 self.on_connection_error, interval_start=0.5, interval_step=1, interval_max=5
