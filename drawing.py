@@ -1,8 +1,5 @@
-"""A user's stats report: one A4 page drawn with matplotlib's PDF backend.
-
-Only matplotlib's object API is used (never pyplot, which keeps global state
-and is not thread-safe), so reports can be drawn in any thread.
-"""
+"""A user's stats report: one A4 page drawn with matplotlib's PDF backend, by its
+object API alone (never pyplot, which keeps global state and is not thread-safe)."""
 
 import io
 import logging
@@ -22,13 +19,9 @@ from matplotlib.patches import FancyBboxPatch, Rectangle, Wedge
 # The PDF core fonts are built into every reader: nothing to embed, and the
 # text stays text. They cover Latin-1 (cp1252) only: a report with other
 # characters embeds DejaVu Sans instead (see render).
-CORE_FONTS = {
-    "pdf.use14corefonts": True,
-    "font.family": "sans-serif",
-    "font.sans-serif": ["Helvetica"],
-}
+matplotlib.rcParams["font.family"] = "sans-serif"
+CORE_FONTS = {"pdf.use14corefonts": True, "font.sans-serif": ["Helvetica"]}
 EMBEDDED_FONTS = {"pdf.use14corefonts": False, "pdf.fonttype": 42, "font.sans-serif": "DejaVu Sans"}
-matplotlib.rcParams.update(CORE_FONTS)
 
 
 @cache
@@ -37,10 +30,9 @@ def _parse_afm(path):
         return _afm.AFM(file)
 
 
-# The PDF backend parses a core font's whole metrics file on every save, only
-# to read its name: a third of a report's time. Parse each file once: a render
-# takes 16.5-22.5 ms with it, 33.6-42.4 ms without (BENCHMARKS.md).
-# (test_pdf_report.ReportLibraryTest fails if a matplotlib upgrade makes this dead.)
+# The PDF backend parses a core font's whole metrics file on every save only to read
+# its name. Parsed once, a render takes 16.5-22.5 ms, not 33.6-42.4 (BENCHMARKS.md);
+# test_pdf_report.ReportLibraryTest fails if a matplotlib upgrade makes this dead.
 backend_pdf.AFM = lambda file: _parse_afm(file.name)
 # Helvetica has no "normal" weight entry in matplotlib's list; say it once, not per text.
 logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
@@ -72,6 +64,7 @@ def hours_and_minutes(seconds):
 
 def render(data, now=None):
     """The report as PDF bytes."""
+    now = now or datetime.now(UTC)
     try:
         "".join(str(value) for value in astuple(data)).encode("cp1252")
         fonts = CORE_FONTS
@@ -79,36 +72,29 @@ def render(data, now=None):
         fonts = EMBEDDED_FONTS
     # rc_context changes global settings: fine, as a worker renders one report at a time.
     with matplotlib.rc_context(fonts):
-        return _render(data, now)
-
-
-def _render(data, now):
-    now = now or datetime.now(UTC)
-    figure = Figure(figsize=A4_INCHES)
-    _header(figure, data)
-    _cards(figure, data)
-    _bar_chart(figure, data)
-    _win_share(figure, data)
-    _text(figure, 0.08, 0.04, f"Generated {now:%Y-%m-%d %H:%M:%S} UTC", 9, color=MUTED)
-    buffer = io.BytesIO()
-    title = f"Game statistics of {data.username}"
-    metadata = {"Title": title, "Creator": "stats-api", "CreationDate": now}
-    FigureCanvasPdf(figure).print_pdf(buffer, metadata=metadata)
+        figure = Figure(figsize=A4_INCHES)
+        for draw in (_header, _cards, _bar_chart, _win_share):
+            draw(figure, data)
+        _text(figure, 0.08, 0.04, f"Generated {now:%Y-%m-%d %H:%M:%S} UTC", 9, color=MUTED)
+        buffer = io.BytesIO()
+        title = f"Game statistics of {data.username}"
+        metadata = {"Title": title, "Creator": "stats-api", "CreationDate": now}
+        FigureCanvasPdf(figure).print_pdf(buffer, metadata=metadata)
     return buffer.getvalue()
 
 
 def _text(figure, x, y, content, size, width=None, bold=False, **style):
     """Text exactly as given, shrunk to fit width (in figure fractions) if need be.
     No mathtext: a '$' in a user's email must stay a dollar sign."""
-    if width is not None:
-        size = min(size, width * A4_INCHES[0] * 72 / _em_width(content, bold))
     weight = "bold" if bold else "normal"
+    if width is not None:
+        size = min(size, width * A4_INCHES[0] * 72 / _em_width(content, weight))
     return figure.text(x, y, content, fontsize=size, fontweight=weight, parse_math=False, **style)
 
 
-def _em_width(content, bold):
+def _em_width(content, weight):
     """The width of content in ems of Helvetica; unknown characters count as one em."""
-    metrics = _helvetica(bold)
+    metrics = _parse_afm(findfont(FontProperties(family="Helvetica", weight=weight), fontext="afm"))
     width = 0
     for character in content:
         try:
@@ -118,17 +104,9 @@ def _em_width(content, bold):
     return max(width, 1) / 1000
 
 
-@cache
-def _helvetica(bold):
-    properties = FontProperties(family="Helvetica", weight="bold" if bold else "normal")
-    return _parse_afm(findfont(properties, fontext="afm"))
-
-
 # Shapes are placed in figure fractions (add_artist's default transform) or, in the
 # charts, in inches on the page (figure.dpi_scale_trans), as patches rather than in
 # Axes: an Axes costs more than the rest of the page (ticks, locators, layout).
-
-
 def _header(figure, data):
     figure.add_artist(Rectangle((0, 0.87), 1, 0.13, facecolor=INK, edgecolor="none"))
     _text(figure, 0.08, 0.925, data.username, 28, width=0.84, bold=True, color="white")

@@ -2,10 +2,9 @@
 
 One durable queue of small persistent messages, {"report_id", "user_id"}:
 the worker reads the user's data itself when the job runs. Beside it, news
-of settled jobs for the requests that wait on them (waiting.py). Every wait on the
-broker is bounded, because kombu retries forever by default in places.
-Importing this module connects to nothing: the publisher's connection is
-made on the first publish.
+of settled jobs for the requests that wait on them (waiting.py). Every wait
+on the broker is bounded, because kombu retries forever by default in places.
+Importing this module connects to nothing.
 """
 
 import logging
@@ -13,7 +12,7 @@ import os
 import socket
 import time
 import uuid
-from functools import cache
+from contextlib import suppress
 
 from kombu import Connection, Consumer, Exchange, Queue, pools
 
@@ -27,58 +26,41 @@ queue = Queue(config.REPORT_QUEUE, exchange, routing_key="report", durable=True)
 # Give up on an unreachable broker after about two seconds.
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CONNECT_TIMEOUT = 2  # seconds, per attempt
+HEARTBEAT = 30  # seconds, for a consumer; the broker drops one that misses two
 
 
 class BrokerUnavailable(Exception):
     pass
 
 
-HEARTBEAT = 30  # seconds, for a consumer; the broker drops one that misses two
-
-
 def connect(heartbeat=0):
     """A new connection; the worker asks for heartbeats, publishers need none."""
-    connection = Connection(
+    # memory:// is polled: keep its latency low.
+    options = {**RETRY_POLICY, "confirm_publish": True, "polling_interval": 0.005}
+    return Connection(
         config.BROKER_URL,
         connect_timeout=CONNECT_TIMEOUT,
         heartbeat=heartbeat,
-        transport_options={
-            **RETRY_POLICY,
-            "confirm_publish": True,
-            # memory:// is polled: keep its latency low
-            "polling_interval": 0.005,
-        },
+        transport_options=options,
     )
-    return connection
 
 
-@cache
-def _publisher_connection():
-    """Shared by the server's threads, made on the first publish: kombu's
-    producer pool gives each publish a producer (and channel) of its own."""
-    return connect()
+# Shared by the server's threads (it connects on the first publish): kombu's
+# producer pool gives each publish a producer (and channel) of its own.
+_publisher = connect()
 
 
-def _publish(body, exchange, routing_key, declare, delivery_mode, timeout):
-    """Sends body, confirmed by the broker; raises whatever the broker's absence raised."""
-    with pools.producers[_publisher_connection()].acquire(block=True, timeout=timeout) as producer:
-        producer.publish(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            declare=declare,
-            serializer="json",
-            delivery_mode=delivery_mode,
-            retry=True,
-            retry_policy=RETRY_POLICY,
-        )
+def _publish(body, timeout, **where):
+    """Sends body where it says, confirmed; raises whatever the broker's absence raised."""
+    with pools.producers[_publisher].acquire(block=True, timeout=timeout) as producer:
+        producer.publish(body, serializer="json", retry=True, retry_policy=RETRY_POLICY, **where)
 
 
 def publish(report_id, user_id):
     """Queue a report job, confirmed by the broker; BrokerUnavailable if it cannot take it."""
     job = {"report_id": report_id, "user_id": user_id}
     try:
-        _publish(job, exchange, queue.routing_key, [queue], "persistent", timeout=5)
+        _publish(job, timeout=5, exchange=exchange, routing_key=queue.routing_key, declare=[queue])
     except Exception as error:
         log.warning("could not publish report job %s: %r", report_id, error)
         raise BrokerUnavailable(str(error)) from error
@@ -105,11 +87,12 @@ def broker_is_up():
         return False
 
 
-# News of settled jobs, for the requests waiting on them (waiting.py). With
-# the in-process broker the worker is in this very process: the news is a
-# call. On RabbitMQ every worker broadcasts it on a fanout exchange, and
-# every server hears it on a queue of its own, whichever server queued the job.
-news_exchange = Exchange(f"{config.REPORT_QUEUE}.settled", type="fanout", durable=False)
+# News of settled jobs, for the requests waiting on them (waiting.py). On memory://
+# the worker is in this very process: the news is a call. On RabbitMQ every worker
+# broadcasts it on a fanout exchange, every server hears it on a queue of its own.
+news_exchange = Exchange(
+    f"{config.REPORT_QUEUE}.settled", type="fanout", durable=False, delivery_mode="transient"
+)
 _listeners = []
 
 
@@ -118,43 +101,31 @@ def on_settled(callback):
     _listeners.append(callback)
 
 
-def _tell_listeners(user_id, seconds):
-    for callback in _listeners:
-        callback(user_id, seconds)
-
-
 def announce_settled(user_id, seconds):
     """Tells the servers that a job of the user settled (done, failed or dropped)."""
     if config.IN_PROCESS_BROKER:
-        _tell_listeners(user_id, seconds)
+        for callback in _listeners:
+            callback(user_id, seconds)
         return
     news = {"user_id": user_id, "seconds": seconds}
     try:
-        _publish(news, news_exchange, "", [news_exchange], "transient", timeout=1)
+        _publish(news, timeout=1, exchange=news_exchange, routing_key="", declare=[news_exchange])
     except Exception as error:  # a waiting request then waits out its N seconds
         log.warning("could not announce a settled job of user %s: %r", user_id, error)
 
 
-def drain(connection, timeout):
-    """Delivers what the broker sent, waiting at most timeout seconds for it."""
-    try:
-        connection.drain_events(timeout=timeout)
-    except TimeoutError:
-        pass
-
-
-def listen_for_news(on_connected, reconnect_delay=2):
-    """Hears the workers' news for as long as the process lives (a server's
-    daemon thread, on RabbitMQ). on_connected() is called each time the
-    listener is ready again: news sent while it was away is lost with its
-    queue, so whoever waits on news should look again."""
+def listen_for_news(on_connected):
+    """Hears the workers' news for as long as the process lives (a server's thread, on
+    RabbitMQ). on_connected() is called each time it listens again: news sent while
+    it was away was lost with its queue, so whoever waits on news should look again."""
     name = f"{news_exchange.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     mine = Queue(name, news_exchange, exclusive=True, auto_delete=True, durable=False)
 
     def heard(body, message):
         if isinstance(body, dict) and type(body.get("user_id")) is int:
             seconds = body.get("seconds")
-            _tell_listeners(body["user_id"], seconds if isinstance(seconds, float) else None)
+            for callback in _listeners:
+                callback(body["user_id"], seconds if isinstance(seconds, float) else None)
 
     while True:
         try:
@@ -163,8 +134,9 @@ def listen_for_news(on_connected, reconnect_delay=2):
                 with Consumer(connection, [mine], callbacks=[heard], accept=["json"], no_ack=True):
                     on_connected()
                     while True:
-                        drain(connection, timeout=1)
+                        with suppress(TimeoutError):  # nothing came within the second
+                            connection.drain_events(timeout=1)
                         connection.heartbeat_check()
         except Exception as error:
-            log.warning("not hearing job news (%r); listening again in %ss", error, reconnect_delay)
-            time.sleep(reconnect_delay)
+            log.warning("not hearing job news (%r); listening again in 2 s", error)
+            time.sleep(2)

@@ -1,7 +1,6 @@
 """The PDF report's routes (CONTRACT.md, PDF report): POST queues a job for a
 worker; GET serves the newest finished report, waits for one (Prefer: wait=N),
-or says why there is none. A report's states, and who moves it between them:
-reports.py."""
+or says why there is none. A report's states, and who moves it: reports.py."""
 
 import time
 from email.utils import formatdate
@@ -37,9 +36,8 @@ def request_report(user_id):
     except jobs.BrokerUnavailable:
         with database.writing() as db:
             reports.forget(db, report_id)
-        raise ApiError(
-            503, "The report queue is unavailable right now; try again shortly.", Retry_After=5
-        ) from None
+        message = "The report queue is unavailable right now; try again shortly."
+        raise ApiError(503, message, Retry_After=5) from None
     return accepted
 
 
@@ -47,14 +45,14 @@ def get_report(user_id):
     wait = waiting.preferred_wait(request.environ)
     if not wait:
         return report_answer(user_id)
-    with waiting.watching(user_id) as news_within:
+    with waiting.watching(user_id) as news:
         answer = report_answer(user_id)
-        if answer.status_code != 202 or news_within is None:
+        if answer.status_code != 202 or news is None:
             return answer  # ready, failed, or MAX_WAITING already wait: at once
         deadline = time.monotonic() + wait
-        # Read again only on news of the user's jobs (or at the deadline).
         while answer.status_code == 202 and time.monotonic() < deadline:
-            news_within(deadline - time.monotonic())
+            news.wait(deadline - time.monotonic())
+            news.clear()
             answer = report_answer(user_id)
     answer.set_header("Preference-Applied", f"wait={wait}")
     return answer
@@ -69,60 +67,46 @@ def report_answer(user_id):
         latest, done = reports.newest_and_newest_done(db, user_id)
         if done is None:
             return report_not_ready(db, latest, user_id)
-        if not_modified(report_etag(done), done.finished_at):
+        if not_modified(done):
             return bottle.HTTPResponse(status=304, headers=report_headers(done))
         # Read again with its PDF: a newer report may have replaced this one meanwhile.
         done = reports.newest_pdf(db, user_id)
         if done is None:
             raise auth.no_such_user(user_id)  # deleted meanwhile, reports and all
-    headers = {
-        "Content-Type": pdf_media_type(),
-        "Content-Disposition": f'inline; filename="{user.username}_stats.pdf"',
-        **report_headers(done),
-    }
-    return bottle.HTTPResponse(done.pdf, 200, headers)
+    inline = f'inline; filename="{user.username}_stats.pdf"'
+    headers = {"Content-Type": pdf_media_type(), "Content-Disposition": inline}
+    return bottle.HTTPResponse(done.pdf, 200, {**headers, **report_headers(done)})
 
 
 def pdf_media_type():
-    """application/pdf, or application/octet-stream for a client that asks for
-    that alone (generated clients read a PDF as bytes only under that name)."""
+    """application/octet-stream for a client that asks for that alone (generated
+    clients read a PDF as bytes only under that name), else application/pdf."""
     accept = request.environ.get("HTTP_ACCEPT", "")
-    if "application/octet-stream" in accept and "application/pdf" not in accept:
-        return "application/octet-stream"
-    return "application/pdf"
-
-
-def report_etag(report):
-    return f'"report-{report.id}"'
+    octets = "application/octet-stream" in accept and "application/pdf" not in accept
+    return "application/octet-stream" if octets else "application/pdf"
 
 
 def report_headers(report):
-    return {
-        "ETag": report_etag(report),
-        "Last-Modified": formatdate(report.finished_at, usegmt=True),
-    }
+    last_modified = formatdate(report.finished_at, usegmt=True)
+    return {"ETag": f'"report-{report.id}"', "Last-Modified": last_modified}
 
 
 def report_not_ready(db, latest, user_id):
+    post = f"POST /users/{user_id}/pdf"
     if latest is None:
-        return ApiError(
-            404,
-            f"No report was ever requested for user {user_id}; "
-            f"POST /users/{user_id}/pdf to request one.",
-        )
+        message = f"No report was ever requested for user {user_id}; {post} to request one."
+        return ApiError(404, message)
     if latest.state in reports.UNFINISHED:
         retry_after = waiting.retry_after(reports.unfinished_before(db, latest.id))
         return JsonAnswer({"status": "pending"}, 202, Retry_After=retry_after)
-    return ApiError(
-        409, f"The last report failed: {latest.error}. POST /users/{user_id}/pdf to try again."
-    )
+    return ApiError(409, f"The last report failed: {latest.error}. {post} to try again.")
 
 
-def not_modified(etag, finished_at):
+def not_modified(report):
     # Headers from the environ as sent: Bottle's get_header fails on non-UTF-8 bytes.
     if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return etag in tags or "*" in tags
+        return report_headers(report)["ETag"] in tags or "*" in tags
     since = bottle.parse_date(request.environ.get("HTTP_IF_MODIFIED_SINCE", ""))
-    return since is not None and int(finished_at) <= since
+    return since is not None and int(report.finished_at) <= since

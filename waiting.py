@@ -1,13 +1,9 @@
 """Waiting for a report instead of polling (CONTRACT.md): `Prefer: wait=N`.
 
-A waiting GET registers interest in its user before it reads the report's
-state, then sleeps until a job of that user settles (or N seconds pass), and
-only then reads again: the database is read on news, never polled. The news
-comes from jobs.py: straight from the embedded worker in this process, or
-from the workers' broadcast on RabbitMQ, whichever server published the job.
-
-At most MAX_WAITING requests wait at once: a waiting request holds a
-Waitress thread, and the others must stay free for everyone else.
+A waiting GET reads the report again only on news of its user's jobs (jobs.py,
+whichever server published the job), or at the deadline: the database is never
+polled. At most MAX_WAITING requests wait at once: each holds a Waitress thread,
+and the others must stay free for everyone else.
 """
 
 import math
@@ -23,11 +19,11 @@ MAX_WAIT = 10  # seconds a client may ask for (CONTRACT.md)
 _WAIT_PREFERENCE = re.compile(r'^\s*wait\s*=\s*"?(\d{1,6})"?\s*$', re.IGNORECASE)
 
 _lock = threading.Lock()
-_watchers = {}  # user id -> set of threading.Event, one per waiting request
-_slots = threading.BoundedSemaphore(config.MAX_WAITING) if config.MAX_WAITING else None
-# When jobs settled lately (any worker's), and how long one took: the base
-# of Retry-After. The pace of settling counts workers running side by side,
-# and a slow first job (the render process starting) soon stops counting.
+_watchers = {}  # threading.Event -> user id, one per waiting request (at most MAX_WAITING)
+_slots = threading.BoundedSemaphore(config.MAX_WAITING)
+# When jobs settled lately (any worker's), and how long one took: the base of
+# Retry-After. The pace counts workers side by side, and soon forgets a slow first
+# job: one job's duration alone told a burst's clients 6 s for reports done in 1 s.
 _settled_at = deque(maxlen=64)
 _job_seconds = 0.05
 PACE_WINDOW = 10  # seconds
@@ -44,62 +40,46 @@ def preferred_wait(environ):
 
 @contextmanager
 def watching(user_id):
-    """Interest in the user's jobs, taken before reading their state so that
-    news arriving between that read and the wait is not missed. Yields a
-    wait(seconds) function that returns when news came or the time is up; or
-    None when MAX_WAITING requests already wait (answer at once, then)."""
-    if _slots is None or not _slots.acquire(blocking=False):
+    """Interest in the user's jobs, taken before reading their state (news
+    between that read and the wait is not missed): an Event that news of the
+    user sets, or None when MAX_WAITING requests already wait (answer at once)."""
+    if not _slots.acquire(blocking=False):
         yield None
         return
     news = threading.Event()
     with _lock:
-        _watchers.setdefault(user_id, set()).add(news)
+        _watchers[news] = user_id
     try:
-
-        def wait(seconds):
-            came = news.wait(max(0.0, seconds))
-            news.clear()
-            return came
-
-        yield wait
+        yield news
     finally:
         with _lock:
-            watchers = _watchers.get(user_id)
-            watchers.discard(news)
-            if not watchers:
-                del _watchers[user_id]
+            del _watchers[news]
         _slots.release()
 
 
 def wake(user_id, seconds=None):
-    """News of the user: a job of theirs settled (done, failed, dropped), or they are gone;
-    seconds, when given, is how long the job took."""
+    """News of the user: a job of theirs settled (taking seconds, if given), or they are gone."""
     global _job_seconds
     if seconds is not None and seconds > 0:
         _job_seconds = 0.8 * _job_seconds + 0.2 * seconds
         _settled_at.append(time.monotonic())
     with _lock:
-        for news in _watchers.get(user_id, ()):
-            news.set()
-
-
-def wake_everyone():
-    """News may have been missed (the news listener was away): every waiting
-    request reads its report again, once."""
-    with _lock:
-        for watchers in _watchers.values():
-            for news in watchers:
+        for news, watched in _watchers.items():
+            if watched == user_id:
                 news.set()
 
 
-def retry_after(jobs_ahead):
-    """An honest Retry-After in whole seconds (at least 1) for a report with
-    jobs_ahead unfinished jobs queued before it: at the pace jobs settled in
-    the last PACE_WINDOW seconds, else at one job's recent duration.
+def wake_everyone():
+    """News may have been missed (its listener was away): every waiting request reads again."""
+    with _lock:
+        for news in _watchers:
+            news.set()
 
-    (Jobs ahead times one job's duration alone overestimated: with two
-    workers, or after the render process's slow start, a burst's clients were
-    told to wait up to 6 s for reports done in under 1 s.)"""
+
+def retry_after(jobs_ahead):
+    """An honest Retry-After in whole seconds (at least 1) for a report with jobs_ahead
+    unfinished jobs queued before it: at one job's recent duration, or at the pace
+    jobs settled in the last PACE_WINDOW seconds if that is faster."""
     now = time.monotonic()
     recent = [at for at in list(_settled_at) if at > now - PACE_WINDOW]
     per_job = _job_seconds

@@ -1,14 +1,12 @@
-"""The PDF worker: consumes report jobs, renders them, stores them.
-
-Run it as a process (`./run.sh worker`) beside servers on RabbitMQ, or let
-the server run it in a thread (EMBEDDED_WORKER, the default on memory://);
-the embedded worker runs its jobs in a child process (JobProcess).
-
+"""The PDF worker: consumes report jobs, renders them, stores them. It runs as a
+process (`./run.sh worker`) beside servers on RabbitMQ, or in a thread of the
+server (EMBEDDED_WORKER, the default on memory://), its jobs in a child process.
 A job is acked only after its report is committed, so a worker that dies
 mid-job loses nothing: the broker hands the job to the next worker. A job
 that can never succeed is acked and logged, never redelivered forever.
 """
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -29,9 +27,6 @@ import migrate
 import models
 import reports
 
-# drawing (matplotlib, 53 MiB) is imported where a job runs, so that a server
-# whose embedded worker runs its jobs in a child process never loads it.
-
 log = logging.getLogger("worker")
 
 RENDER_ATTEMPTS = 3
@@ -41,25 +36,21 @@ FAILURE_PAUSE = 2  # seconds
 
 
 class Settled(NamedTuple):
-    """What became of a job: outcome "finished", "failed" or "dropped" (the
-    metrics' label), its user when the job named one, and a line for the log."""
+    """What became of a job: its outcome (the metrics' label), its user if any, a line to log."""
 
-    outcome: str
+    outcome: str  # "finished", "failed" or "dropped"
     user_id: int | None
     text: str
 
 
 def run_job(body):
-    """Render and store one report."""
-    import drawing
+    """Renders and stores one report; what became of it."""
+    import drawing  # here: a server whose child process runs its jobs never loads it (53 MiB)
 
-    if not (
-        isinstance(body, dict)
-        and type(body.get("report_id")) is int
-        and type(body.get("user_id")) is int
-    ):
+    fields = body if isinstance(body, dict) else {}
+    user_id, report_id = fields.get("user_id"), fields.get("report_id")
+    if type(user_id) is not int or type(report_id) is not int:
         return Settled("dropped", None, f"dropped malformed job {body!r:.200}")
-    user_id, report_id = body["user_id"], body["report_id"]
     with database.writing() as db:
         job = reports.find(db, report_id)
         if job is None or job.user_id != user_id:
@@ -67,9 +58,8 @@ def run_job(body):
             return Settled("dropped", user_id, f"dropped job {report_id}: {why}")
         if not reports.start(db, job.id):  # it starts only a pending or rendering one
             return Settled("dropped", user_id, f"dropped job {job.id}: already finished")
-    # The data is read only after that commit. A POST that still found the job
-    # pending came before it, so its stats change is read here; a POST after it
-    # finds the job rendering and queues another.
+    # Read after that commit: a POST that found the job pending came before it (its
+    # stats are read here), and one after it finds the job rendering and queues another.
     with database.reading() as db:
         user, stats = models.find_user(db, user_id), models.find_stats(db, user_id)
         if user is None or stats is None:
@@ -90,39 +80,34 @@ def run_job(body):
 
 
 class JobProcess:
-    """Runs jobs in a child process, made again if it dies. The render is pure
-    Python: in the server's own process it fought the Waitress threads for the GIL.
+    """Runs jobs in a child process, made again if it dies (concurrent.futures stops it at
+    exit). The render is pure Python: in the server's process it fought Waitress for the GIL.
     Eight clients polling: 5.7 PDFs/s in a thread, 28.6 here; server RSS 113 -> 56.5 MiB."""
 
     def __init__(self):
-        self._pool = self._start()
+        self._start()
 
     def _start(self):
         spawn = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(1, spawn, initializer=_job_process_starts)
-        pool.submit(_ready)  # matplotlib loads now, not during the first job
-        return pool
+        self._pool = ProcessPoolExecutor(1, spawn, initializer=_job_process_starts)
+        self._pool.submit(importlib.import_module, "drawing")  # matplotlib now, not in a job
 
     def run(self, body):
-        """run_job(body) in the child; what it returns, or what it raised."""
+        """run_job(body) in the child: its outcome from the future, or what it raised."""
         try:
             future = self._pool.submit(run_job, body)
         except BrokenProcessPool:  # the child died (its job went back to the queue)
             self._pool.shutdown(wait=False)
-            self._pool = self._start()
+            self._start()
             future = self._pool.submit(run_job, body)
         return future.result()
 
-    def shutdown(self):
-        self._pool.shutdown()
-
 
 def _job_process_starts():
-    # The server stops its child, after the job in hand: Ctrl-C is the server's.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops it, after the job in hand
     # A server killed outright (SIGKILL) cannot stop it: it goes by itself.
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
-    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
 
 
 def _exit_with(parent):
@@ -131,24 +116,15 @@ def _exit_with(parent):
     os._exit(0)  # a job in hand was never acked: the restarted server requeues it
 
 
-def _ready():
-    import drawing  # noqa: F401 (loading it is the point)
-
-
-class Stopping(Exception):
-    """Leaves the reconnection loop once the worker is asked to stop."""
-
-
 class BrokerLost(Exception):
-    """The consuming connection is gone, and the log said what it cost."""
+    """Out of consume(): the log said what the lost connection cost, or the worker stops."""
 
 
 class Worker(ConsumerMixin):
-    """Consumes report jobs until stop(), one at a time, and reconnects by itself
-    when the broker goes away (connection: jobs.connect's, with heartbeats).
-    run(body) does a job and returns its Settled (run_job, or the same in the
-    embedded worker's child process); on_settled(settled, seconds) is told of
-    every job settled (the metrics, the news for waiting requests)."""
+    """Consumes report jobs one at a time until stop(), and reconnects by itself
+    when the broker goes away. run(body) does a job and returns its Settled
+    (run_job, or JobProcess.run); each job settled is news for the servers
+    (jobs.announce_settled) and for each of on_settled(settled, seconds)."""
 
     def __init__(self, connection=None, run=run_job, on_settled=(), failure_pause=FAILURE_PAUSE):
         self.connection = connection or jobs.connect(heartbeat=jobs.HEARTBEAT)
@@ -166,18 +142,14 @@ class Worker(ConsumerMixin):
         self.consuming = True
         log.info("consuming report jobs from %s", connection.as_uri())
 
-    def on_consume_end(self, connection, channel):
-        self.consuming = False
-
     def on_connection_error(self, error, interval):
         if self.should_stop:
-            raise Stopping() from error
+            raise BrokerLost() from error  # out of the reconnection loop, and of run()
         log.warning("cannot reach the broker (%r); trying again in %ss", error, interval)
 
     @contextmanager
     def establish_connection(self):
-        # ConsumerMixin's own, with at most 5 s between attempts (not 30 s):
-        # a restarted broker gets its consumers back soon.
+        # ConsumerMixin's own, retrying at most 5 s apart (not 30 s): soon back after a restart.
         with self.create_connection() as connection:
             connection.ensure_connection(
                 self.on_connection_error, interval_start=0.5, interval_step=1, interval_max=5
@@ -185,7 +157,6 @@ class Worker(ConsumerMixin):
             yield connection
 
     def on_job(self, body, message):
-        """Runs the job, then acks it (a worker that dies before the ack loses nothing)."""
         began = time.monotonic()
         try:
             settled = self.run_job(body)
@@ -193,48 +164,40 @@ class Worker(ConsumerMixin):
             # The database, most likely: leave the job for later, or another worker.
             log.exception("job %r failed; it goes back to the queue", body)
             self._paused.wait(self.failure_pause)
-            with self._broker_loss(f"job {body!r:.100} could not go back to the queue"):
-                message.requeue()
+            message.requeue()
             return
         log.info(settled.text)
-        # A dropped job drew nothing: its few milliseconds are no render's
-        # duration, and would make waiting.py's Retry-After too hopeful.
+        # A dropped job drew nothing: its milliseconds would make Retry-After too hopeful.
         seconds = None if settled.outcome == "dropped" else time.monotonic() - began
-        with self._broker_loss(f"{settled.text}, but its ack was lost"):
-            try:
-                message.ack()
-            finally:  # the outcome is committed: whoever waits on it hears of it
-                for listener in self.on_settled:
-                    listener(settled, seconds)
-
-    @contextmanager
-    def _broker_loss(self, what):
-        """Says what a lost connection meant, then lets run() reconnect."""
         try:
-            yield
-        except self.connection.connection_errors + (OSError,) as error:
-            # Nothing is lost: the broker gives the unacked job to a worker
-            # again, which drops it if its report is finished by now.
-            log.warning("%s with the broker's connection (%r); it will be redelivered", what, error)
+            message.ack()
+        except self.connection_errors as error:
+            # Nothing is lost: the worker it goes to drops it (its report is finished).
+            log.warning("%s, but its ack was lost (%r): to be redelivered", settled.text, error)
             raise BrokerLost() from error
+        finally:  # the outcome is committed: whoever waits on it hears of it
+            if settled.user_id is not None:
+                jobs.announce_settled(settled.user_id, seconds)
+            for listener in self.on_settled:
+                listener(settled, seconds)
 
     def on_decode_error(self, message, error):
         log.error("dropped a job that is not JSON (%s): %r", error, message.body[:200])
         message.ack()
 
     def run(self):
-        """ConsumerMixin's run, which says what a lost connection cost in one line,
-        can stop while the broker is away, and tells stop() when it is done."""
-        errors = self.connection.connection_errors + self.connection.channel_errors
+        """ConsumerMixin's run, which logs a lost connection in one line (not a
+        traceback) and also ends when stop() is called while the broker is away."""
+        errors = self.connection_errors + self.channel_errors
         while not self.should_stop:
             try:
                 for _ in self.consume():
                     pass
-            except (BrokerLost, Stopping):
-                pass  # said already, or should_stop is set
+            except BrokerLost:
+                pass
             except errors as error:
                 log.warning("lost the broker (%r); connecting again", error)
-            self.consuming = False  # on_consume_end is not called when consume() raises
+            self.consuming = False
         log.info("worker stopped")
         self._stopped.set()
 
@@ -245,23 +208,10 @@ class Worker(ConsumerMixin):
         self._stopped.wait(wait)
 
 
-def tell_servers(settled, seconds):
-    """News for the requests waiting on the user's report, whichever server holds them."""
-    if settled.user_id is not None:
-        jobs.announce_settled(settled.user_id, seconds)
-
-
 def start_in_thread(on_settled=()):
-    """The embedded worker of a server process: it consumes in a thread, and
-    runs the jobs in a child process."""
-    job_process = JobProcess()
-    worker = Worker(run=job_process.run, on_settled=[tell_servers, *on_settled])
-
-    def consume():
-        worker.run()
-        job_process.shutdown()
-
-    threading.Thread(target=consume, name="embedded-worker", daemon=True).start()
+    """The embedded worker of a server: it consumes in a thread, runs jobs in a child process."""
+    worker = Worker(run=JobProcess().run, on_settled=on_settled)
+    threading.Thread(target=worker.run, name="embedded-worker", daemon=True).start()
     return worker
 
 
@@ -270,9 +220,9 @@ def main():
 
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     migrate.upgrade()
-    _ready()  # matplotlib loads now, not during the first job
+    importlib.import_module("drawing")  # matplotlib loads now, not during the first job
     metrics.serve_for_worker()
-    worker = Worker(on_settled=[tell_servers, metrics.observe_job])
+    worker = Worker(on_settled=[metrics.observe_job])
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run()
