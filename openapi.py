@@ -7,6 +7,7 @@ from functools import cache
 
 import validation
 from conventions import ID_PATTERN
+from leaderboard import ORDERS
 from models import MAX_ID
 from responses import to_json
 from validation import STATS_FIELDS, USER_FIELDS, object_schema
@@ -125,8 +126,7 @@ PREFER["description"] = (
 )
 ANY = {"application/json": {"schema": {"type": "object"}}}
 IF = [parameter(name, where="header") for name in ("If-None-Match", "If-Modified-Since")]
-RANKED_BY = ["victory_count", "loss_count", "session_count", "total_time", "win_rate"]
-BY = parameter("by", {**STRING, "enum": RANKED_BY, "default": RANKED_BY[0]})
+BY = parameter("by", {**STRING, "enum": ORDERS, "default": ORDERS[0]})
 
 # By "tag: description" of the operations under it.
 OPERATIONS = {
@@ -261,9 +261,8 @@ WRITABLE = {name: rule.schema() for name, rule in USER_FIELDS.items() if name !=
 LINK_ENDS = {"self": "", "stats": "/stats", "pdf": "/pdf"}
 LINKS = {name: {**user_path(end), "readOnly": True} for name, end in LINK_ENDS.items()}
 READ_ONLY = {name: {"readOnly": True} for name in sorted(validation.READ_ONLY_USER_FIELDS)}
-USER_CHANGE = object_schema(USER_FIELDS | validation.PASSWORD_CHANGE_FIELDS, extra=READ_ONLY)
-USER_CHANGE["dependentRequired"] = {"password": ["current_password"]}
-USER_CHANGE["dependentRequired"]["current_password"] = ["password"]
+BOTH_OR_NEITHER = {"password": ["current_password"], "current_password": ["password"]}
+USER_CHANGE = object_schema(validation.USER_CHANGE_FIELDS, extra=READ_ONLY)
 EVERYWHERE = {"type": "boolean", "default": False}
 EVERYWHERE["description"] = "true: all the user's tokens end, the one used included"
 RANK = {"type": "integer", "minimum": 1, "description": "Ties share a rank (1, 2, 2, 4)"}
@@ -272,7 +271,7 @@ SCHEMAS = {
     "Error": strict(success={"const": False}, message=NON_EMPTY),
     "User": strict(id={**ID, "readOnly": True}, **WRITABLE, **LINKS),
     "UserCreate": object_schema(USER_FIELDS, required=["username", "password"], extra=READ_ONLY),
-    "UserUpdate": USER_CHANGE,
+    "UserUpdate": USER_CHANGE | {"dependentRequired": BOTH_OR_NEITHER},
     "UserCreated": strict(user=ref("User"), token=JWT),
     "Stats": object_schema(STATS_FIELDS, required=list(STATS_FIELDS)),
     "StatsUpdate": object_schema(STATS_FIELDS),
