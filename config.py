@@ -1,8 +1,6 @@
-"""Every setting of the service, read from the environment in this one place.
-
-Defaults are those of CONTRACT.md. A bad value stops the process at start-up
-with a message naming the variable, rather than failing later on a request.
-"""
+"""Every setting of the service, read from the environment in this one place. Defaults are those
+of CONTRACT.md. A bad value stops the process at start-up with a message naming the variable,
+rather than failing later on a request."""
 
 import ipaddress
 import os
