@@ -47,19 +47,17 @@ HEADERS = {
 OPTIONAL = {"Link", "Preference-Applied"}  # when more follow; when the request waited
 
 
-def answer(spec, content=None):
-    """(status, response) from "status [schema] [header ...]: description" ("[User]": an
-    array; an error naming no schema has the Error body). content: media types, if not JSON."""
+def answer(spec):
+    """(status, response) from "status [body] [header ...]: description". The body: a schema
+    ("[User]": an array of them) or one of MEDIA; an error naming none has the Error body."""
     head, description = spec.split(": ", 1)
     status, *names = head.split()
     result = {"description": description}
-    schemas = [name for name in names if name not in HEADERS]
-    if schemas or status >= "4":
-        name = schemas[0] if schemas else "Error"
+    bodies = [name for name in names if name not in HEADERS]
+    if bodies or status >= "4":
+        name = bodies[0] if bodies else "Error"
         items = {"type": "array", "items": ref(name[1:-1])} if name[0] == "[" else ref(name)
-        content = {"application/json": {"schema": items}}
-    if content:
-        result["content"] = content
+        result["content"] = MEDIA.get(name) or {"application/json": {"schema": items}}
     if headers := [name for name in names if name in HEADERS]:
         result["headers"] = {name: ref(name, "headers") for name in headers}
     return status, result
@@ -67,12 +65,12 @@ def answer(spec, content=None):
 
 def operation(name_and_summary, *answers, body=None, optional_body=None, **more):
     """An operation from "operationId: summary" ("putX|updateX" for "PUT|PATCH /path"),
-    answer()'s specs or answers, the request body's schema name, and more (parameters)."""
+    answer()'s specs, the request body's schema name, and more (parameters)."""
     name, summary = name_and_summary.split(": ", 1)
     if body or optional_body:
         content = {"application/json": {"schema": ref(body or optional_body)}}
         more["requestBody"] = {"required": bool(body), "content": content}
-    responses = dict(given if isinstance(given, tuple) else answer(given) for given in answers)
+    responses = dict(answer(spec) for spec in answers)
     return {"operationId": name, "summary": summary, **more, "responses": responses}
 
 
@@ -125,6 +123,8 @@ PREFER["description"] = (
     "most MAX_WAITING requests wait at once; beyond them the 202 comes at once."
 )
 ANY = {"application/json": {"schema": {"type": "object"}}}
+# The bodies answer() knows by name that are not JSON of a schema.
+MEDIA = {"PDF": PDF, "JSON": ANY, "Text": {"text/plain": {"schema": STRING}}}
 IF = [parameter(name, where="header") for name in ("If-None-Match", "If-Modified-Since")]
 BY = parameter("by", {**STRING, "enum": ORDERS, "default": ORDERS[0]})
 
@@ -185,9 +185,7 @@ OPERATIONS = {
         ),
         "GET /users/{id}/pdf": operation(
             "getReport: The newest finished report",
-            answer(
-                "200 ETag Last-Modified Content-Disposition Preference-Applied: The report", PDF
-            ),
+            "200 PDF ETag Last-Modified Content-Disposition Preference-Applied: The report",
             "202 ReportPending Retry-After Preference-Applied: The first report is still being "
             "made; Retry-After is the server's estimate of when it will be ready",
             "304 ETag: Unchanged since the ETag or date given",  # Bottle drops Last-Modified
@@ -219,12 +217,10 @@ OPERATIONS = {
             "200 Health: All up",
             "503 Health: A part is down",
         ),
-        "GET /openapi.json": operation(
-            "getOpenApi: This document", answer("200: OpenAPI 3.1", ANY)
-        ),
+        "GET /openapi.json": operation("getOpenApi: This document", "200 JSON: OpenAPI 3.1"),
         "GET /metrics": operation(
             "getMetrics: Prometheus metrics: counts and durations, never user data",
-            answer("200: The Prometheus text format", {"text/plain": {"schema": STRING}}),
+            "200 Text: The Prometheus text format",
             "404: METRICS is off",
         ),
     },
