@@ -59,7 +59,6 @@ def list_users():
 
 
 def page_headers(path, total, limit, offset):
-    """X-Total-Count, and a Link to the next page when more follow."""
     headers = {"X-Total-Count": total}
     if offset + limit < total:
         headers["Link"] = f'<{path}limit={limit}&offset={offset + limit}>; rel="next"'
