@@ -253,6 +253,7 @@ JWT = string("^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$")
 UP = {"enum": ["ok", "down"]}
 PENDING = {"const": "pending"}
 NON_EMPTY = {**STRING, "minLength": 1}
+USERNAME = USER_FIELDS["username"].schema()
 WRITABLE = {name: rule.schema() for name, rule in USER_FIELDS.items() if name != "password"}
 LINK_ENDS = {"self": "", "stats": "/stats", "pdf": "/pdf"}
 LINKS = {name: {**user_path(end), "readOnly": True} for name, end in LINK_ENDS.items()}
@@ -276,9 +277,7 @@ SCHEMAS = {
     "Login": strict(username=NON_EMPTY, password=NON_EMPTY),
     "LoginOk": strict(success={"const": True}, token=JWT, user=user_path()),
     "Logout": object_schema({}, extra={"everywhere": EVERYWHERE}),
-    "LeaderboardEntry": strict(
-        rank=RANK, id=ID, username=USER_FIELDS["username"].schema(), self=user_path(), value=VALUE
-    ),
+    "LeaderboardEntry": strict(rank=RANK, id=ID, username=USERNAME, self=user_path(), value=VALUE),
     "Health": strict(status=UP, database=UP, broker=UP),
     "ReportQueued": strict(url=user_path("/pdf"), status=PENDING),
     "ReportPending": strict(status=PENDING),

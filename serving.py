@@ -224,8 +224,7 @@ def serve(wsgi_app, on_stop=None, on_answered=None, drain_seconds=8):
     quiet_polls, dispatcher = 0, server.task_dispatcher
     while quiet_polls < 2 and time.monotonic() < deadline:
         wasyncore.loop(timeout=0.05, map=server._map, count=1, use_poll=True)
-        channels = list(server.active_channels.values())
-        busy = any(c.requests or c.total_outbufs_len for c in channels)
+        busy = any(c.requests or c.total_outbufs_len for c in server.active_channels.values())
         quiet_polls = 0 if busy or dispatcher.active_count or dispatcher.queue else quiet_polls + 1
     dispatcher.shutdown(timeout=1)
     if on_stop:
