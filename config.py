@@ -1,8 +1,6 @@
-"""Every setting of the service, read from the environment in this one place.
-
-Defaults are those of CONTRACT.md. A bad value stops the process at start-up
-with a message naming the variable, rather than failing later on a request.
-"""
+"""Every setting of the service, read from the environment in this one place. Defaults are those
+of CONTRACT.md. A bad value stops the process at start-up with a message naming the variable,
+rather than failing later on a request."""
 
 import ipaddress
 import os
@@ -58,8 +56,7 @@ REPORT_QUEUE = os.environ.get("REPORT_QUEUE") or "reports"
 EMBEDDED_WORKER = _flag("EMBEDDED_WORKER", IN_PROCESS_BROKER)
 
 JWT_SECRET = os.environ.get("JWT_SECRET", "")
-# RFC 7518 section 3.2: an HS256 key has at least as many bits as the hash (256).
-JWT_SECRET_MIN_BYTES = 32
+JWT_SECRET_MIN_BYTES = 32  # RFC 7518 section 3.2: an HS256 key has the hash's 256 bits or more
 _secret_bytes = len(JWT_SECRET.encode("utf-8", "surrogateescape"))
 if 0 < _secret_bytes < JWT_SECRET_MIN_BYTES:
     raise SystemExit(

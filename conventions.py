@@ -26,7 +26,6 @@ ERROR_MESSAGES = {
 
 
 def new_app():
-    """A Bottle app that keeps the conventions."""
     app = bottle.Bottle()
     # Bottle keeps bodies up to this size in memory; larger ones get the JSON 413.
     bottle.BaseRequest.MEMFILE_MAX = MAX_BODY

@@ -7,6 +7,7 @@ from functools import cache
 
 import validation
 from conventions import ID_PATTERN
+from leaderboard import ORDERS
 from models import MAX_ID
 from responses import to_json
 from validation import STATS_FIELDS, USER_FIELDS, object_schema
@@ -46,19 +47,17 @@ HEADERS = {
 OPTIONAL = {"Link", "Preference-Applied"}  # when more follow; when the request waited
 
 
-def answer(spec, content=None):
-    """(status, response) from "status [schema] [header ...]: description" ("[User]": an
-    array; an error naming no schema has the Error body). content: media types, if not JSON."""
+def answer(spec):
+    """(status, response) from "status [body] [header ...]: description". The body: a schema
+    ("[User]": an array of them) or one of MEDIA; an error naming none has the Error body."""
     head, description = spec.split(": ", 1)
     status, *names = head.split()
     result = {"description": description}
-    schemas = [name for name in names if name not in HEADERS]
-    if schemas or status >= "4":
-        name = schemas[0] if schemas else "Error"
+    bodies = [name for name in names if name not in HEADERS]
+    if bodies or status >= "4":
+        name = bodies[0] if bodies else "Error"
         items = {"type": "array", "items": ref(name[1:-1])} if name[0] == "[" else ref(name)
-        content = {"application/json": {"schema": items}}
-    if content:
-        result["content"] = content
+        result["content"] = MEDIA.get(name) or {"application/json": {"schema": items}}
     if headers := [name for name in names if name in HEADERS]:
         result["headers"] = {name: ref(name, "headers") for name in headers}
     return status, result
@@ -66,12 +65,12 @@ def answer(spec, content=None):
 
 def operation(name_and_summary, *answers, body=None, optional_body=None, **more):
     """An operation from "operationId: summary" ("putX|updateX" for "PUT|PATCH /path"),
-    answer()'s specs or answers, the request body's schema name, and more (parameters)."""
+    answer()'s specs, the request body's schema name, and more (parameters)."""
     name, summary = name_and_summary.split(": ", 1)
     if body or optional_body:
         content = {"application/json": {"schema": ref(body or optional_body)}}
         more["requestBody"] = {"required": bool(body), "content": content}
-    responses = dict(given if isinstance(given, tuple) else answer(given) for given in answers)
+    responses = dict(answer(spec) for spec in answers)
     return {"operationId": name, "summary": summary, **more, "responses": responses}
 
 
@@ -124,9 +123,10 @@ PREFER["description"] = (
     "most MAX_WAITING requests wait at once; beyond them the 202 comes at once."
 )
 ANY = {"application/json": {"schema": {"type": "object"}}}
+# The bodies answer() knows by name that are not JSON of a schema.
+MEDIA = {"PDF": PDF, "JSON": ANY, "Text": {"text/plain": {"schema": STRING}}}
 IF = [parameter(name, where="header") for name in ("If-None-Match", "If-Modified-Since")]
-RANKED_BY = ["victory_count", "loss_count", "session_count", "total_time", "win_rate"]
-BY = parameter("by", {**STRING, "enum": RANKED_BY, "default": RANKED_BY[0]})
+BY = parameter("by", {**STRING, "enum": ORDERS, "default": ORDERS[0]})
 
 # By "tag: description" of the operations under it.
 OPERATIONS = {
@@ -185,9 +185,7 @@ OPERATIONS = {
         ),
         "GET /users/{id}/pdf": operation(
             "getReport: The newest finished report",
-            answer(
-                "200 ETag Last-Modified Content-Disposition Preference-Applied: The report", PDF
-            ),
+            "200 PDF ETag Last-Modified Content-Disposition Preference-Applied: The report",
             "202 ReportPending Retry-After Preference-Applied: The first report is still being "
             "made; Retry-After is the server's estimate of when it will be ready",
             "304 ETag: Unchanged since the ETag or date given",  # Bottle drops Last-Modified
@@ -219,12 +217,10 @@ OPERATIONS = {
             "200 Health: All up",
             "503 Health: A part is down",
         ),
-        "GET /openapi.json": operation(
-            "getOpenApi: This document", answer("200: OpenAPI 3.1", ANY)
-        ),
+        "GET /openapi.json": operation("getOpenApi: This document", "200 JSON: OpenAPI 3.1"),
         "GET /metrics": operation(
             "getMetrics: Prometheus metrics: counts and durations, never user data",
-            answer("200: The Prometheus text format", {"text/plain": {"schema": STRING}}),
+            "200 Text: The Prometheus text format",
             "404: METRICS is off",
         ),
     },
@@ -257,13 +253,13 @@ JWT = string("^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$")
 UP = {"enum": ["ok", "down"]}
 PENDING = {"const": "pending"}
 NON_EMPTY = {**STRING, "minLength": 1}
+USERNAME = USER_FIELDS["username"].schema()
 WRITABLE = {name: rule.schema() for name, rule in USER_FIELDS.items() if name != "password"}
 LINK_ENDS = {"self": "", "stats": "/stats", "pdf": "/pdf"}
 LINKS = {name: {**user_path(end), "readOnly": True} for name, end in LINK_ENDS.items()}
 READ_ONLY = {name: {"readOnly": True} for name in sorted(validation.READ_ONLY_USER_FIELDS)}
-USER_CHANGE = object_schema(USER_FIELDS | validation.PASSWORD_CHANGE_FIELDS, extra=READ_ONLY)
-USER_CHANGE["dependentRequired"] = {"password": ["current_password"]}
-USER_CHANGE["dependentRequired"]["current_password"] = ["password"]
+BOTH_OR_NEITHER = {"password": ["current_password"], "current_password": ["password"]}
+USER_CHANGE = object_schema(validation.USER_CHANGE_FIELDS, extra=READ_ONLY)
 EVERYWHERE = {"type": "boolean", "default": False}
 EVERYWHERE["description"] = "true: all the user's tokens end, the one used included"
 RANK = {"type": "integer", "minimum": 1, "description": "Ties share a rank (1, 2, 2, 4)"}
@@ -272,7 +268,7 @@ SCHEMAS = {
     "Error": strict(success={"const": False}, message=NON_EMPTY),
     "User": strict(id={**ID, "readOnly": True}, **WRITABLE, **LINKS),
     "UserCreate": object_schema(USER_FIELDS, required=["username", "password"], extra=READ_ONLY),
-    "UserUpdate": USER_CHANGE,
+    "UserUpdate": USER_CHANGE | {"dependentRequired": BOTH_OR_NEITHER},
     "UserCreated": strict(user=ref("User"), token=JWT),
     "Stats": object_schema(STATS_FIELDS, required=list(STATS_FIELDS)),
     "StatsUpdate": object_schema(STATS_FIELDS),
@@ -281,9 +277,7 @@ SCHEMAS = {
     "Login": strict(username=NON_EMPTY, password=NON_EMPTY),
     "LoginOk": strict(success={"const": True}, token=JWT, user=user_path()),
     "Logout": object_schema({}, extra={"everywhere": EVERYWHERE}),
-    "LeaderboardEntry": strict(
-        rank=RANK, id=ID, username=USER_FIELDS["username"].schema(), self=user_path(), value=VALUE
-    ),
+    "LeaderboardEntry": strict(rank=RANK, id=ID, username=USERNAME, self=user_path(), value=VALUE),
     "Health": strict(status=UP, database=UP, broker=UP),
     "ReportQueued": strict(url=user_path("/pdf"), status=PENDING),
     "ReportPending": strict(status=PENDING),

@@ -39,11 +39,8 @@ def swagger_ui_file(name):
 def static_file(root, name, policy):
     """Bottle's static_file (a 304 for a matching If-None-Match or If-Modified-Since),
     with a quoted ETag as HTTP has it, which no-cache makes browsers revalidate."""
-    headers = {
-        "Cache-Control": "no-cache",
-        "Content-Security-Policy": policy,
-        "Referrer-Policy": "no-referrer",
-    }
+    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": policy}
+    headers["Referrer-Policy"] = "no-referrer"
     try:
         stat = os.stat(os.path.join(root, name))
     except (OSError, ValueError):

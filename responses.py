@@ -1,9 +1,6 @@
-"""Every JSON answer in the service's one style (CONTRACT.md, Conventions).
-
-Compact JSON (no space after "," or ":"), text in UTF-8 as it is: the style
-in which models.py has both databases write the user representation, so that
-a resource has the same bytes from every route and either database.
-"""
+"""Every JSON answer in the service's one style (CONTRACT.md, Conventions): compact JSON (no
+space after "," or ":"), text in UTF-8 as it is. models.py has both databases write the user
+representation in it: a resource has the same bytes from every route and either database."""
 
 import json
 
@@ -11,7 +8,6 @@ from bottle import HTTPResponse, response
 
 
 def to_json(data):
-    """data as JSON text in the one style."""
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     # A JSON string may carry a lone surrogate (a field name in an error message,
     # say), which UTF-8 cannot encode: write it as its JSON escape, \udc00.

@@ -1,9 +1,6 @@
-"""The HTTP API of CONTRACT.md, route by route: a Bottle app.
-
-A request flows route -> body validation -> model -> (queue) -> response,
-and every answer is JSON in one style (responses.py). main() starts it all
-on Waitress (serving.py).
-"""
+"""The HTTP API of CONTRACT.md, route by route: a Bottle app. A request flows route -> body
+validation -> model -> (queue) -> response, and every answer is JSON in one style (responses.py).
+main() starts it all on Waitress (serving.py)."""
 
 import logging
 import threading
@@ -27,18 +24,10 @@ import report_routes
 import reports
 import serving
 import throttle
+import validation
 import waiting
 from models import MAX_ID
 from responses import ApiError, json_response, json_text_response, to_json
-from validation import (
-    PASSWORD_CHANGE_FIELDS,
-    READ_ONLY_USER_FIELDS,
-    STATS_FIELDS,
-    USER_FIELDS,
-    checked_fields,
-    json_object,
-    reject_unknown_fields,
-)
 
 log = logging.getLogger("server")
 
@@ -70,7 +59,6 @@ def list_users():
 
 
 def page_headers(path, total, limit, offset):
-    """X-Total-Count, and a Link to the next page when more follow."""
     headers = {"X-Total-Count": total}
     if offset + limit < total:
         headers["Link"] = f'<{path}limit={limit}&offset={offset + limit}>; rel="next"'
@@ -90,8 +78,11 @@ def query_int(name, default, minimum, maximum):
 def create_user():
     # The rate first: a refused sign-up reads no body and waits for no hash.
     limits.count(limits.sign_ups, request.environ)
-    fields = checked_fields(
-        json_object(), USER_FIELDS, ignored=READ_ONLY_USER_FIELDS, required=("username", "password")
+    fields = validation.checked_fields(
+        validation.json_object(),
+        validation.USER_FIELDS,
+        ignored=validation.READ_ONLY_USER_FIELDS,
+        required=("username", "password"),
     )
     with limits.hash_budget.held():
         fields["password_hash"] = auth.hash_password(fields.pop("password"))
@@ -128,13 +119,21 @@ def get_user(user_id):
 def update_user(user_id):
     with database.reading() as db:
         stored_hash = auth.owned_user(db, request, user_id, lock=False).password_hash
-    fields = checked_fields(
-        json_object(), USER_FIELDS | PASSWORD_CHANGE_FIELDS, ignored=READ_ONLY_USER_FIELDS
+    fields = validation.checked_fields(
+        validation.json_object(),
+        validation.USER_CHANGE_FIELDS,
+        ignored=validation.READ_ONLY_USER_FIELDS,
     )
+    current = fields.pop("current_password", None)
     if "password" in fields:
-        # Hash outside the write transaction: scrypt is slow on purpose.
-        fields["password_hash"] = new_password_hash(fields, stored_hash)
-    elif "current_password" in fields:
+        if current is None:
+            raise ApiError(400, "'current_password' is required to change 'password'.")
+        # Hashed outside the write transaction: scrypt is slow on purpose.
+        with limits.hash_budget.held():  # two hashes, one after the other
+            if not auth.password_matches(current, stored_hash):
+                raise ApiError(403, "'current_password' is not the current password.")
+            fields["password_hash"] = auth.hash_password(fields.pop("password"))
+    elif current is not None:
         raise ApiError(400, "'current_password' is accepted only beside 'password'.")
     try:
         with database.writing() as db:
@@ -145,16 +144,6 @@ def update_user(user_id):
     except database.IntegrityError:
         raise username_taken(fields["username"]) from None
     return json_text_response(representation)
-
-
-def new_password_hash(fields, stored_hash):
-    current = fields.pop("current_password", None)
-    if current is None:
-        raise ApiError(400, "'current_password' is required to change 'password'.")
-    with limits.hash_budget.held():  # two hashes, one after the other
-        if not auth.password_matches(current, stored_hash):
-            raise ApiError(403, "'current_password' is not the current password.")
-        return auth.hash_password(fields.pop("password"))
 
 
 @app.delete("/users/<user_id:id>", needs_token=True)
@@ -182,7 +171,7 @@ def get_stats(user_id):
 def update_stats(user_id):
     with database.writing() as db:
         auth.owned_user(db, request, user_id)
-        fields = checked_fields(json_object(), STATS_FIELDS)
+        fields = validation.checked_fields(validation.json_object(), validation.STATS_FIELDS)
         return json_response(models.stats_json(models.update_stats(db, user_id, fields)))
 
 
@@ -206,15 +195,14 @@ report_routes.add_routes(app)
 
 
 # Login
-
 BAD_LOGIN = "Bad username or password"
 
 
 @app.post("/login")
 def login():
     limits.count(limits.logins, request.environ)  # first: see create_user
-    body = json_object()
-    reject_unknown_fields(body, ("username", "password"))
+    body = validation.json_object()
+    validation.reject_unknown_fields(body, ("username", "password"))
     username, password = body.get("username"), body.get("password")
     if not (isinstance(username, str) and username and isinstance(password, str) and password):
         raise ApiError(400, BAD_LOGIN)
@@ -227,8 +215,8 @@ def login():
 
 @app.post("/logout", needs_token=True)
 def log_out():
-    body = json_object(optional=True)
-    reject_unknown_fields(body, ("everywhere",))
+    body = validation.json_object(optional=True)
+    validation.reject_unknown_fields(body, ("everywhere",))
     everywhere = body.get("everywhere", False)
     if type(everywhere) is not bool:
         raise ApiError(400, "'everywhere' must be true or false.")
@@ -289,14 +277,11 @@ def main():
 
         counted = [metrics.observe_job] if config.METRICS else []
         embedded_worker = worker.start_in_thread(on_settled=counted)
-    on_answered = None
     if config.METRICS:
-        metrics.watch_service(
-            reports_by_state=reports.count_by_state, jobs_waiting=jobs.waiting_count
-        )
-        on_answered = metrics.observe_request
+        metrics.watch_service(reports.count_by_state, jobs.waiting_count)
         if not config.EMBEDDED_WORKER:  # render durations: the separate workers' news
             jobs.on_settled(metrics.observe_heard_job)
+    on_answered = metrics.observe_request if config.METRICS else None
     serving.serve(app, on_stop=embedded_worker and embedded_worker.stop, on_answered=on_answered)
 
 

@@ -1,12 +1,11 @@
-"""Serving the WSGI app on Waitress: the headers and access log of every response,
-Waitress's own errors as JSON, connections no client can hoard, paced refusals, and
-the graceful stop. It knows nothing of the routes.
+"""Serving the WSGI app on Waitress: the headers and access log of every response, Waitress's own
+errors as JSON, connections no client can hoard, paced refusals, and the graceful stop. It knows
+nothing of the routes.
 
-Waitress has no public API for its error pages (`Error.to_response`) or a graceful
-stop (`server._map`, `task_dispatcher`), and the paced refusals subclass its channel
-and task: those reaches live here only, each with a test that fails if an upgrade
-breaks it (test_conventions' malformed HTTP, test_faults' SIGTERM, test_under_pressure).
-"""
+Waitress has no public API for its error pages (`Error.to_response`) or a graceful stop
+(`server._map`, `task_dispatcher`), and the paced refusals subclass its channel and task: those
+reaches live here only, each with a test that fails if an upgrade breaks it (test_conventions'
+malformed HTTP, test_faults' SIGTERM, test_under_pressure)."""
 
 import contextlib
 import ctypes
@@ -91,11 +90,10 @@ def json_error_response(error, ident=None):
     return f"{error.code} {error.reason}", headers, body
 
 
-# Connections that no client can hoard. Waitress stops accepting at connection_limit and
-# keeps a silent connection for 120 s: 100 idle sockets of one client locked everyone else
-# out. Here a new connection is always accepted; when its address holds too many, or the
-# server too many in all, the oldest idle one (no request being served) is shed. A request
-# whose headers take over HEADER_TIMEOUT is dropped.
+# Connections that no client can hoard. Waitress stops accepting at connection_limit and keeps a
+# silent connection for 120 s: 100 idle sockets of one client locked everyone else out. Here a new
+# connection is always accepted; when its address holds too many, or the server too many in all, its
+# oldest idle one is shed. A request whose headers take over HEADER_TIMEOUT is dropped.
 
 # In all: 1,000, or what ulimit -n allows, less room for the database's and broker's.
 _open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -174,9 +172,8 @@ def drop_slow_headers(server):
 
 
 def serve(wsgi_app, on_stop=None, on_answered=None, drain_seconds=8):
-    """Serve wsgi_app on HOST:PORT until SIGTERM or SIGINT; then stop accepting, finish what
-    is in flight (at most drain_seconds), and call on_stop(seconds left) (the embedded worker).
-    on_answered(environ, status, seconds) hears of every request answered."""
+    """Serve wsgi_app on HOST:PORT until SIGTERM or SIGINT; then stop accepting, finish what is in
+    flight (at most drain_seconds), and call on_stop(seconds left) (the embedded worker)."""
     waitress.utilities.Error.to_response = json_error_response
     # Each request passes from Waitress's event loop to a worker thread: at the default 5 ms
     # switch interval they queue on the GIL. GET /users/{id}: 507-726 req/s, 1,678-1,818 here.
@@ -227,8 +224,7 @@ def serve(wsgi_app, on_stop=None, on_answered=None, drain_seconds=8):
     quiet_polls, dispatcher = 0, server.task_dispatcher
     while quiet_polls < 2 and time.monotonic() < deadline:
         wasyncore.loop(timeout=0.05, map=server._map, count=1, use_poll=True)
-        channels = list(server.active_channels.values())
-        busy = any(c.requests or c.total_outbufs_len for c in channels)
+        busy = any(c.requests or c.total_outbufs_len for c in server.active_channels.values())
         quiet_polls = 0 if busy or dispatcher.active_count or dispatcher.queue else quiet_polls + 1
     dispatcher.shutdown(timeout=1)
     if on_stop:

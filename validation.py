@@ -1,8 +1,5 @@
-"""Request bodies: parsing, and the rules of every writable field.
-
-Each rule both checks a value and describes itself as JSON Schema, so that
-/openapi.json states exactly what the server enforces.
-"""
+"""Request bodies: parsing, and the rules of every writable field. Each rule both checks a value
+and describes itself as JSON Schema, so that /openapi.json states exactly what is enforced."""
 
 import json
 import re
@@ -29,7 +26,7 @@ class Text:
             isinstance(value, str)
             and self.min_length <= len(value) <= self.max_length
             and (not self.pattern or self.pattern.fullmatch(value) is not None)
-            and not _has_lone_surrogate(value)
+            and not LONE_SURROGATE.search(value)
         )
 
     def check(self, name, value):
@@ -45,14 +42,6 @@ class Text:
         if self.pattern:
             schema["pattern"] = f"^{self.pattern.pattern}$"
         return schema
-
-
-def _has_lone_surrogate(value):
-    try:
-        value.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
 
 
 class Count:
@@ -76,6 +65,8 @@ class Count:
         return schema
 
 
+# JSON's "\udc00" escapes reach Python as lone surrogates, which no UTF-8 text can hold.
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # No control characters in stored text: PostgreSQL refuses NUL, and none belongs there.
 PRINTABLE = r"[^\x00-\x1f\x7f]"
 EMAIL = r"[^@ \x00-\x1f\x7f]+@[^@ \x00-\x1f\x7f]+\.[^@ \x00-\x1f\x7f]+"
@@ -88,7 +79,7 @@ USER_FIELDS = {
     "gender": Text("null or at most 32 printable characters", 32, 0, PRINTABLE + "*", True),
     "profile_pic": Text("null or an http(s) URL of at most 2048 characters", 2048, 0, URL, True),
 }
-PASSWORD_CHANGE_FIELDS = {"current_password": USER_FIELDS["password"]}
+USER_CHANGE_FIELDS = USER_FIELDS | {"current_password": USER_FIELDS["password"]}
 STATS_FIELDS = {
     name: Count() for name in ("loss_count", "session_count", "total_time", "victory_count")
 }
@@ -98,7 +89,7 @@ READ_ONLY_USER_FIELDS = frozenset({"id", "self", "stats", "pdf"})
 
 
 def json_object(optional=False):
-    """The request body as a dict; 400 for anything else (server.py refuses large ones).
+    """The request body as a dict; 400 for anything else (conventions.py refuses large ones).
     optional: no body at all reads as {}."""
     raw = request.body.read()
     if optional and not raw.strip():
@@ -119,15 +110,13 @@ def _reject_constant(name):
 def checked_fields(body, rules, ignored=frozenset(), required=()):
     """The body's fields checked against rules; 400 naming any bad, unknown or missing field."""
     reject_unknown_fields(body, rules, ignored)
-    missing = [name for name in required if name not in body]
-    if missing:
+    if missing := [name for name in required if name not in body]:
         raise ApiError(400, f"'{missing[0]}' is required.")
     return {name: rules[name].check(name, value) for name, value in body.items() if name in rules}
 
 
 def reject_unknown_fields(body, allowed, ignored=frozenset()):
-    unknown = sorted(set(body) - set(allowed) - ignored)
-    if unknown:
+    if unknown := sorted(set(body) - set(allowed) - ignored):
         names = ", ".join(f"'{name[:64]}'" for name in unknown[:10])
         raise ApiError(400, f"Unknown field(s) {names}; allowed: {', '.join(allowed)}.")
 
