@@ -1,9 +1,8 @@
 """Connections to the database, its transactions, and statements compiled once.
 
-SQLAlchemy defines the tables (models.py), compiles the statements and pools the
-connections; the statements then run on the pooled DB-API connection itself.
-Importing this module connects to nothing and creates no file: the engine, and
-the SQLite file's folder, are made on first use.
+SQLAlchemy defines the tables (models.py), compiles the statements and pools the connections; the
+statements then run on the pooled DB-API connection itself. Importing this module connects to
+nothing and creates no file: the engine, and the SQLite file's folder, are made on first use.
 """
 
 import threading
@@ -146,12 +145,6 @@ class Statement:
     def scalar(self, db, params=None):
         row = self.run(db, params).fetchone()
         return row[0] if row else None
-
-
-def run_once(db, statement):
-    """Runs a statement built for this call, its values bound in it."""
-    compiled = statement.compile(dialect=engine().dialect)
-    db.cursor().execute(str(compiled), compiled.params)
 
 
 @contextmanager
