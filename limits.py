@@ -62,8 +62,6 @@ hash_budget = _HashBudget(config.HASH_CONCURRENCY, HASH_WAITERS)
 
 
 class Rate(throttle.Throttle):
-    """At most `limit` events per client address in any 60 s."""
-
     WINDOW = 60  # seconds
 
     def __init__(self, kind, name, limit):
