@@ -27,10 +27,11 @@ SQLITE_PRAGMAS = ("journal_mode=WAL", "busy_timeout=30000", "foreign_keys=ON", "
 def engine():
     if not SQLITE:
         return create_engine(URL, pool_pre_ping=True, pool_size=config.WEB_THREADS + 2)
-    url, folder = URL, None  # folder: of the database file, made on first connect
+    url = URL
     if url.database and url.database != ":memory:":
         path = config.PROJECT_DIR / url.database  # relative paths: to the project
-        url, folder = url.set(database=str(path)), path.parent
+        path.parent.mkdir(parents=True, exist_ok=True)  # the data folder, made on first use
+        url = url.set(database=str(path))
     # "named" (:name) parameters: sqlite3 then takes the same dicts as psycopg.
     # No rollback when a connection goes back to the pool: in autocommit, reads
     # leave no transaction open, and writing() ends its own (half the pool's cost in py-spy).
@@ -41,11 +42,6 @@ def engine():
         pool_reset_on_return=None,
         connect_args={"check_same_thread": False},
     )
-
-    @event.listens_for(sqlite_engine, "do_connect")
-    def _make_folder(_dialect, _record, _args, _kwargs):
-        if folder:
-            folder.mkdir(parents=True, exist_ok=True)
 
     @event.listens_for(sqlite_engine, "connect")
     def _tune(dbapi_connection, _record):
