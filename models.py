@@ -34,16 +34,8 @@ stats = sa.Table(
     "stats",
     metadata,
     sa.Column("user_id", Id, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
-    *(
-        sa.Column(
-            name,
-            sa.BigInteger,
-            sa.CheckConstraint(f"{name} >= 0"),
-            nullable=False,
-            server_default="0",
-        )
-        for name in STAT_FIELDS
-    ),
+    *(sa.Column(name, sa.BigInteger, nullable=False, server_default="0") for name in STAT_FIELDS),
+    *(sa.CheckConstraint(f"{name} >= 0") for name in STAT_FIELDS),
 )
 
 # The win rate and whom it ranks, as SQL text: the same text in the index, its migration
@@ -191,9 +183,10 @@ else:  # PostgreSQL must be told; its dialect is imported only here (2 MiB)
 
     _page_json = sa.func.string_agg(_user_json(_page), aggregate_order_by(_comma, _page.c.id))
 _page_array = _sql_text("[") + sa.func.coalesce(_page_json, _sql_text("")) + _sql_text("]")
+_users_in_all = sa.select(user_count.c.n).scalar_subquery()
 # With the count, in one statement: one snapshot, so X-Total-Count and the next link always
 # agree with the page, whatever sign-ups commit meanwhile.
-COUNT_AND_PAGE_JSON = Statement(sa.select(sa.select(user_count.c.n).scalar_subquery(), _page_array))
+COUNT_AND_PAGE_JSON = Statement(sa.select(_users_in_all, _page_array))
 NEW_USER_COLUMNS = ("username", "password_hash", "email", "gender", "profile_pic")
 _new_user = users.insert().values({name: sa.bindparam(name) for name in NEW_USER_COLUMNS})
 INSERT_USER = Statement(_new_user.returning(users.c.id))
