@@ -27,8 +27,7 @@ class _HashBudget:
         self._slots = threading.BoundedSemaphore(size)
         self._waiters = threading.BoundedSemaphore(waiters)
         self._lock = threading.Lock()
-        self.in_flight = 0  # both read by metrics.py
-        self.refused = 0
+        self.in_flight = self.refused = 0  # both read by metrics.py
 
     def _acquire(self):
         if self._slots.acquire(blocking=False):

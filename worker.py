@@ -118,10 +118,9 @@ class BrokerLost(Exception):
 
 
 class Worker(ConsumerMixin):
-    """Consumes report jobs one at a time until stop(), and reconnects by itself
-    when the broker goes away. run(body) does a job and returns its Settled
-    (run_job, or JobProcess.run); each job settled is news for the servers
-    (jobs.announce_settled) and for each of on_settled(settled, seconds)."""
+    """Consumes report jobs one at a time until stop(), reconnecting by itself when the broker goes
+    away. run(body) does a job and returns its Settled (run_job or JobProcess.run); each job settled
+    is news for the servers (jobs.announce_settled) and for each on_settled(settled, seconds)."""
 
     def __init__(self, connection=None, run=run_job, on_settled=(), failure_pause=FAILURE_PAUSE):
         self.connection = connection or jobs.connect(heartbeat=jobs.HEARTBEAT)
