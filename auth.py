@@ -75,19 +75,17 @@ def log_in(username, password, hashing=nullcontext):
         with hashing():
             spend_one_hash(password)  # no such user can exist; answer as slowly
         return None
+
+    def too_many(wait):
+        message = f"Too many failed logins for '{username}'; try again in {wait} seconds."
+        return ApiError(429, message, Retry_After=wait)
+
+    # Not a throttle (failures may stay under ten): busy, so try again soon.
+    checking = f"Other logins for '{username}' are being checked; try again in a moment."
     slot, user = FAILURES.take(
         username,
-        refusal=lambda wait: ApiError(
-            429,
-            f"Too many failed logins for '{username}'; try again in {wait} seconds.",
-            Retry_After=wait,
-        ),
-        # Not a throttle (failures may stay under ten): busy, so try again soon.
-        busy=lambda: ApiError(
-            503,
-            f"Other logins for '{username}' are being checked; try again in a moment.",
-            Retry_After=1,
-        ),
+        refusal=too_many,
+        busy=lambda: ApiError(503, checking, Retry_After=1),
         then=lambda db: models.find_user_by_name(db, username),
     )
     matched = None
@@ -175,7 +173,6 @@ def _token_and_user(db, request, lock):
     well_formed = sub.isascii() and sub.isdigit() and type(version) is int
     if not (well_formed and type(jti) is str and len(jti) <= 64):
         raise _unauthorized("The token is not valid; log in again.")
-    # The revocation is read with the user: no round trip of its own.
     statement = TOKEN_USER_LOCKED if lock else TOKEN_USER
     user = statement.first(db, {"id": int(sub), "jti": jti}) if possible_id(int(sub)) else None
     if user is None or user.token_version != version or user.revoked:

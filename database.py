@@ -1,9 +1,8 @@
 """Connections to the database, its transactions, and statements compiled once.
 
-SQLAlchemy defines the tables (models.py), compiles the statements and pools the
-connections; the statements then run on the pooled DB-API connection itself.
-Importing this module connects to nothing and creates no file: the engine, and
-the SQLite file's folder, are made on first use.
+SQLAlchemy defines the tables (models.py), compiles the statements and pools the connections; the
+statements then run on the pooled DB-API connection itself. Importing this module connects to
+nothing and creates no file: the engine, and the SQLite file's folder, are made on first use.
 """
 
 import threading
@@ -28,10 +27,11 @@ SQLITE_PRAGMAS = ("journal_mode=WAL", "busy_timeout=30000", "foreign_keys=ON", "
 def engine():
     if not SQLITE:
         return create_engine(URL, pool_pre_ping=True, pool_size=config.WEB_THREADS + 2)
-    url, folder = URL, None  # folder: of the database file, made on first connect
+    url = URL
     if url.database and url.database != ":memory:":
         path = config.PROJECT_DIR / url.database  # relative paths: to the project
-        url, folder = url.set(database=str(path)), path.parent
+        path.parent.mkdir(parents=True, exist_ok=True)  # the data folder, made on first use
+        url = url.set(database=str(path))
     # "named" (:name) parameters: sqlite3 then takes the same dicts as psycopg.
     # No rollback when a connection goes back to the pool: in autocommit, reads
     # leave no transaction open, and writing() ends its own (half the pool's cost in py-spy).
@@ -42,11 +42,6 @@ def engine():
         pool_reset_on_return=None,
         connect_args={"check_same_thread": False},
     )
-
-    @event.listens_for(sqlite_engine, "do_connect")
-    def _make_folder(_dialect, _record, _args, _kwargs):
-        if folder:
-            folder.mkdir(parents=True, exist_ok=True)
 
     @event.listens_for(sqlite_engine, "connect")
     def _tune(dbapi_connection, _record):
@@ -146,12 +141,6 @@ class Statement:
     def scalar(self, db, params=None):
         row = self.run(db, params).fetchone()
         return row[0] if row else None
-
-
-def run_once(db, statement):
-    """Runs a statement built for this call, its values bound in it."""
-    compiled = statement.compile(dialect=engine().dialect)
-    db.cursor().execute(str(compiled), compiled.params)
 
 
 @contextmanager

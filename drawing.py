@@ -10,7 +10,6 @@ from functools import cache
 import matplotlib
 from matplotlib import _afm
 from matplotlib.backends import backend_pdf
-from matplotlib.backends.backend_pdf import FigureCanvasPdf
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, findfont
 from matplotlib.lines import Line2D
@@ -79,7 +78,7 @@ def render(data, now=None):
         buffer = io.BytesIO()
         title = f"Game statistics of {data.username}"
         metadata = {"Title": title, "Creator": "stats-api", "CreationDate": now}
-        FigureCanvasPdf(figure).print_pdf(buffer, metadata=metadata)
+        backend_pdf.FigureCanvasPdf(figure).print_pdf(buffer, metadata=metadata)
     return buffer.getvalue()
 
 

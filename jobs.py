@@ -1,10 +1,9 @@
 """The job queue between servers and workers, on kombu.
 
-One durable queue of small persistent messages, {"report_id", "user_id"}:
-the worker reads the user's data itself when the job runs. Beside it, news
-of settled jobs for the requests that wait on them (waiting.py). Every wait
-on the broker is bounded, because kombu retries forever by default in places.
-Importing this module connects to nothing.
+One durable queue of small persistent messages, {"report_id", "user_id"}: the worker reads the
+user's data itself when the job runs. Beside it, news of settled jobs for the requests that wait on
+them (waiting.py). Every wait on the broker is bounded, because kombu retries forever by default in
+places. Importing this module connects to nothing.
 """
 
 import logging

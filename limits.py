@@ -27,8 +27,7 @@ class _HashBudget:
         self._slots = threading.BoundedSemaphore(size)
         self._waiters = threading.BoundedSemaphore(waiters)
         self._lock = threading.Lock()
-        self.in_flight = 0  # both read by metrics.py
-        self.refused = 0
+        self.in_flight = self.refused = 0  # both read by metrics.py
 
     def _acquire(self):
         if self._slots.acquire(blocking=False):
@@ -62,8 +61,6 @@ hash_budget = _HashBudget(config.HASH_CONCURRENCY, HASH_WAITERS)
 
 
 class Rate(throttle.Throttle):
-    """At most `limit` events per client address in any 60 s."""
-
     WINDOW = 60  # seconds
 
     def __init__(self, kind, name, limit):

@@ -7,7 +7,7 @@ than its SQL. The other tables' queries are in reports.py, leaderboard.py, throt
 
 import sqlalchemy as sa
 
-from database import SQLITE, Statement, reading, run_once
+from database import SQLITE, Statement, reading
 
 # SQLite only gives AUTOINCREMENT (ids never reused) to "INTEGER PRIMARY KEY".
 Id = sa.BigInteger().with_variant(sa.Integer, "sqlite")
@@ -34,16 +34,8 @@ stats = sa.Table(
     "stats",
     metadata,
     sa.Column("user_id", Id, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
-    *(
-        sa.Column(
-            name,
-            sa.BigInteger,
-            sa.CheckConstraint(f"{name} >= 0"),
-            nullable=False,
-            server_default="0",
-        )
-        for name in STAT_FIELDS
-    ),
+    *(sa.Column(name, sa.BigInteger, nullable=False, server_default="0") for name in STAT_FIELDS),
+    *(sa.CheckConstraint(f"{name} >= 0") for name in STAT_FIELDS),
 )
 
 # The win rate and whom it ranks, as SQL text: the same text in the index, its migration
@@ -110,9 +102,8 @@ revoked_tokens = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
 )
 
-# Recent events that throttle (throttle.py): failed logins by username, and sign-ups and
-# logins by client address, in the database so that every server sharing it counts alike.
-# A key has a row per slot, up to its limit: two requests taking one slot cannot both commit.
+# Recent events that throttle (throttle.py: a row per slot of a key): failed logins by username,
+# sign-ups and logins by client address; in the database, so that every server counts alike.
 recent_events = sa.Table(
     "recent_events",
     metadata,
@@ -155,10 +146,6 @@ COUNT_CHANGE = Statement(
     )
 )
 
-# The user representation is written as JSON by the database: built in Python, the list
-# was 0.22x of the ceiling, 0.74x this way. Spelt out key by key, in CONTRACT.md's order, as
-# compact JSON: SQLite's json_object and PostgreSQL's json_build_object differ in style.
-
 
 def _sql_text(value):
     """A string constant written into the SQL (not a parameter to bind on every run)."""
@@ -173,7 +160,9 @@ def _json_string(column):
 
 
 def _user_json(table):
-    """The JSON text of CONTRACT.md's user representation, from a users-shaped table."""
+    """CONTRACT.md's user representation of a users-shaped table, as JSON the database writes: built
+    in Python, the list was 0.22x of the ceiling, 0.74x this way. Spelt out key by key, in order, as
+    compact JSON: SQLite's json_object and PostgreSQL's json_build_object differ in style."""
     path = _sql_text('"/users/') + sa.cast(table.c.id, sa.String)
     json = _sql_text('{"id":') + sa.cast(table.c.id, sa.String)
     for name in ("username", "email", "gender", "profile_pic"):
@@ -193,20 +182,14 @@ else:  # PostgreSQL must be told; its dialect is imported only here (2 MiB)
     from sqlalchemy.dialects.postgresql import aggregate_order_by
 
     _page_json = sa.func.string_agg(_user_json(_page), aggregate_order_by(_comma, _page.c.id))
-# With the count, in one statement: one snapshot, so X-Total-Count and the
-# next link always agree with the page, whatever sign-ups commit meanwhile.
-COUNT_AND_PAGE_JSON = Statement(
-    sa.select(
-        sa.select(user_count.c.n).scalar_subquery(),
-        _sql_text("[") + sa.func.coalesce(_page_json, _sql_text("")) + _sql_text("]"),
-    )
-)
+_page_array = _sql_text("[") + sa.func.coalesce(_page_json, _sql_text("")) + _sql_text("]")
+_users_in_all = sa.select(user_count.c.n).scalar_subquery()
+# With the count, in one statement: one snapshot, so X-Total-Count and the next link always
+# agree with the page, whatever sign-ups commit meanwhile.
+COUNT_AND_PAGE_JSON = Statement(sa.select(_users_in_all, _page_array))
 NEW_USER_COLUMNS = ("username", "password_hash", "email", "gender", "profile_pic")
-INSERT_USER = Statement(
-    users.insert()
-    .values({name: sa.bindparam(name) for name in NEW_USER_COLUMNS})
-    .returning(users.c.id)
-)
+_new_user = users.insert().values({name: sa.bindparam(name) for name in NEW_USER_COLUMNS})
+INSERT_USER = Statement(_new_user.returning(users.c.id))
 INSERT_STATS = Statement(stats.insert().values(user_id=sa.bindparam("id")))
 DELETE_USER = Statement(users.delete().where(users.c.id == sa.bindparam("id")))
 
@@ -247,8 +230,8 @@ def update_user(db, user_id, fields):
     """Changes the fields given; a new password_hash also ends every older token."""
     if "password_hash" in fields:
         fields = {**fields, "token_version": users.c.token_version + 1}
-    if fields:
-        run_once(db, users.update().where(users.c.id == user_id).values(**fields))
+    if fields:  # any subset of the columns: a statement built and compiled for this call
+        Statement(users.update().where(users.c.id == user_id).values(**fields)).run(db)
 
 
 def delete_user(db, user_id):

@@ -37,21 +37,18 @@ log = logging.getLogger("reports")
 REPUBLISH_AFTER = config.REPUBLISH_AFTER  # seconds (60)
 
 UNFINISHED = ("pending", "rendering")
-# Spelt out, not IN (...): IN compiles to an expanding parameter that only
-# SQLAlchemy's own execute fills in, and Statement runs the SQL as it is.
+# Spelt out, not IN (...): that compiles to an expanding parameter, which Statement cannot fill.
 _unfinished = or_(*(table.c.state == state for state in UNFINISHED))
 _pending = table.c.state == "pending"
+_rendering = table.c.state == "rendering"
 _done = table.c.state == "done"
 _by_id = table.c.id == bindparam("id")
 _of_user = table.c.user_id == bindparam("user_id")
 REPORT_SUMMARY = (table.c.id, table.c.user_id, table.c.state, table.c.finished_at, table.c.error)
 
 PENDING_REPORT = Statement(select(table.c.id, table.c.published_at).where(_of_user, _pending))
-INSERT_REPORT = Statement(
-    table.insert()
-    .values(user_id=bindparam("user_id"), published_at=bindparam("at"))
-    .returning(table.c.id)
-)
+_new_report = table.insert().values(user_id=bindparam("user_id"), published_at=bindparam("at"))
+INSERT_REPORT = Statement(_new_report.returning(table.c.id))
 # When its job was last queued: now, or 0 for the next sweep to queue it again.
 SET_PUBLISHED_AT = Statement(
     table.update().where(_by_id, _pending).values(published_at=bindparam("at"))
@@ -72,9 +69,7 @@ NEWEST_DONE_PDF = Statement(
 REPORT_BY_ID = Statement(select(*REPORT_SUMMARY).where(_by_id))
 START_REPORT = Statement(table.update().where(_by_id, _unfinished).values(state="rendering"))
 _outcome = {name: bindparam(name) for name in ("state", "pdf", "error", "finished_at")}
-FINISH_REPORT = Statement(
-    table.update().where(_by_id, table.c.state == "rendering").values(_outcome)
-)
+FINISH_REPORT = Statement(table.update().where(_by_id, _rendering).values(_outcome))
 DROP_REPLACED_REPORTS = Statement(
     table.delete().where(_of_user, table.c.id < bindparam("id"), table.c.state != "pending")
 )

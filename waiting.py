@@ -1,9 +1,8 @@
 """Waiting for a report instead of polling (CONTRACT.md): `Prefer: wait=N`.
 
-A waiting GET reads the report again only on news of its user's jobs (jobs.py,
-whichever server published the job), or at the deadline: the database is never
-polled. At most MAX_WAITING requests wait at once: each holds a Waitress thread,
-and the others must stay free for everyone else.
+A waiting GET reads the report again only on news of its user's jobs (jobs.py, whichever server
+published the job), or at the deadline: the database is never polled. At most MAX_WAITING requests
+wait at once: each holds a Waitress thread, and the others must stay free for everyone else.
 """
 
 import math

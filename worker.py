@@ -1,9 +1,8 @@
-"""The PDF worker: consumes report jobs, renders them, stores them. It runs as a
-process (`./run.sh worker`) beside servers on RabbitMQ, or in a thread of the
-server (EMBEDDED_WORKER, the default on memory://), its jobs in a child process.
-A job is acked only after its report is committed, so a worker that dies
-mid-job loses nothing: the broker hands the job to the next worker. A job
-that can never succeed is acked and logged, never redelivered forever.
+"""The PDF worker: consumes report jobs, renders them, stores them. It runs as a process
+(`./run.sh worker`) beside servers on RabbitMQ, or in a thread of the server (EMBEDDED_WORKER, the
+default on memory://), its jobs in a child process. A job is acked only after its report is
+committed, so a worker that dies mid-job loses nothing: the broker hands the job to the next
+worker. A job that can never succeed is acked and logged, never redelivered forever.
 """
 
 import importlib
@@ -13,8 +12,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -62,10 +60,9 @@ def run_job(body):
     # stats are read here), and one after it finds the job rendering and queues another.
     with database.reading() as db:
         user, stats = models.find_user(db, user_id), models.find_stats(db, user_id)
-        if user is None or stats is None:
-            return Settled("dropped", user_id, f"dropped job {job.id}: its user was deleted")
-        stats = {name: getattr(stats, name) for name in models.STAT_FIELDS}
-    data = drawing.ReportData(user.username, user.email, user.gender, **stats)
+    if user is None or stats is None:
+        return Settled("dropped", user_id, f"dropped job {job.id}: its user was deleted")
+    data = drawing.ReportData(user.username, user.email, user.gender, **models.stats_json(stats))
     for attempt in range(1, RENDER_ATTEMPTS + 1):
         try:
             pdf, error = drawing.render(data), None
@@ -121,10 +118,9 @@ class BrokerLost(Exception):
 
 
 class Worker(ConsumerMixin):
-    """Consumes report jobs one at a time until stop(), and reconnects by itself
-    when the broker goes away. run(body) does a job and returns its Settled
-    (run_job, or JobProcess.run); each job settled is news for the servers
-    (jobs.announce_settled) and for each of on_settled(settled, seconds)."""
+    """Consumes report jobs one at a time until stop(), reconnecting by itself when the broker goes
+    away. run(body) does a job and returns its Settled (run_job or JobProcess.run); each job settled
+    is news for the servers (jobs.announce_settled) and for each on_settled(settled, seconds)."""
 
     def __init__(self, connection=None, run=run_job, on_settled=(), failure_pause=FAILURE_PAUSE):
         self.connection = connection or jobs.connect(heartbeat=jobs.HEARTBEAT)
@@ -160,8 +156,7 @@ class Worker(ConsumerMixin):
         began = time.monotonic()
         try:
             settled = self.run_job(body)
-        except Exception:
-            # The database, most likely: leave the job for later, or another worker.
+        except Exception:  # the database, most likely (see FAILURE_PAUSE)
             log.exception("job %r failed; it goes back to the queue", body)
             self._paused.wait(self.failure_pause)
             message.requeue()
@@ -216,11 +211,11 @@ def start_in_thread(on_settled=()):
 
 
 def main():
+    import drawing  # noqa: F401 (matplotlib loads now, not during the first job)
     import metrics
 
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     migrate.upgrade()
-    importlib.import_module("drawing")  # matplotlib loads now, not during the first job
     metrics.serve_for_worker()
     worker = Worker(on_settled=[metrics.observe_job])
     for signum in (signal.SIGTERM, signal.SIGINT):
