@@ -13,7 +13,6 @@ those its request was made after (the client is the only writer of its
 users' stats and keeps every version of them).
 """
 
-import http.client
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,21 +30,8 @@ REPORT_CARDS = ("Victories", "Losses", "Sessions", "Games played", "Win rate")
 class Http(Client):
     """soak.py's client, telling a refused connection (no request sent) from a cut one."""
 
-    def call(self, method, path, body=None, token=None):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            body = json.dumps(body).encode()
-        try:
-            self.connection.request(method, path, body=body, headers=headers)
-            response = self.connection.getresponse()
-            return response.status, response.headers, response.read()
-        except ConnectionRefusedError:
-            self.connection.close()
-            return REFUSED, {}, b""
-        except (OSError, http.client.HTTPException) as error:
-            self.connection.close()  # the next request opens a new connection
-            return CUT, {}, repr(error).encode()
+    def no_answer(self, error):
+        return REFUSED if isinstance(error, ConnectionRefusedError) else CUT
 
 
 @dataclass

@@ -94,7 +94,11 @@ class Client(bench_setup.Client):
             return response.status, response.headers, response.read()
         except (OSError, http.client.HTTPException) as error:
             self.connection.close()  # the next request opens a new connection
-            return NO_ANSWER, {}, repr(error).encode()
+            return self.no_answer(error), {}, repr(error).encode()
+
+    def no_answer(self, error):
+        """The status recorded for a request that got no answer."""
+        return NO_ANSWER
 
 
 # What the clients saw
