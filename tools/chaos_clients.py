@@ -17,8 +17,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from bench_setup import Client, testing
-from soak import Player, SoakClient
+from bench_setup import testing
+from soak import Client, Player, SoakClient
 
 RETRY_FOR = 60  # seconds a client keeps sending a request that gets no answer, or a 503
 CUT, REFUSED = "cut", "refused"  # no answer: the connection broke, or nobody listened
