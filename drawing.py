@@ -91,9 +91,14 @@ def _text(figure, x, y, content, size, width=None, bold=False, **style):
     return figure.text(x, y, content, fontsize=size, fontweight=weight, parse_math=False, **style)
 
 
+@cache  # once per weight, not per text: a render 17.5 ms without, 14.4 with (7 interleaved)
+def _helvetica(weight):
+    return _parse_afm(findfont(FontProperties(family="Helvetica", weight=weight), fontext="afm"))
+
+
 def _em_width(content, weight):
     """The width of content in ems of Helvetica; unknown characters count as one em."""
-    metrics = _parse_afm(findfont(FontProperties(family="Helvetica", weight=weight), fontext="afm"))
+    metrics = _helvetica(weight)
     width = 0
     for character in content:
         try:
