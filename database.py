@@ -33,13 +33,10 @@ def engine():
         path.parent.mkdir(parents=True, exist_ok=True)  # the data folder, made on first use
         url = url.set(database=str(path))
     # "named" (:name) parameters: sqlite3 then takes the same dicts as psycopg.
-    # No rollback when a connection goes back to the pool: in autocommit, reads
-    # leave no transaction open, and writing() ends its own (half the pool's cost in py-spy).
     sqlite_engine = create_engine(
         url,
         pool_size=config.WEB_THREADS + 2,
         paramstyle="named",
-        pool_reset_on_return=None,
         connect_args={"check_same_thread": False},
     )
 
