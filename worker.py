@@ -186,7 +186,9 @@ class Worker(ConsumerMixin):
         errors = self.connection_errors + self.channel_errors
         while not self.should_stop:
             try:
-                for _ in self.consume():
+                # should_stop is read between waits for a job: at most 0.25 s apart
+                # (kombu's default 1 s made each stop of a server wait 0.5-1 s more).
+                for _ in self.consume(safety_interval=0.25):
                     pass
             except BrokerLost:
                 pass
