@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh          serve the API on $HOST:$PORT (127.0.0.1:5000)
 # ./run.sh worker   run a PDF worker (for BROKER_URL=amqp://...)
-# ./run.sh test     run every test
+# ./run.sh test     run every test (two unittest processes: tools/run_tests.py); test_x: one module
 # ./run.sh lint     check the code with ruff (lint rules and formatting), the shell
 #                   scripts with shellcheck and the Containerfile with hadolint
 # ./run.sh bench    run the benchmark (tools/bench.py; --quick for a smoke run), write BENCHMARKS.md
@@ -48,7 +48,7 @@ case "$command" in
   serve)  install requirements.txt; exec .venv/bin/python server.py ;;
   worker) install requirements.txt; exec .venv/bin/python worker.py ;;
   test)   install requirements.txt requirements-dev.txt
-          shift; exec .venv/bin/python -m unittest "${@:-discover}" ;;
+          shift; exec .venv/bin/python tools/run_tests.py "$@" ;;
   lint)   install requirements.txt requirements-dev.txt
           .venv/bin/ruff check . && .venv/bin/ruff format --check . \
             && shellcheck run.sh tools/*.sh .ci/run && exec .venv/bin/hadolint Containerfile proxy/Containerfile ;;

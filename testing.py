@@ -315,12 +315,20 @@ class LiveService:
             (self.start("server.py", **env, PORT=str(port)), port)
             for env, port in zip(envs, ports, strict=True)
         ]
-        for server, port in started:
-            wait_until(  # seconds, normally; a minute on a machine much busier than 2 cores
-                lambda server=server, port=port: self._answers(server, port),
-                timeout=60,
-                what=f"the server on port {port}",
-            )
+        for index, env in enumerate(envs):
+            for _ in range(5):
+                server, port = started[index]
+                answer = wait_until(  # seconds, normally; a minute on a very busy machine
+                    lambda server=server, port=port: self._answers(server, port),
+                    timeout=60,
+                    what=f"the server on port {port}",
+                )
+                if answer != "port taken":
+                    break
+                port = free_port()
+                started[index] = self.start("server.py", **env, PORT=str(port)), port
+            else:
+                raise AssertionError("five ports in a row were taken before the server bound them")
         self.server, self.port = started[-1]
         return started
 
@@ -344,10 +352,12 @@ class LiveService:
         return process
 
     def _answers(self, server, port):
+        # The port was free when picked, but another program (the other lane of
+        # ./run.sh test, say) may have taken it since: ours then exits.
         if server.popen.poll() is not None:
+            if "Address already in use" in server.output():
+                return "port taken"
             raise AssertionError("server exited:\n" + server.output())
-        # Ours, not another program's: the port was free when picked, and a
-        # server of another test run may have taken it since (ours then exits).
         if f"serving on http://127.0.0.1:{port}" not in server.output():
             return False
         try:
