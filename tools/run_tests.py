@@ -1,12 +1,13 @@
 """./run.sh test: every test module, in two unittest processes at once.
 
-A test spends much of its time waiting (on a server starting, a render, a
-browser), and this machine has two cores: two lanes of `python -m unittest
-discover` share the modules, and the suite takes 2 min 34 s instead of
-3 min 26 s (SQLite, 2 cores). The modules that use RabbitMQ run in one lane,
-the others in the other: some tests stop RabbitMQ's app, and no test of the
-other lane may be using it then. Each lane's report is printed whole when it
-ends; the run fails if either lane fails.
+One unittest process kept about one core of this machine's two busy (a
+test mostly starts servers and browsers, and waits on them): two lanes of
+`python -m unittest discover` share the modules, and the suite on SQLite
+takes 2 min 29 s to 2 min 42 s instead of 3 min 26 s. The modules that use
+RabbitMQ run in one lane, the others in the other: some tests stop
+RabbitMQ's app, and no test of the other lane may be using it then. Each
+lane's report is printed whole when it ends; the run fails if either lane
+fails.
 
 Arguments that name tests (`./run.sh test test_users`) run just those, in
 one process, as `python -m unittest` does; options alone (-v, -f) go to
