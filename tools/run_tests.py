@@ -5,9 +5,9 @@ test mostly starts servers and browsers, and waits on them): two lanes of
 `python -m unittest discover` share the modules, and the suite on SQLite
 takes 2 min 29 s to 2 min 42 s instead of 3 min 26 s. The modules that use
 RabbitMQ run in one lane, the others in the other: some tests stop
-RabbitMQ's app, and no test of the other lane may be using it then. Each
-lane's report is printed whole when it ends; the run fails if either lane
-fails.
+RabbitMQ's app, and no test of the other lane may be using it then. The
+lanes' reports are printed whole, one after the other, once each has ended;
+the run fails if either lane fails.
 
 Arguments that name tests (`./run.sh test test_users`) run just those, in
 one process, as `python -m unittest` does; options alone (-v, -f) go to
